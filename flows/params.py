@@ -1,0 +1,57 @@
+"""The flow's parameters: the one place each setting, its default and its valid range are defined."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+
+from tasks.errors import InputError
+from tasks.train import TrainConfig
+
+# What a preset decides, unless a parameter of the same name is given. "default" reaches the least-squares
+# optimum; "seed" reproduces the original tutorial (raw features, tiny fixed step, no early stop).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {"epochs": 1000, "lr": "auto", "tol": 1e-7, "standardize": True, "init": "zeros"},
+    "seed": {"epochs": 1000, "lr": 1e-5, "tol": 0.0, "standardize": False, "init": "randn"},
+}
+
+
+class Params(BaseModel):
+    """Everything one run needs. ``None`` on a training knob means: take it from the preset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str | None = Field(None, description="CSV path or http(s) URL; None: the shipped Advertising.csv")
+    target: str = Field("sales", description="column to predict")
+    features: list[str] | None = Field(None, description="feature columns; None: every other column")
+    index_column: str | None = Field("Unnamed: 0", description="row-index column to drop; None: there is none")
+    test_size: float = Field(0.2, gt=0, lt=1, description="fraction of rows held out for testing")
+    seed: int = Field(0, description="seed of the split and of a random initialisation")
+    preset: Literal["default", "seed"] = Field("default", description="training recipe (see PRESETS)")
+    epochs: PositiveInt | None = Field(None, description="most epochs to train")
+    lr: PositiveFloat | Literal["auto"] | None = Field(None, description="step size; auto: 1/L of the Hessian")
+    tol: float | None = Field(None, ge=0, description="early stop below this relative loss change; 0: never")
+    standardize: bool | None = Field(None, description="standardize features with training statistics")
+    init: Literal["zeros", "randn"] | None = Field(None, description="initial weights")
+    method: Literal["scratch", "builtins"] = Field("scratch", description="hand-written loop or nn/optim")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    artifacts_dir: str | None = Field(
+        None, description="where artifacts go; None: $LINREG_ARTIFACTS_DIR or data/artifacts"
+    )
+
+    @classmethod
+    def parse(cls, **values: Any) -> Params:
+        """Validate, turning pydantic's report into the one-line ``InputError`` users see."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = "--" + "-".join(str(part) for part in err["loc"][:1]).replace("_", "-")
+            raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
+
+    def training(self) -> TrainConfig:
+        """The training stage's config: explicit parameters first, then the preset's values."""
+        preset = PRESETS[self.preset]
+        chosen = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in preset.items()}
+        return TrainConfig(method=self.method, seed=self.seed, device=self.device, **chosen)

@@ -1,0 +1,1 @@
+"""The pipeline's stages: one module per stage, each a thin Prefect task over pure, typed functions."""

@@ -1,0 +1,55 @@
+"""Stage 2: drop the CSV's row-index column, which carries no signal and would leak row order."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pyarrow as pa
+from prefect import get_run_logger, task
+
+from tasks import store
+from tasks.errors import InputError
+
+_PANDAS_UNNAMED = re.compile(r"Unnamed: (\d+)")
+
+
+def resolve_column(table: pa.Table, name: str) -> str:
+    """The table's name for ``name``; pandas' ``Unnamed: i`` also finds the header-less column at position i.
+
+    pyarrow keeps an empty header as ``""`` where pandas says ``Unnamed: 0``: both spellings must work.
+    """
+    if name in table.column_names:
+        return name
+    match = _PANDAS_UNNAMED.fullmatch(name)
+    if match and int(match[1]) < table.num_columns and table.column_names[int(match[1])] == "":
+        return ""
+    shown = ", ".join(repr(c) for c in table.column_names)
+    raise InputError(
+        f"index column {name!r} not found (columns: {shown}); pass --index-column NAME, or none if there is none"
+    )
+
+
+def drop_index(table: pa.Table, column: str | None) -> pa.Table:
+    """``table`` without ``column``; unchanged when ``column`` is None."""
+    if column is None:
+        return table
+    return table.drop_columns([resolve_column(table, column)])
+
+
+@task(name="drop_index_column")
+def drop_index_column(table_path: str, column: str | None, root: str) -> dict[str, str]:
+    """Read the raw table, drop its index column, write ``clean.parquet``."""
+    table = store.read_parquet(table_path)
+    clean = drop_index(table, column)
+    folder = store.output_dir(root, "drop_index", sys.modules[__name__], {"column": column}, [table_path])
+    out = store.write_parquet(clean, folder / "clean.parquet")
+    get_run_logger().info(
+        "read %s; dropped %s; wrote %d rows × %d columns to %s",
+        table_path,
+        repr(column) if column is not None else "no column",
+        clean.num_rows,
+        clean.num_columns,
+        store.describe(out),
+    )
+    return {"table": out}

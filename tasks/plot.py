@@ -1,0 +1,58 @@
+"""Stage 7: draw predicted vs actual on the test set and the training loss curve, as PNG files."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from matplotlib.figure import Figure
+from prefect import get_run_logger, task
+
+from tasks import store
+
+
+def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, target: str) -> bytes:
+    fig = Figure(figsize=(5, 5))  # no pyplot: no global state, no GUI backend on servers and workers
+    ax = fig.subplots()
+    ax.scatter(actual, predicted, s=18, alpha=0.75, label="test rows")
+    low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
+    ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title="Predicted vs actual (test set)")
+    ax.legend()
+    return store.png_bytes(fig)
+
+
+def loss_curve(history: np.ndarray) -> bytes:
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(np.arange(1, len(history) + 1), history)
+    ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="training MSE (log scale)", title=f"Training loss ({len(history)} epochs)")
+    ax.grid(True, which="both", alpha=0.3)
+    return store.png_bytes(fig)
+
+
+@task(name="plot_results")
+def plot_results(predictions_path: str, model_path: str, root: str) -> dict[str, str]:
+    """Read test predictions and the loss history; write ``predicted_vs_actual.png`` and ``loss_curve.png``."""
+    predictions = store.read_parquet(predictions_path)
+    trained = store.read_pt(model_path)
+    folder = store.output_dir(root, "plot", sys.modules[__name__], {}, [predictions_path, model_path])
+    out = {
+        "predicted_vs_actual": store.write_bytes(
+            predicted_vs_actual(
+                predictions.column("actual").to_numpy(),
+                predictions.column("predicted").to_numpy(),
+                trained["target"],
+            ),
+            folder / "predicted_vs_actual.png",
+        ),
+        "loss_curve": store.write_bytes(loss_curve(trained["loss_history"].numpy()), folder / "loss_curve.png"),
+    }
+    get_run_logger().info(
+        "read %s and %s; wrote %s",
+        predictions_path,
+        model_path,
+        ", ".join(store.describe(p) for p in out.values()),
+    )
+    return out

@@ -1,0 +1,79 @@
+"""Stage 4: turn the train and test tables into float32 feature and target tensors, saved as one ``.pt``."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pyarrow as pa
+import torch
+from prefect import get_run_logger, task
+
+from tasks import store
+from tasks.errors import InputError
+
+
+def select_columns(table: pa.Table, target: str, features: list[str] | None) -> list[str]:
+    """The feature columns: those named, or every column but the target. Checks they exist and are numeric."""
+    columns = table.column_names
+    shown = ", ".join(repr(c) for c in columns)
+    if target not in columns:
+        raise InputError(f"target column {target!r} not found (columns: {shown}); pass --target NAME")
+    chosen = [c for c in columns if c != target] if features is None else list(features)
+    if not chosen:
+        raise InputError(f"no feature columns besides target {target!r}; the CSV needs at least two columns")
+    for name in chosen:
+        if name not in columns:
+            raise InputError(f"feature column {name!r} not found (columns: {shown}); fix --features")
+        if name == target:
+            raise InputError(f"column {name!r} is the target; leave it out of --features")
+    for name in [*chosen, target]:
+        kind = table.schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+            role = "target" if name == target else "feature"
+            hint = "pass a numeric --target" if name == target else "choose numeric columns with --features"
+            raise InputError(f"{role} column {name!r} is not numeric ({kind}); {hint}")
+    return chosen
+
+
+def _column(table: pa.Table, name: str, part: str) -> np.ndarray:
+    values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise InputError(
+            f"column {name!r} has {bad} missing or non-finite (NaN/inf) values in the {part} rows; "
+            "clean the CSV or leave the column out with --features"
+        )
+    return values
+
+
+def to_tensors(train: pa.Table, test: pa.Table, target: str, features: list[str] | None) -> dict:
+    """``x_train`` (n×d), ``y_train`` (n×1), ``x_test``, ``y_test`` as float32, plus the names they came from."""
+    chosen = select_columns(train, target, features)
+    out: dict = {"features": chosen, "target": target}
+    for part, table in (("train", train), ("test", test)):
+        x = np.column_stack([_column(table, name, part) for name in chosen])
+        y = _column(table, target, part).reshape(-1, 1)
+        out[f"x_{part}"] = torch.from_numpy(x).to(torch.float32)
+        out[f"y_{part}"] = torch.from_numpy(y).to(torch.float32)
+    return out
+
+
+@task(name="tensorize")
+def tensorize(train_path: str, test_path: str, target: str, features: list[str] | None, root: str) -> dict[str, str]:
+    """Read the split tables, write ``tensors.pt`` (float32 tensors + feature names)."""
+    tensors = to_tensors(store.read_parquet(train_path), store.read_parquet(test_path), target, features)
+    params = {"target": target, "features": features}
+    folder = store.output_dir(root, "tensorize", sys.modules[__name__], params, [train_path, test_path])
+    out = store.write_pt(tensors, folder / "tensors.pt")
+    get_run_logger().info(
+        "read %s and %s; features %s, target %r; x_train %s, x_test %s (float32); wrote %s",
+        train_path,
+        test_path,
+        tensors["features"],
+        target,
+        tuple(tensors["x_train"].shape),
+        tuple(tensors["x_test"].shape),
+        store.describe(out),
+    )
+    return {"tensors": out}

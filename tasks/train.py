@@ -1,0 +1,260 @@
+"""Stage 5: fit ``y ≈ x @ w.t() + b`` by full-batch gradient descent, written out by hand (or with built-ins).
+
+By default the features are standardized with training statistics and the step is ``1/L`` (L: the largest
+eigenvalue of the training MSE's Hessian), which makes plain gradient descent reach the least-squares optimum
+in a few dozen epochs; the fitted weights are folded back to raw units before they are saved. The ``seed``
+preset turns all of that off to reproduce the original tutorial.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tasks import store
+from tasks.errors import InputError
+
+Method = Literal["scratch", "builtins"]
+Init = Literal["zeros", "randn"]
+Device = Literal["auto", "cpu", "cuda"]
+
+RISING_EPOCHS = 5  # this many consecutive rises of the loss count as divergence
+RISE_TOLERANCE = 1e-6  # relative rise below this is float32 rounding, not a rise
+# The loss is float32: near the optimum it stops changing (to the last bit) while the weights still improve,
+# so one flat epoch does not mean convergence. Stop only after this many flat epochs in a row.
+FLAT_EPOCHS = 10
+PROGRESS_STEPS = 20  # report progress every 5% of the epochs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of the training stage; the flow's parameters decide each value."""
+
+    method: Method
+    epochs: int
+    lr: float | Literal["auto"]
+    tol: float  # stop once the loss's relative change stays below this (FLAT_EPOCHS in a row); 0: never
+    standardize: bool
+    init: Init
+    seed: int
+    device: Device
+
+
+@dataclass
+class Fit:
+    weights: torch.Tensor  # (d,), raw feature units
+    bias: float
+    lr: float
+    max_stable_lr: float
+    history: list[float] = field(default_factory=list)
+    converged: bool = False
+
+
+class DivergenceError(InputError):
+    """Gradient descent blew up: the step size is too large for this data."""
+
+
+# --- the model, as in the tutorial ------------------------------------------------------------------
+
+
+def model(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x @ w.t() + b
+
+
+def mse(t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    diff = t1 - t2
+    return torch.sum(diff * diff) / diff.numel()
+
+
+# --- what makes it converge -----------------------------------------------------------------------
+
+
+def hessian_max_eigenvalue(x: torch.Tensor) -> float:
+    """Largest eigenvalue L of the training MSE's Hessian ``2/n [x 1]ᵀ[x 1]`` ((d+1)², in float64).
+
+    Gradient descent on this quadratic is stable for lr < 2/L; lr = 1/L descends fastest without tuning.
+    """
+    a = torch.cat([x.double(), torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)], dim=1)
+    return float(torch.linalg.eigvalsh(2.0 / x.shape[0] * a.T @ a).max())
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Feature standardization with training statistics, and its inverse for the fitted weights."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, enabled: bool) -> Scaler:
+        if not enabled:
+            return cls(torch.zeros(x.shape[1], device=x.device), torch.ones(x.shape[1], device=x.device))
+        std = x.std(dim=0, unbiased=False)
+        return cls(x.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std)))
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def unfold(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Weights for raw features: w·(x−μ)/σ + b = (w/σ)·x + (b − Σ wμ/σ)."""
+        w_raw = w.reshape(-1) / self.std
+        return w_raw, float(b.reshape(()) - (w_raw * self.mean).sum())
+
+
+class Monitor:
+    """Records the loss each epoch, says when to stop early and fails fast when training diverges."""
+
+    def __init__(self, cfg: TrainConfig, lr: float, max_stable_lr: float, on_progress: Progress | None = None):
+        self.cfg, self.lr, self.max_stable_lr = cfg, lr, max_stable_lr
+        self.on_progress = on_progress
+        self.every = max(1, cfg.epochs // PROGRESS_STEPS)
+        self.history: list[float] = []
+        self.rising = 0
+        self.flat = 0
+        self.converged = False
+
+    def __call__(self, loss: float) -> bool:
+        """Record this epoch's loss; True when training should stop."""
+        epoch = len(self.history) + 1
+        previous = self.history[-1] if self.history else None
+        self.history.append(loss)
+        if not math.isfinite(loss):
+            self._diverged(epoch, f"loss became {loss}")
+        if previous is not None:
+            self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) else 0
+            if self.rising >= RISING_EPOCHS:
+                self._diverged(epoch, f"loss rose for {RISING_EPOCHS} epochs in a row to {loss:.4g}")
+            self.flat = self.flat + 1 if abs(previous - loss) <= self.cfg.tol * abs(previous) else 0
+            self.converged = self.flat >= FLAT_EPOCHS
+        done = self.converged or epoch == self.cfg.epochs
+        if self.on_progress and (epoch % self.every == 0 or done):
+            self.on_progress(epoch, loss)
+        return self.converged
+
+    def _diverged(self, epoch: int, what: str) -> None:
+        raise DivergenceError(
+            f"training diverged at epoch {epoch} ({what}) with lr={self.lr:.4g}; the largest stable lr for "
+            f"this data is {self.max_stable_lr:.4g}: pass a smaller --lr, or --lr auto"
+        )
+
+
+Progress = Callable[[int, float], None]
+
+
+# --- the two training loops ----------------------------------------------------------------------
+
+
+def train_scratch(x, y, w, b, lr: float, epochs: int, monitor: Monitor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook loop: predict, loss, backward, step under no_grad, zero the grads."""
+    w, b = w.clone().requires_grad_(), b.clone().requires_grad_()
+    for _ in range(epochs):
+        preds = model(x, w, b)
+        loss = mse(preds, y)
+        loss.backward()
+        with torch.no_grad():
+            w -= w.grad * lr
+            b -= b.grad * lr
+            w.grad.zero_()
+            b.grad.zero_()
+        if monitor(loss.item()):
+            break
+    return w.detach(), b.detach()
+
+
+def train_builtins(x, y, w, b, lr: float, epochs: int, monitor: Monitor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same model and loss with PyTorch's own pieces: nn.Linear, nn.MSELoss, optim.SGD."""
+    linear = torch.nn.Linear(w.shape[1], 1, device=x.device)
+    with torch.no_grad():
+        linear.weight.copy_(w)
+        linear.bias.copy_(b)
+    loss_fn = torch.nn.MSELoss()
+    opt = torch.optim.SGD(linear.parameters(), lr=lr)
+    for _ in range(epochs):
+        loss = loss_fn(linear(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if monitor(loss.item()):
+            break
+    return linear.weight.detach(), linear.bias.detach()
+
+
+LOOPS = {"scratch": train_scratch, "builtins": train_builtins}
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but CUDA is not available here; pass --device cpu or auto")
+    return torch.device(device)
+
+
+def initial_params(d: int, init: Init, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (1×d) and b (1): zeros, or ``torch.randn`` under ``seed`` as in the tutorial."""
+    if init == "zeros":
+        return torch.zeros(1, d, device=device), torch.zeros(1, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, d, generator=gen).to(device), torch.randn(1, generator=gen).to(device)
+
+
+def fit(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, on_progress: Progress | None = None) -> Fit:
+    """Train on (x, y) as ``cfg`` says; returns raw-unit weights, the loss history and the step size used."""
+    device = resolve_device(cfg.device)
+    x, y = x.to(device), y.to(device)
+    scaler = Scaler.fit(x, cfg.standardize)
+    xs = scaler.transform(x)
+    curvature = hessian_max_eigenvalue(xs)
+    lr = 1.0 / curvature if cfg.lr == "auto" else float(cfg.lr)
+    monitor = Monitor(cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress)
+    w0, b0 = initial_params(x.shape[1], cfg.init, cfg.seed, device)
+    w, b = LOOPS[cfg.method](xs, y, w0, b0, lr, cfg.epochs, monitor)
+    weights, bias = scaler.unfold(w, b)
+    return Fit(weights.cpu(), bias, lr, 2.0 / curvature, monitor.history, monitor.converged)
+
+
+@task(name="train_model")
+def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str]:
+    """Read ``tensors.pt``, train, write ``model.pt`` (weights, bias, features, loss history, config)."""
+    logger = get_run_logger()
+    data = store.read_pt(tensors_path)
+    progress = create_progress_artifact(progress=0.0, key="linear-regression-training", description="epochs done, %")
+
+    def report(epoch: int, loss: float) -> None:
+        update_progress_artifact(progress, progress=100.0 * epoch / cfg.epochs)
+        logger.info("epoch %d/%d: train loss %.6g", epoch, cfg.epochs, loss)
+
+    result = fit(data["x_train"], data["y_train"], cfg, on_progress=report)
+    update_progress_artifact(progress, progress=100.0)
+    folder = store.output_dir(root, "train", sys.modules[__name__], asdict(cfg), [tensors_path])
+    saved = {
+        "weights": result.weights,
+        "bias": result.bias,
+        "features": data["features"],
+        "target": data["target"],
+        "loss_history": torch.tensor(result.history, dtype=torch.float64),
+        "epochs_run": len(result.history),
+        "lr": result.lr,
+        "max_stable_lr": result.max_stable_lr,
+        "converged": result.converged,
+        "config": asdict(cfg),
+    }
+    out = store.write_pt(saved, folder / "model.pt")
+    logger.info(
+        "read %s; %s training ran %d epochs at lr %.4g (%s); final train loss %.6g; wrote %s",
+        tensors_path,
+        cfg.method,
+        len(result.history),
+        result.lr,
+        "converged" if result.converged else "epoch cap reached",
+        result.history[-1],
+        store.describe(out),
+    )
+    return {"model": out}
