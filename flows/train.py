@@ -143,7 +143,7 @@ def _quiet_input_errors() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    as_json = args.pop("json")
+    as_json = args.pop("json", False)
     try:
         Params.parse(**args)  # fail on bad parameters before starting Prefect
         _quiet_input_errors()

@@ -1,0 +1,53 @@
+"""One real Prefect server per test session, isolated from the user's Prefect state.
+
+The environment is set here, at import, because Prefect reads its settings when it is first imported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from prefect_server import isolated_env, start_server
+
+_HOME = Path(tempfile.mkdtemp(prefix="linreg-prefect-"))
+_SERVER = start_server(_HOME / "server")
+atexit.register(_SERVER.stop)
+os.environ.update(isolated_env(_HOME / "client", PREFECT_API_URL=_SERVER.url))
+
+ROOT = Path(__file__).resolve().parent.parent
+ADVERTISING = ROOT / "data" / "Advertising.csv"
+
+
+def pytest_unconfigure(config):
+    _SERVER.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> str:
+    return _SERVER.url
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """A fresh artifacts folder per test."""
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def write_csv(tmp_path: Path):
+    """Write inline CSV text (or bytes) to a file and return its path as a string."""
+
+    def write(content: str | bytes, name: str = "data.csv") -> str:
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        return str(path)
+
+    return write

@@ -1,0 +1,81 @@
+"""Start and stop a real ``prefect server`` for tests: own PREFECT_HOME, free loopback port, killed by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def isolated_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for a Prefect process that shares nothing with the user's ~/.prefect."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_LOCAL_STORAGE_PATH=str(home / "storage"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str  # the API URL, .../api
+    log: Path
+
+    def stop(self) -> None:
+        """Kill the server's whole process group, whatever state it is in."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_server(home: Path, timeout: float = 120.0, **extra_env: str) -> Server:
+    """``prefect server start`` on a free loopback port; returns once ``/api/health`` answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = home / "server.log"
+    env = isolated_env(home, PREFECT_API_URL=url, PREFECT_UI_API_URL=url, **extra_env)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() takes its children too
+        )
+    server = Server(process, url, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"prefect server did not answer within {timeout}s:\n{log.read_text()[-3000:]}")

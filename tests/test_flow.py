@@ -1,0 +1,95 @@
+"""The whole flow against a real Prefect API: wiring, artifact formats, the CLI's output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import ADVERTISING, ROOT
+from flows.train import STAGES, linear_regression, main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def all_files(summary: dict) -> list[Path]:
+    return [Path(p) for files in summary["artifacts"].values() for p in files.values()]
+
+
+def test_flow_writes_every_artifact_in_its_format(artifacts: Path):
+    summary = linear_regression(artifacts_dir=str(artifacts))
+    assert list(summary["artifacts"]) == list(STAGES)
+    for path in all_files(summary):
+        assert path.is_absolute() and path.is_relative_to(artifacts), path
+        if path.suffix == ".parquet":
+            assert pq.read_table(path).num_rows > 0
+        elif path.suffix == ".pt":
+            assert isinstance(torch.load(path, weights_only=True), dict)
+        elif path.suffix == ".png":
+            assert path.read_bytes()[:8] == PNG_SIGNATURE
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        else:
+            pytest.fail(f"unexpected artifact {path}")
+    assert not list(artifacts.rglob("*.tmp")), "a temporary file was left behind"
+    assert summary["metrics"]["test"]["mse"] == pytest.approx(4.4021, abs=0.01)
+
+
+def test_cli_json_is_the_last_stdout_line(artifacts: Path, capsys):
+    code = main(["--artifacts-dir", str(artifacts), "--json", "--method", "builtins"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    for key in ("metrics", "baseline"):
+        for part in ("train", "test"):
+            assert set(summary[key][part]) == {"mse", "rmse", "mae", "r2"}
+    assert set(summary["weights"]) == {"TV", "radio", "newspaper"}
+    assert abs(summary["optimality_gap"]) < 1e-6
+    assert summary["cached"] == dict.fromkeys(STAGES, False)
+    assert summary["metrics"]["test"]["mse"] == pytest.approx(4.402119, abs=1e-3)
+    assert any("test" in line and "gradient descent" in line for line in out)
+
+
+def test_cli_subprocess_bad_input_is_one_line_without_traceback(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.train", "--data", str(tmp_path / "nope.csv"), "--artifacts-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: {tmp_path / 'nope.csv'}: file not found; pass --data with the path of a CSV file"
+    )
+
+
+def test_help_lists_every_option():
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.train", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0
+    for option in (
+        "--data",
+        "--target",
+        "--features",
+        "--index-column",
+        "--test-size",
+        "--seed",
+        "--epochs",
+        "--lr",
+        "--method",
+        "--preset",
+        "--device",
+        "--artifacts-dir",
+        "--json",
+    ):
+        assert option in result.stdout
+    assert ADVERTISING.exists()
