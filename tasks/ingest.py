@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from tasks import store
 from tasks.errors import InputError
 
 _SNIFF_BYTES = 8192
+STAGE = store.Stage("ingest", __name__, files=("source",))
 
 
 def load_bytes(source: str) -> bytes:
@@ -57,10 +57,9 @@ def ingest_csv(source: str, root: str) -> dict[str, str]:
     """Read ``source`` and write it as ``raw.parquet``: column names and inferred dtypes preserved."""
     data = load_bytes(source)
     table = parse_csv(data, source)
-    folder = store.output_dir(
-        root, "ingest", sys.modules[__name__], {}, input_digests=[hashlib.sha256(data).hexdigest()]
-    )
-    out = store.write_parquet(table, folder / "raw.parquet")
+    # Keyed on the bytes actually read, which a URL only reveals now.
+    outputs = STAGE.outputs(root, {"source": source}, digests={"source": hashlib.sha256(data).hexdigest()})
+    out = outputs.write_parquet(table, "raw.parquet")
     get_run_logger().info(
         "read %s: %d rows × %d columns %s; wrote %s",
         source,
