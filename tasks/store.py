@@ -217,7 +217,11 @@ class Outputs:
         return self._write(name, "parquet", lambda tmp: pq.write_table(table, tmp))
 
     def write_pt(self, obj: Mapping[str, Any], name: str) -> str:
-        return self._write(name, "pt", lambda tmp: torch.save(dict(obj), tmp))
+        # Saved through memory: torch.save to a path names the archive's folder after the (random) temp file,
+        # so the same tensors would give different bytes, and a rebuild a different key downstream.
+        buffer = io.BytesIO()
+        torch.save(dict(obj), buffer)
+        return self._write(name, "pt", lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
     def write_json(self, obj: Any, name: str) -> str:
         return self._write(name, "json", lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
