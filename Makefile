@@ -8,7 +8,7 @@ ARGS ?=
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint format clean-artifacts clean
+.PHONY: help setup run test bench lint format clean-artifacts clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ run: $(STAMP) ## run the default job (Advertising); pass options with ARGS="--pr
 test: $(STAMP) ## run the test suite against a real Prefect server
 	$(PY) -m pytest $(ARGS)
 
+bench: $(STAMP) ## cold vs warm (cached) run vs a flow of seven no-op tasks; pass ARGS="--runs 9"
+	$(PY) -m bench.cache_bench $(ARGS)
+
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -34,7 +37,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-clean-artifacts: ## delete generated artifacts (data/artifacts)
+clean-artifacts: ## delete generated artifacts, their manifests, cache and run records (data/artifacts)
 	rm -rf data/artifacts
 
 clean: clean-artifacts ## also delete the virtual environment
