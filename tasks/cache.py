@@ -10,6 +10,10 @@ A cache record is Prefect's own result record: the small dict of artifact paths 
 as JSON under ``<root>/.cache/<stage>/<key>``, so deleting the artifacts folder clears artifacts and cache at
 once. Before Prefect may use a record, the policy verifies every artifact it names against its manifest; a
 missing, truncated or altered artifact drops the record, logs why, and the stage runs again.
+
+Prefect writes a record in place (not atomically), so every stage runs under Prefect's SERIALIZABLE isolation
+with `FileLocks`: one process computes a key while others wait for it and then read a whole record. A record
+cut short by a crash does not parse, which Prefect and `StageCache` both treat as a miss.
 """
 
 from __future__ import annotations

@@ -103,9 +103,10 @@ def test_changing_one_csv_row_reruns_every_stage(artifacts: Path, tmp_path: Path
     assert run(artifacts, data=str(csv))["cached"] == NONE_CACHED
 
 
-def test_refresh_runs_every_stage_and_leaves_a_valid_cache(artifacts: Path):
+def test_refresh_runs_every_stage_and_leaves_a_valid_cache(artifacts: Path, capsys):
     run(artifacts)
-    refreshed = run(artifacts, refresh=True)
+    assert main(["--artifacts-dir", str(artifacts), "--refresh", "--json"]) == 0
+    refreshed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert refreshed["cached"] == NONE_CACHED
     for path in files_of(refreshed):
         store.verify(path)
