@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from conftest import ROOT
-from flows.train import STAGES
+from flows.train import STAGES, linear_regression
 from tasks import store
 
 
@@ -87,15 +87,9 @@ def test_kill_9_mid_training_leaves_only_whole_artifacts_and_the_next_run_reuses
     assert {p.parent.parent.name for p in files} == {"ingest", "drop_index", "split", "tensorize"}
     assert records(artifacts, "train") == []
 
-    # the dead process's lock died with it: the next run does not wait, and reuses the four finished stages
-    nxt = subprocess.run(
-        flow_cmd(artifacts, "--preset", "seed", "--epochs", "300"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    summary = summary_of(nxt)
+    # the dead process's lock died with it: the next run (in this process) does not wait, and reuses the
+    # four finished stages
+    summary = linear_regression(artifacts_dir=str(artifacts), preset="seed", epochs=300)
     assert summary["cached"] == {stage: stage in ("ingest", "drop_index", "split", "tensorize") for stage in STAGES}
     assert summary["epochs_run"] == 300
     assert_every_artifact_verifies(artifacts)
