@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from conftest import ADVERTISING
 from flows.lineage import main as lineage_main
-from flows.train import STAGES, linear_regression, main
+from flows.train import STAGES, build_parser, linear_regression, main
 from tasks import store
 from tasks.cache import cached_outputs
 from tasks.train import DivergenceError
@@ -221,3 +221,8 @@ def test_clean_artifacts_deletes_the_store_and_nothing_else(artifacts: Path, tmp
     assert main(["--clean-artifacts", "--artifacts-dir", str(precious)]) == 2
     assert "does not look like an artifacts folder" in capsys.readouterr().err
     assert (precious / "thesis.tex").exists()
+
+
+def test_help_lists_the_cache_options():
+    text = build_parser().format_help()
+    assert "--refresh" in text and "--clean-artifacts" in text
