@@ -131,7 +131,7 @@ class Monitor:
             self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) else 0
             if self.rising >= RISING_EPOCHS:
                 self._diverged(epoch, f"loss rose for {RISING_EPOCHS} epochs in a row to {loss:.4g}")
-            self.flat = self.flat + 1 if abs(previous - loss) <= self.cfg.tol * abs(previous) else 0
+            self.flat = self.flat + 1 if abs(previous - loss) < self.cfg.tol * abs(previous) else 0
             self.converged = self.flat >= FLAT_EPOCHS
         done = self.converged or epoch == self.cfg.epochs
         if self.on_progress and (epoch % self.every == 0 or done):

@@ -1,0 +1,200 @@
+"""Each stage's contract on tiny inline data, through its pure functions and its task's ``.fn``."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+from sklearn.model_selection import train_test_split
+
+from conftest import ADVERTISING
+from tasks import store
+from tasks.drop_index import drop_index, drop_index_column
+from tasks.errors import InputError
+from tasks.evaluate import evaluate, regression_metrics
+from tasks.ingest import ingest_csv, load_bytes, parse_csv
+from tasks.plot import loss_curve, predicted_vs_actual
+from tasks.split import split_table
+from tasks.tensorize import to_tensors
+
+SMALL = '"",x1,x2,y\n"1",1.0,2,3.5\n"2",2.0,1,4.0\n"3",3.0,0,5.5\n"4",4.0,5,6.0\n'
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def table(**columns) -> pa.Table:
+    return pa.table(columns)
+
+
+# --- ingest ---------------------------------------------------------------------------------------
+
+
+def test_parse_csv_keeps_names_and_dtypes():
+    t = parse_csv(SMALL.encode(), "small.csv")
+    assert t.column_names == ["", "x1", "x2", "y"]
+    assert [str(f.type) for f in t.schema] == ["int64", "double", "int64", "double"]
+    assert t.num_rows == 4
+
+
+@pytest.mark.usefixtures("no_run_logger")
+def test_ingest_task_writes_parquet_unchanged(write_csv, artifacts):
+    out = ingest_csv.fn(write_csv(SMALL), str(artifacts))
+    written = store.read_parquet(out["table"])
+    assert written.equals(parse_csv(SMALL.encode(), "x"))
+    assert Path(out["table"]).name == "raw.parquet"
+
+
+def test_ingest_reads_an_http_url(tmp_path):
+    (tmp_path / "d.csv").write_text(SMALL)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/d.csv"
+        assert load_bytes(url) == SMALL.encode()
+        with pytest.raises(InputError, match="cannot download"):
+            load_bytes(url.replace("d.csv", "missing.csv"))
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "file is empty"),
+        (b"\n\n", "file is empty"),
+        (b"a,b,sales\n", "has a header but no data rows"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is a binary file"),
+        (b"a,b\n1,2\n3,4,5\n", "cannot be parsed as CSV"),
+    ],
+)
+def test_parse_csv_refuses_what_is_not_a_csv_with_rows(content, message):
+    with pytest.raises(InputError, match=message):
+        parse_csv(content, "bad.csv")
+
+
+def test_load_bytes_missing_file_and_folder(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.csv: file not found"):
+        load_bytes(str(tmp_path / "nope.csv"))
+    with pytest.raises(InputError, match="is a folder"):
+        load_bytes(str(tmp_path))
+
+
+# --- drop index -----------------------------------------------------------------------------------
+
+
+def test_drop_index_finds_the_unnamed_column_by_its_pandas_name():
+    t = parse_csv(SMALL.encode(), "x")
+    assert drop_index(t, "Unnamed: 0").column_names == ["x1", "x2", "y"]
+    assert drop_index(t, "x1").column_names == ["", "x2", "y"]
+    assert drop_index(t, None) is t
+
+
+def test_drop_index_names_the_missing_column():
+    t = table(a=[1, 2], b=[3, 4])
+    with pytest.raises(InputError, match=r"index column 'Unnamed: 0' not found.*--index-column"):
+        drop_index(t, "Unnamed: 0")
+
+
+@pytest.mark.usefixtures("no_run_logger")
+def test_drop_index_task(artifacts):
+    raw = store.write_parquet(parse_csv(SMALL.encode(), "x"), store.output_dir(artifacts, "t", store, {}) / "r.parquet")
+    out = drop_index_column.fn(raw, "Unnamed: 0", str(artifacts))
+    assert store.read_parquet(out["table"]).column_names == ["x1", "x2", "y"]
+
+
+# --- split ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("test_size", "seed"), [(0.2, 0), (0.25, 7), (0.5, 123)])
+def test_split_matches_sklearn_rows_and_order(test_size, seed):
+    frame = pd.read_csv(ADVERTISING).drop(columns="Unnamed: 0")
+    expected_train, expected_test = train_test_split(frame, test_size=test_size, random_state=seed)
+    train, test = split_table(pa.Table.from_pandas(frame, preserve_index=False), test_size, seed)
+    pd.testing.assert_frame_equal(train.to_pandas(), expected_train.reset_index(drop=True))
+    pd.testing.assert_frame_equal(test.to_pandas(), expected_test.reset_index(drop=True))
+
+
+@pytest.mark.parametrize("test_size", [0.0, 1.0, -0.1, 1.5])
+def test_split_rejects_test_size_outside_0_1(test_size):
+    with pytest.raises(InputError, match="--test-size must be between 0 and 1"):
+        split_table(table(a=list(range(10))), test_size, 0)
+
+
+def test_split_needs_two_rows_each_side():
+    with pytest.raises(InputError, match="3 rows are too few to split"):
+        split_table(table(a=[1, 2, 3]), 0.5, 0)
+    train, test = split_table(table(a=[1, 2, 3, 4]), 0.5, 0)
+    assert (train.num_rows, test.num_rows) == (2, 2)
+
+
+# --- tensorize ------------------------------------------------------------------------------------
+
+
+def test_to_tensors_shapes_dtypes_and_names():
+    train = table(a=[1, 2, 3], b=[1.5, 2.5, 3.5], y=[1.0, 2.0, 3.0])
+    out = to_tensors(train, train.slice(0, 2), "y", None)
+    assert out["features"] == ["a", "b"] and out["target"] == "y"
+    assert out["x_train"].shape == (3, 2) and out["y_train"].shape == (3, 1) and out["x_test"].shape == (2, 2)
+    assert all(out[k].dtype == torch.float32 for k in ("x_train", "y_train", "x_test", "y_test"))
+    assert to_tensors(train, train, "y", ["b"])["x_train"][:, 0].tolist() == [1.5, 2.5, 3.5]
+
+
+@pytest.mark.parametrize(
+    ("columns", "target", "features", "message"),
+    [
+        ({"a": [1, 2], "y": [1.0, 2.0]}, "sales", None, "target column 'sales' not found.*--target"),
+        ({"a": [1, 2], "y": [1.0, 2.0]}, "y", ["zz"], "feature column 'zz' not found.*--features"),
+        ({"a": ["u", "v"], "y": [1.0, 2.0]}, "y", None, r"feature column 'a' is not numeric \(string\).*--features"),
+        ({"a": [1, 2], "y": ["p", "q"]}, "y", None, "target column 'y' is not numeric"),
+        ({"a": [1.0, None], "y": [1.0, 2.0]}, "y", None, "column 'a' has 1 missing or non-finite"),
+        ({"a": [1.0, float("nan")], "y": [1.0, 2.0]}, "y", None, "column 'a' has 1 missing or non-finite"),
+        ({"a": [1.0, 2.0], "y": [float("inf"), 2.0]}, "y", None, "column 'y' has 1 missing or non-finite"),
+        ({"y": [1.0, 2.0]}, "y", None, "no feature columns"),
+    ],
+)
+def test_to_tensors_names_the_bad_column(columns, target, features, message):
+    t = pa.table(columns)
+    with pytest.raises(InputError, match=message):
+        to_tensors(t, t, target, features)
+
+
+# --- evaluate and plot ----------------------------------------------------------------------------
+
+
+def test_regression_metrics_by_hand():
+    m = regression_metrics(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0, 3.0, 6.0]))
+    assert m == pytest.approx({"mse": 1.0, "rmse": 1.0, "mae": 0.5, "r2": 1 - 4 / 5})
+
+
+def test_evaluate_gives_zero_gap_for_the_exact_solution():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 2, generator=gen)
+    y = x @ torch.tensor([[2.0], [-1.0]]) + 0.5 + 0.1 * torch.randn(50, 1, generator=gen)
+    a = torch.cat([x.double(), torch.ones(50, 1, dtype=torch.float64)], 1)
+    sol = torch.linalg.lstsq(a, y.double()).solution.ravel()
+    trained = {
+        "weights": sol[:2],
+        "bias": float(sol[2]),
+        "features": ["p", "q"],
+        "epochs_run": 1,
+        "lr": 0.1,
+        "max_stable_lr": 1.0,
+        "converged": True,
+        "config": {},
+    }
+    result = evaluate({"x_train": x, "y_train": y, "x_test": x[:10], "y_test": y[:10]}, trained)
+    assert abs(result["optimality_gap"]) < 1e-9
+    assert result["metrics"]["test"] == pytest.approx(result["baseline"]["test"], rel=1e-9)
+    assert result["ols_weights"] == pytest.approx({"p": float(sol[0]), "q": float(sol[1])}, rel=1e-9)
+
+
+def test_plots_are_pngs():
+    assert predicted_vs_actual(np.array([1.0, 2.0]), np.array([1.1, 1.9]), "y")[:8] == PNG_SIGNATURE
+    assert loss_curve(np.array([4.0, 2.0, 1.0]))[:8] == PNG_SIGNATURE

@@ -1,0 +1,112 @@
+"""Training reaches the closed-form least-squares optimum; the tutorial preset does not; divergence is caught."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import ADVERTISING
+from flows.params import Params
+from tasks.drop_index import drop_index
+from tasks.errors import InputError
+from tasks.ingest import load_bytes, parse_csv
+from tasks.split import split_table
+from tasks.tensorize import to_tensors
+from tasks.train import DivergenceError, Monitor, Scaler, fit, hessian_max_eigenvalue
+
+RTOL = 1e-3  # stated tolerance: every weight and the bias within 0.1% of float64 least squares
+
+
+@pytest.fixture(scope="module")
+def advertising() -> dict:
+    table = drop_index(parse_csv(load_bytes(str(ADVERTISING)), "Advertising.csv"), "Unnamed: 0")
+    return to_tensors(*split_table(table, 0.2, 0), "sales", None)
+
+
+def lstsq(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Weights then intercept, by float64 least squares."""
+    a = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    return torch.linalg.lstsq(a, y.double()).solution.ravel()
+
+
+def config(**overrides):
+    return dataclasses.replace(Params(device="cpu").training(), **overrides)
+
+
+@pytest.mark.parametrize("method", ["scratch", "builtins"])
+def test_default_reaches_least_squares_optimum(advertising, method):
+    result = fit(advertising["x_train"], advertising["y_train"], config(method=method))
+    got = torch.cat([result.weights.double(), torch.tensor([result.bias], dtype=torch.float64)])
+    expected = lstsq(advertising["x_train"], advertising["y_train"])
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=0)
+    # the shared reference figures for this split
+    assert expected.tolist() == pytest.approx([0.0445840, 0.1964970, -0.0027815, 2.994893], rel=1e-4)
+    assert result.converged and len(result.history) < 100
+
+
+def test_scratch_and_builtins_follow_the_same_trajectory(advertising):
+    cfg = config(tol=0.0, epochs=50)
+    scratch = fit(advertising["x_train"], advertising["y_train"], cfg)
+    builtins = fit(advertising["x_train"], advertising["y_train"], dataclasses.replace(cfg, method="builtins"))
+    assert len(scratch.history) == len(builtins.history) == 50
+    torch.testing.assert_close(torch.tensor(scratch.history), torch.tensor(builtins.history), rtol=1e-5, atol=0)
+
+
+def test_seed_preset_is_the_tutorial_and_stops_short_of_the_optimum(advertising):
+    cfg = Params(preset="seed", device="cpu").training()
+    assert (cfg.lr, cfg.epochs, cfg.standardize, cfg.init, cfg.tol) == (1e-5, 1000, False, "randn", 0.0)
+    result = fit(advertising["x_train"], advertising["y_train"], cfg)
+    assert len(result.history) == 1000 and not result.converged
+    optimum = lstsq(advertising["x_train"], advertising["y_train"])
+    assert result.max_stable_lr == pytest.approx(3.22e-5, rel=1e-2)  # condition number ≈ 2.2e5 on raw features
+    assert result.history[-1] > 3.0  # optimum train MSE is 2.4068
+    assert abs(result.bias - float(optimum[-1])) > 1.0  # the intercept barely moves at lr 1e-5
+
+
+def test_explicit_parameters_override_the_preset():
+    cfg = Params(preset="seed", epochs=10, lr="auto").training()
+    assert (cfg.epochs, cfg.lr, cfg.standardize) == (10, "auto", False)
+
+
+def test_hessian_eigenvalue_matches_numpy_reference(advertising):
+    x = advertising["x_train"].double()
+    a = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    expected = float(torch.linalg.eigvalsh(2 / len(x) * a.T @ a).max())
+    assert hessian_max_eigenvalue(advertising["x_train"]) == pytest.approx(expected, rel=1e-9)
+    assert expected == pytest.approx(62076, rel=1e-3)
+
+
+def test_scaler_folds_back_to_raw_units():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 100.0, 0.01]) + 5
+    scaler = Scaler.fit(x, enabled=True)
+    w, b = torch.randn(1, 3, generator=gen, dtype=torch.float64), torch.randn(1, generator=gen, dtype=torch.float64)
+    w_raw, b_raw = scaler.unfold(w, b)
+    torch.testing.assert_close(x @ w_raw + b_raw, (scaler.transform(x) @ w.t() + b).ravel())
+
+
+@pytest.mark.parametrize(
+    ("lr", "what"), [(10.0, "loss became"), (1e-3, "loss rose for 5 epochs"), (3.5e-5, "loss rose for 5 epochs")]
+)
+def test_divergence_names_the_epoch_and_the_largest_stable_lr(advertising, lr, what):
+    cfg = config(lr=lr, standardize=False, tol=0.0)
+    with pytest.raises(DivergenceError, match=rf"diverged at epoch \d+ \({what}.*largest stable lr .* is 3\.22\d*e-05"):
+        fit(advertising["x_train"], advertising["y_train"], cfg)
+
+
+def test_progress_is_reported_every_five_percent():
+    cfg = config(epochs=40, tol=0.0)
+    seen: list[int] = []
+    monitor = Monitor(cfg, lr=0.1, max_stable_lr=1.0, on_progress=lambda epoch, loss: seen.append(epoch))
+    for i in range(40):
+        monitor(10.0 / (i + 1))
+    assert seen == list(range(2, 41, 2))
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(advertising):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(InputError, match="--device cuda was asked for but CUDA is not available"):
+        fit(advertising["x_train"], advertising["y_train"], config(device="cuda"))
