@@ -48,6 +48,7 @@ def linear_regression(
     init: str | None = _D.init,
     method: str = _D.method,
     device: str = _D.device,
+    engine: str = _D.engine,
     artifacts_dir: str | None = _D.artifacts_dir,
 ) -> dict[str, Any]:
     """Ingest → drop index → split → tensorize → train → evaluate → plot; returns the run's summary."""
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("init", choices=["zeros", "randn"])
     opt("method", choices=["scratch", "builtins"])
     opt("device", choices=["auto", "cpu", "cuda"])
+    opt("engine", choices=["auto", "rows", "stats"])
     opt("artifacts_dir", metavar="DIR")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON line at the end")
     return parser

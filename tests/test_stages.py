@@ -187,6 +187,8 @@ def test_evaluate_gives_zero_gap_for_the_exact_solution():
         "lr": 0.1,
         "max_stable_lr": 1.0,
         "converged": True,
+        "engine": "rows",
+        "train_seconds": 0.1,
         "config": {},
     }
     result = evaluate({"x_train": x, "y_train": y, "x_test": x[:10], "y_test": y[:10]}, trained)

@@ -14,7 +14,7 @@ from tasks.errors import InputError
 from tasks.ingest import load_bytes, parse_csv
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
-from tasks.train import DivergenceError, Monitor, Scaler, fit, hessian_max_eigenvalue
+from tasks.train import DivergenceError, Monitor, Scaler, Stats, fit, mse, train_scratch
 
 RTOL = 1e-3  # stated tolerance: every weight and the bias within 0.1% of float64 least squares
 
@@ -74,14 +74,17 @@ def test_hessian_eigenvalue_matches_numpy_reference(advertising):
     x = advertising["x_train"].double()
     a = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
     expected = float(torch.linalg.eigvalsh(2 / len(x) * a.T @ a).max())
-    assert hessian_max_eigenvalue(advertising["x_train"]) == pytest.approx(expected, rel=1e-9)
+    stats = Stats.of(advertising["x_train"], advertising["y_train"], chunk_rows=37)  # chunking changes nothing
+    assert stats.hessian_max_eigenvalue() == pytest.approx(expected, rel=1e-9)
     assert expected == pytest.approx(62076, rel=1e-3)
 
 
 def test_scaler_folds_back_to_raw_units():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(20, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 100.0, 0.01]) + 5
-    scaler = Scaler.fit(x, enabled=True)
+    scaler = Scaler.fit(Stats.of(x, torch.zeros(20, 1)), enabled=True)
+    torch.testing.assert_close(scaler.mean, x.mean(0))
+    torch.testing.assert_close(scaler.std, x.std(0, unbiased=False))
     w, b = torch.randn(1, 3, generator=gen, dtype=torch.float64), torch.randn(1, generator=gen, dtype=torch.float64)
     w_raw, b_raw = scaler.unfold(w, b)
     torch.testing.assert_close(x @ w_raw + b_raw, (scaler.transform(x) @ w.t() + b).ravel())
@@ -110,3 +113,65 @@ def test_cuda_request_without_cuda_is_a_clear_error(advertising):
         pytest.skip("CUDA is available here")
     with pytest.raises(InputError, match="--device cuda was asked for but CUDA is not available"):
         fit(advertising["x_train"], advertising["y_train"], config(device="cuda"))
+
+
+# --- the sufficient-statistics engine gives the same iterates as the row-wise loop --------------------
+
+
+def float64_reference(x, y, cfg) -> tuple[list[float], torch.Tensor]:
+    """The textbook loop itself, in float64, on the same (standardized) data and step size."""
+    stats = Stats.of(x, y)
+    scaler = Scaler.fit(stats, cfg.standardize)
+    scaled = scaler.transform_stats(stats)
+    lr = 1 / scaled.hessian_max_eigenvalue() if cfg.lr == "auto" else cfg.lr
+    history: list[float] = []
+
+    class Record:
+        def __call__(self, loss):
+            history.append(loss)
+            return False
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    d = x.shape[1]
+    w0, b0 = (
+        (torch.randn(1, d, generator=gen), torch.randn(1, generator=gen))
+        if cfg.init == "randn"
+        else (torch.zeros(1, d), torch.zeros(1))
+    )
+    w, b = train_scratch(scaler.transform(x.double()), y.double(), w0.double(), b0.double(), lr, cfg.epochs, Record())
+    w_raw, b_raw = scaler.unfold(w, b)
+    return history, torch.cat([w_raw, torch.tensor([b_raw], dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("preset", ["default", "seed"])
+def test_stats_engine_matches_the_row_loop(advertising, preset):
+    cfg = dataclasses.replace(Params(preset=preset, device="cpu").training(), tol=0.0, epochs=300)
+    x, y = advertising["x_train"], advertising["y_train"]
+    expected_history, expected_theta = float64_reference(x, y, cfg)
+    rows = fit(x, y, dataclasses.replace(cfg, engine="rows"))
+    stats = fit(x, y, dataclasses.replace(cfg, engine="stats"))
+    assert (rows.engine, stats.engine) == ("rows", "stats")
+    # per-epoch loss within 1e-4 relative of the float64 row loop (the stats engine is float64 itself)
+    torch.testing.assert_close(torch.tensor(stats.history), torch.tensor(expected_history), rtol=1e-9, atol=0)
+    torch.testing.assert_close(torch.tensor(rows.history), torch.tensor(expected_history), rtol=1e-4, atol=0)
+    theta_stats = torch.cat([stats.weights.double(), torch.tensor([stats.bias], dtype=torch.float64)])
+    theta_rows = torch.cat([rows.weights.double(), torch.tensor([rows.bias], dtype=torch.float64)])
+    torch.testing.assert_close(theta_stats, expected_theta, rtol=1e-5, atol=0)
+    torch.testing.assert_close(theta_rows, theta_stats, rtol=1e-5, atol=0)
+
+
+def test_auto_engine_picks_stats_for_many_rows():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(150_000, 2, generator=gen)
+    y = x @ torch.tensor([[3.0], [-2.0]]) + 1
+    result = fit(x, y, Params(device="cpu").training())
+    assert result.engine == "stats"
+    torch.testing.assert_close(result.weights.float(), torch.tensor([3.0, -2.0]), rtol=1e-4, atol=1e-5)
+    assert result.bias == pytest.approx(1.0, rel=1e-4)
+    assert float(mse(x @ result.weights.float().reshape(-1, 1) + result.bias, y)) < 1e-8
+    assert fit(x[:1000], y[:1000], Params(device="cpu").training()).engine == "rows"
+
+
+def test_stats_engine_refuses_the_builtins_method(advertising):
+    with pytest.raises(InputError, match="--engine stats trains the scratch model only"):
+        fit(advertising["x_train"], advertising["y_train"], config(engine="stats", method="builtins"))
