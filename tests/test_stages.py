@@ -200,3 +200,12 @@ def test_evaluate_gives_zero_gap_for_the_exact_solution():
 def test_plots_are_pngs():
     assert predicted_vs_actual(np.array([1.0, 2.0]), np.array([1.1, 1.9]), "y")[:8] == PNG_SIGNATURE
     assert loss_curve(np.array([4.0, 2.0, 1.0]))[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.parametrize(("n", "test_size", "seed"), [(37, 0.3, 5), (5, 0.4, 0), (1001, 0.33, 42)])
+def test_split_matches_sklearn_on_odd_sizes(n, test_size, seed):
+    t = table(i=list(range(n)))
+    expected_train, expected_test = train_test_split(list(range(n)), test_size=test_size, random_state=seed)
+    train, test = split_table(t, test_size, seed)
+    assert train.column("i").to_pylist() == expected_train
+    assert test.column("i").to_pylist() == expected_test
