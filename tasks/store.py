@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -100,6 +100,12 @@ def output_dir(
             f"artifacts folder {Path(root)} is not writable ({exc.strerror}); pass --artifacts-dir"
         ) from None
     return folder
+
+
+def discard_if_empty(folder: Path) -> None:
+    """Remove a stage folder that a failed stage created but never wrote to."""
+    with suppress(OSError):  # not empty (an earlier run's complete output) or already gone
+        folder.rmdir()
 
 
 @contextmanager

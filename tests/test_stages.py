@@ -10,16 +10,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import torch
 from sklearn.model_selection import train_test_split
 
 from conftest import ADVERTISING
-from tasks import store
+from tasks import ingest, store
 from tasks.drop_index import drop_index, drop_index_column
 from tasks.errors import InputError
 from tasks.evaluate import evaluate, regression_metrics
-from tasks.ingest import ingest_csv, load_bytes, parse_csv
+from tasks.ingest import check_file, csv_to_parquet, ingest_csv
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
@@ -35,31 +37,57 @@ def table(**columns) -> pa.Table:
 # --- ingest ---------------------------------------------------------------------------------------
 
 
-def test_parse_csv_keeps_names_and_dtypes():
-    t = parse_csv(SMALL.encode(), "small.csv")
-    assert t.column_names == ["", "x1", "x2", "y"]
-    assert [str(f.type) for f in t.schema] == ["int64", "double", "int64", "double"]
-    assert t.num_rows == 4
+def small_table() -> pa.Table:
+    return pacsv.read_csv(pa.BufferReader(SMALL.encode()))
+
+
+def test_csv_to_parquet_keeps_names_and_dtypes(write_csv, tmp_path):
+    schema = csv_to_parquet(Path(write_csv(SMALL)), tmp_path / "raw.parquet", "small.csv")
+    written = store.read_parquet(tmp_path / "raw.parquet")
+    assert written.column_names == ["", "x1", "x2", "y"] == schema.names
+    assert [str(f.type) for f in written.schema] == ["int64", "double", "int64", "double"]
+    assert written.num_rows == 4
+
+
+def test_csv_to_parquet_streams_blocks_into_row_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
+    rows = "a,b\n" + "".join(f"{i},{i * 0.5}\n" for i in range(5000))
+    (tmp_path / "big.csv").write_text(rows)
+    csv_to_parquet(tmp_path / "big.csv", tmp_path / "raw.parquet", "big.csv")
+    parquet = pq.ParquetFile(tmp_path / "raw.parquet")
+    assert parquet.metadata.num_row_groups > 1 and parquet.metadata.num_rows == 5000
+    assert parquet.read().equals(pacsv.read_csv(tmp_path / "big.csv"))
+
+
+def test_csv_to_parquet_widens_a_type_contradicted_by_a_later_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
+    rows = "a,b\n" + "".join(f"{i},{i}\n" for i in range(5000)) + "1.5,2\n"
+    (tmp_path / "mixed.csv").write_text(rows)
+    csv_to_parquet(tmp_path / "mixed.csv", tmp_path / "raw.parquet", "mixed.csv")
+    written = store.read_parquet(tmp_path / "raw.parquet")
+    assert str(written.schema.field("a").type) == "double" and written.num_rows == 5001
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 @pytest.mark.usefixtures("no_run_logger")
 def test_ingest_task_writes_parquet_unchanged(write_csv, artifacts):
     out = ingest_csv.fn(write_csv(SMALL), str(artifacts))
-    written = store.read_parquet(out["table"])
-    assert written.equals(parse_csv(SMALL.encode(), "x"))
+    assert store.read_parquet(out["table"]).equals(small_table())
     assert Path(out["table"]).name == "raw.parquet"
 
 
-def test_ingest_reads_an_http_url(tmp_path):
+@pytest.mark.usefixtures("no_run_logger")
+def test_ingest_reads_an_http_url(tmp_path, artifacts):
     (tmp_path / "d.csv").write_text(SMALL)
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/d.csv"
-        assert load_bytes(url) == SMALL.encode()
+        out = ingest_csv.fn(url, str(artifacts))
+        assert store.read_parquet(out["table"]).equals(small_table())
         with pytest.raises(InputError, match="cannot download"):
-            load_bytes(url.replace("d.csv", "missing.csv"))
+            ingest_csv.fn(url.replace("d.csv", "missing.csv"), str(artifacts))
     finally:
         server.shutdown()
 
@@ -74,23 +102,24 @@ def test_ingest_reads_an_http_url(tmp_path):
         (b"a,b\n1,2\n3,4,5\n", "cannot be parsed as CSV"),
     ],
 )
-def test_parse_csv_refuses_what_is_not_a_csv_with_rows(content, message):
+def test_csv_to_parquet_refuses_what_is_not_a_csv_with_rows(content, message, write_csv, tmp_path):
     with pytest.raises(InputError, match=message):
-        parse_csv(content, "bad.csv")
+        csv_to_parquet(Path(write_csv(content)), tmp_path / "raw.parquet", "bad.csv")
+    assert not list(tmp_path.glob("*.parquet*")) and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_load_bytes_missing_file_and_folder(tmp_path):
+def test_check_file_missing_file_and_folder(tmp_path):
     with pytest.raises(InputError, match=r"nope\.csv: file not found"):
-        load_bytes(str(tmp_path / "nope.csv"))
+        check_file(str(tmp_path / "nope.csv"))
     with pytest.raises(InputError, match="is a folder"):
-        load_bytes(str(tmp_path))
+        check_file(str(tmp_path))
 
 
 # --- drop index -----------------------------------------------------------------------------------
 
 
 def test_drop_index_finds_the_unnamed_column_by_its_pandas_name():
-    t = parse_csv(SMALL.encode(), "x")
+    t = small_table()
     assert drop_index(t, "Unnamed: 0").column_names == ["x1", "x2", "y"]
     assert drop_index(t, "x1").column_names == ["", "x2", "y"]
     assert drop_index(t, None) is t
@@ -104,7 +133,7 @@ def test_drop_index_names_the_missing_column():
 
 @pytest.mark.usefixtures("no_run_logger")
 def test_drop_index_task(artifacts):
-    raw = store.write_parquet(parse_csv(SMALL.encode(), "x"), store.output_dir(artifacts, "t", store, {}) / "r.parquet")
+    raw = store.write_parquet(small_table(), store.output_dir(artifacts, "t", store, {}) / "r.parquet")
     out = drop_index_column.fn(raw, "Unnamed: 0", str(artifacts))
     assert store.read_parquet(out["table"]).column_names == ["x1", "x2", "y"]
 

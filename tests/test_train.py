@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pyarrow.csv as pacsv
 import pytest
 import torch
 
@@ -11,7 +12,6 @@ from conftest import ADVERTISING
 from flows.params import Params
 from tasks.drop_index import drop_index
 from tasks.errors import InputError
-from tasks.ingest import load_bytes, parse_csv
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
 from tasks.train import DivergenceError, Monitor, Scaler, Stats, fit, mse, train_scratch
@@ -21,7 +21,7 @@ RTOL = 1e-3  # stated tolerance: every weight and the bias within 0.1% of float6
 
 @pytest.fixture(scope="module")
 def advertising() -> dict:
-    table = drop_index(parse_csv(load_bytes(str(ADVERTISING)), "Advertising.csv"), "Unnamed: 0")
+    table = drop_index(pacsv.read_csv(ADVERTISING), "Unnamed: 0")
     return to_tensors(*split_table(table, 0.2, 0), "sales", None)
 
 
