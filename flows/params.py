@@ -36,6 +36,9 @@ class Params(BaseModel):
     init: Literal["zeros", "randn"] | None = Field(None, description="initial weights")
     method: Literal["scratch", "builtins"] = Field("scratch", description="hand-written loop or nn/optim")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    engine: Literal["auto", "rows", "stats"] = Field(
+        "auto", description="rows: loop over every row; stats: same iterates from XᵀX, Xᵀy; auto: by size"
+    )
     artifacts_dir: str | None = Field(
         None, description="where artifacts go; None: $LINREG_ARTIFACTS_DIR or data/artifacts"
     )
@@ -55,4 +58,4 @@ class Params(BaseModel):
         """The training stage's config: explicit parameters first, then the preset's values."""
         preset = PRESETS[self.preset]
         chosen = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in preset.items()}
-        return TrainConfig(method=self.method, seed=self.seed, device=self.device, **chosen)
+        return TrainConfig(method=self.method, seed=self.seed, device=self.device, engine=self.engine, **chosen)

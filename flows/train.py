@@ -43,6 +43,7 @@ def linear_regression(
     init: str | None = _D.init,
     method: str = _D.method,
     device: str = _D.device,
+    engine: str = _D.engine,
     artifacts_dir: str | None = _D.artifacts_dir,
     refresh: bool = _D.refresh,
 ) -> dict[str, Any]:
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("init", choices=["zeros", "randn"])
     opt("method", choices=["scratch", "builtins"])
     opt("device", choices=["auto", "cpu", "cuda"])
+    opt("engine", choices=["auto", "rows", "stats"])
     opt("artifacts_dir", metavar="DIR")
     opt("refresh", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON line at the end")

@@ -50,6 +50,8 @@ def evaluate(tensors: dict, trained: dict) -> dict:
         "lr": float(trained["lr"]),
         "max_stable_lr": float(trained["max_stable_lr"]),
         "converged": bool(trained["converged"]),
+        "engine": str(trained["engine"]),
+        "train_seconds": float(trained["train_seconds"]),
         "training": dict(trained["config"]),
         "test_predictions": {"actual": data["y_test"].ravel(), "predicted": predictions["test"]},
     }

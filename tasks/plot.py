@@ -9,12 +9,15 @@ from prefect import get_run_logger, task
 from tasks import store
 
 STAGE = store.Stage("plot", __name__, files=("predictions_path", "model_path"))
+MAX_POINTS = 5000  # a scatter of more points is a blob that takes seconds to draw
 
 
 def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, target: str) -> bytes:
     fig = Figure(figsize=(5, 5))  # no pyplot: no global state, no GUI backend on servers and workers
     ax = fig.subplots()
-    ax.scatter(actual, predicted, s=18, alpha=0.75, label="test rows")
+    shown = np.linspace(0, len(actual) - 1, min(len(actual), MAX_POINTS)).astype(int)  # evenly spaced rows
+    label = "test rows" if len(shown) == len(actual) else f"{len(shown):,} of {len(actual):,} test rows"
+    ax.scatter(actual[shown], predicted[shown], s=18 if len(shown) < 500 else 4, alpha=0.75, label=label)
     low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
     ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
     ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title="Predicted vs actual (test set)")

@@ -25,7 +25,7 @@ import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -232,24 +232,31 @@ class Outputs:
         return self._write(name, "png", lambda tmp: tmp.write_bytes(data))
 
     def _write(self, name: str, fmt: str, writer: Callable[[Path], None]) -> str:
-        final = self.folder / name
-        manifest: dict[str, Any] = {}
-        with atomic_path(final) as tmp:
+        with atomic_path(self.folder / name) as tmp:
             writer(tmp)
-            manifest = {
-                "manifest_version": MANIFEST_VERSION,
-                "file": name,
-                "sha256": sha256_file(tmp),
-                "size": tmp.stat().st_size,
-                "format": fmt,
-                "schema": describe_schema(tmp, fmt),
-                "stage": self.stage,
-                "key": self.key,
-                "params": self.params,
-                "inputs": self.inputs,
-                "versions": versions(),
-                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            }
+        return self.record(name, fmt)
+
+    def record(self, name: str, fmt: str) -> str:
+        """Write the manifest of ``name``, a file this stage has just put (atomically) into its folder.
+
+        The artifact lands first and its manifest second: a crash in between leaves an artifact without a
+        manifest, which every read and every cache check treats as missing, so the stage runs again.
+        """
+        final = self.folder / name
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "file": name,
+            "sha256": sha256_file(final),
+            "size": final.stat().st_size,
+            "format": fmt,
+            "schema": describe_schema(final, fmt),
+            "stage": self.stage,
+            "key": self.key,
+            "params": self.params,
+            "inputs": self.inputs,
+            "versions": versions(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
         write_json(manifest, manifest_path(final))
         return str(final)
 
@@ -349,6 +356,12 @@ def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_json(path: str | os.PathLike[str]) -> Any:
     _verified(path)
     return json.loads(Path(path).read_text())
+
+
+def discard_if_empty(folder: Path) -> None:
+    """Remove a stage folder that a failed stage created but never wrote to."""
+    with suppress(OSError):  # not empty (an earlier run's complete output) or already gone
+        folder.rmdir()
 
 
 @contextmanager

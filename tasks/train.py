@@ -9,6 +9,7 @@ preset turns all of that off to reproduce the original tutorial.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -23,6 +24,7 @@ from tasks.errors import InputError
 Method = Literal["scratch", "builtins"]
 Init = Literal["zeros", "randn"]
 Device = Literal["auto", "cpu", "cuda"]
+Engine = Literal["auto", "rows", "stats"]
 
 RISING_EPOCHS = 5  # this many consecutive rises of the loss count as divergence
 RISE_TOLERANCE = 1e-6  # relative rise below this is float32 rounding, not a rise
@@ -45,14 +47,16 @@ class TrainConfig:
     init: Init
     seed: int
     device: Device
+    engine: Engine  # rows: the textbook loop over every row; stats: the same iterates from XᵀX, Xᵀy (O(d²)/epoch)
 
 
 @dataclass
 class Fit:
-    weights: torch.Tensor  # (d,), raw feature units
+    weights: torch.Tensor  # (d,), raw feature units, float64
     bias: float
     lr: float
     max_stable_lr: float
+    engine: str
     history: list[float] = field(default_factory=list)
     converged: bool = False
 
@@ -73,39 +77,74 @@ def mse(t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
     return torch.sum(diff * diff) / diff.numel()
 
 
-# --- what makes it converge -----------------------------------------------------------------------
+# --- sufficient statistics: what makes it converge, and what makes it scale -------------------------
 
 
-def hessian_max_eigenvalue(x: torch.Tensor) -> float:
-    """Largest eigenvalue L of the training MSE's Hessian ``2/n [x 1]ᵀ[x 1]`` ((d+1)², in float64).
+@dataclass(frozen=True)
+class Stats:
+    """Everything the MSE of a linear model depends on: ``G = AᵀA``, ``c = Aᵀy``, ``yᵀy`` and ``n``, A = [x 1].
 
-    Gradient descent on this quadratic is stable for lr < 2/L; lr = 1/L descends fastest without tuning.
+    The loss is ``(θᵀGθ − 2θᵀc + yᵀy)/n`` for θ = [w; b], so full-batch gradient descent can run on these
+    alone: the same iterates as the row-wise loop, at O(d²) per epoch whatever the number of rows.
     """
-    a = torch.cat([x.double(), torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)], dim=1)
-    return float(torch.linalg.eigvalsh(2.0 / x.shape[0] * a.T @ a).max())
+
+    g: torch.Tensor  # (d+1)×(d+1), float64
+    c: torch.Tensor  # (d+1,), float64
+    yy: float
+    n: int
+
+    @classmethod
+    def of(cls, x: torch.Tensor, y: torch.Tensor, chunk_rows: int = 1 << 20) -> Stats:
+        """One pass over the rows, in float64 chunks (no float64 copy of the whole data)."""
+        d = x.shape[1]
+        g = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+        c = torch.zeros(d + 1, dtype=torch.float64)
+        yy = 0.0
+        for xc, yc in zip(x.split(chunk_rows), y.split(chunk_rows), strict=True):
+            a = torch.cat([xc.double().cpu(), torch.ones(len(xc), 1, dtype=torch.float64)], dim=1)
+            yd = yc.double().cpu().reshape(-1)
+            g += a.T @ a
+            c += a.T @ yd
+            yy += float(yd @ yd)
+        return cls(g, c, yy, x.shape[0])
+
+    def hessian_max_eigenvalue(self) -> float:
+        """Largest eigenvalue L of the MSE's Hessian ``2G/n``: gradient descent is stable for lr < 2/L,
+        and lr = 1/L descends fastest without tuning."""
+        return float(torch.linalg.eigvalsh(2.0 / self.n * self.g).max())
 
 
 @dataclass(frozen=True)
 class Scaler:
     """Feature standardization with training statistics, and its inverse for the fitted weights."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
+    mean: torch.Tensor  # float64
+    std: torch.Tensor  # float64
 
     @classmethod
-    def fit(cls, x: torch.Tensor, enabled: bool) -> Scaler:
+    def fit(cls, stats: Stats, enabled: bool) -> Scaler:
+        d = stats.g.shape[0] - 1
         if not enabled:
-            return cls(torch.zeros(x.shape[1], device=x.device), torch.ones(x.shape[1], device=x.device))
-        std = x.std(dim=0, unbiased=False)
-        return cls(x.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std)))
+            return cls(torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64))
+        mean = stats.g[:d, d] / stats.n
+        std = (torch.diagonal(stats.g)[:d] / stats.n - mean**2).clamp_min(0).sqrt()
+        return cls(mean, torch.where(std > 0, std, torch.ones_like(std)))
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return (x - self.mean.to(x)) / self.std.to(x)
+
+    def transform_stats(self, stats: Stats) -> Stats:
+        """The statistics of the standardized features: [xs 1] = [x 1]·T, so G → TᵀGT and c → Tᵀc."""
+        d = len(self.mean)
+        t = torch.eye(d + 1, dtype=torch.float64)
+        t[:d, :d] = torch.diag(1.0 / self.std)
+        t[d, :d] = -self.mean / self.std
+        return Stats(t.T @ stats.g @ t, t.T @ stats.c, stats.yy, stats.n)
 
     def unfold(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Weights for raw features: w·(x−μ)/σ + b = (w/σ)·x + (b − Σ wμ/σ)."""
-        w_raw = w.reshape(-1) / self.std
-        return w_raw, float(b.reshape(()) - (w_raw * self.mean).sum())
+        w_raw = w.reshape(-1).double().cpu() / self.std
+        return w_raw, float(b.reshape(()).double().cpu() - (w_raw * self.mean).sum())
 
 
 class Monitor:
@@ -131,7 +170,7 @@ class Monitor:
             self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) else 0
             if self.rising >= RISING_EPOCHS:
                 self._diverged(epoch, f"loss rose for {RISING_EPOCHS} epochs in a row to {loss:.4g}")
-            self.flat = self.flat + 1 if abs(previous - loss) <= self.cfg.tol * abs(previous) else 0
+            self.flat = self.flat + 1 if abs(previous - loss) < self.cfg.tol * abs(previous) else 0
             self.converged = self.flat >= FLAT_EPOCHS
         done = self.converged or epoch == self.cfg.epochs
         if self.on_progress and (epoch % self.every == 0 or done):
@@ -186,7 +225,37 @@ def train_builtins(x, y, w, b, lr: float, epochs: int, monitor: Monitor) -> tupl
     return linear.weight.detach(), linear.bias.detach()
 
 
+def mse_from_stats(w: torch.Tensor, b: torch.Tensor, stats: Stats) -> torch.Tensor:
+    theta = torch.cat([w.reshape(-1), b.reshape(-1)])
+    return (theta @ stats.g @ theta - 2 * theta @ stats.c + stats.yy) / stats.n
+
+
+def train_stats(stats: Stats, w, b, lr: float, epochs: int, monitor: Monitor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook loop on sufficient statistics (float64): loss, backward, step under no_grad, zero the grads."""
+    w, b = w.double().cpu().requires_grad_(), b.double().cpu().requires_grad_()
+    for _ in range(epochs):
+        loss = mse_from_stats(w, b, stats)
+        loss.backward()
+        with torch.no_grad():
+            w -= w.grad * lr
+            b -= b.grad * lr
+            w.grad.zero_()
+            b.grad.zero_()
+        if monitor(loss.item()):
+            break
+    return w.detach(), b.detach()
+
+
 LOOPS = {"scratch": train_scratch, "builtins": train_builtins}
+STATS_ENGINE_MIN_ROWS = 100_000  # below this the row-wise loop is already instant: keep the textbook reference
+
+
+def choose_engine(cfg: TrainConfig, n_rows: int) -> Literal["rows", "stats"]:
+    if cfg.engine == "stats" and cfg.method == "builtins":
+        raise InputError("--engine stats trains the scratch model only; pass --method scratch or --engine rows")
+    if cfg.engine != "auto":
+        return cfg.engine
+    return "stats" if cfg.method == "scratch" and n_rows >= STATS_ENGINE_MIN_ROWS else "rows"
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -208,16 +277,21 @@ def initial_params(d: int, init: Init, seed: int, device: torch.device) -> tuple
 def fit(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, on_progress: Progress | None = None) -> Fit:
     """Train on (x, y) as ``cfg`` says; returns raw-unit weights, the loss history and the step size used."""
     device = resolve_device(cfg.device)
-    x, y = x.to(device), y.to(device)
-    scaler = Scaler.fit(x, cfg.standardize)
-    xs = scaler.transform(x)
-    curvature = hessian_max_eigenvalue(xs)
+    engine = choose_engine(cfg, x.shape[0])
+    stats = Stats.of(x, y)
+    scaler = Scaler.fit(stats, cfg.standardize)
+    scaled = scaler.transform_stats(stats)
+    curvature = scaled.hessian_max_eigenvalue()
     lr = 1.0 / curvature if cfg.lr == "auto" else float(cfg.lr)
     monitor = Monitor(cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress)
     w0, b0 = initial_params(x.shape[1], cfg.init, cfg.seed, device)
-    w, b = LOOPS[cfg.method](xs, y, w0, b0, lr, cfg.epochs, monitor)
+    if engine == "stats":
+        w, b = train_stats(scaled, w0, b0, lr, cfg.epochs, monitor)
+    else:
+        x, y = x.to(device), y.to(device)
+        w, b = LOOPS[cfg.method](scaler.transform(x), y, w0, b0, lr, cfg.epochs, monitor)
     weights, bias = scaler.unfold(w, b)
-    return Fit(weights.cpu(), bias, lr, 2.0 / curvature, monitor.history, monitor.converged)
+    return Fit(weights, bias, lr, 2.0 / curvature, engine, monitor.history, monitor.converged)
 
 
 @task(name="train_model")
@@ -231,7 +305,9 @@ def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str
         update_progress_artifact(progress, progress=100.0 * epoch / cfg.epochs)
         logger.info("epoch %d/%d: train loss %.6g", epoch, cfg.epochs, loss)
 
+    started = time.perf_counter()
     result = fit(data["x_train"], data["y_train"], cfg, on_progress=report)
+    seconds = time.perf_counter() - started
     update_progress_artifact(progress, progress=100.0)
     saved = {
         "weights": result.weights,
@@ -243,14 +319,18 @@ def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str
         "lr": result.lr,
         "max_stable_lr": result.max_stable_lr,
         "converged": result.converged,
+        "engine": result.engine,
+        "train_seconds": seconds,
         "config": asdict(cfg),
     }
     out = STAGE.outputs(root, {"tensors_path": tensors_path, "cfg": cfg}).write_pt(saved, "model.pt")
     logger.info(
-        "read %s; %s training ran %d epochs at lr %.4g (%s); final train loss %.6g; wrote %s",
+        "read %s; %s training (%s engine) ran %d epochs in %.2f s at lr %.4g (%s); final train loss %.6g; wrote %s",
         tensors_path,
         cfg.method,
+        result.engine,
         len(result.history),
+        seconds,
         result.lr,
         "converged" if result.converged else "epoch cap reached",
         result.history[-1],

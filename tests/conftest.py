@@ -24,6 +24,12 @@ ADVERTISING = ROOT / "data" / "Advertising.csv"
 
 
 def pytest_unconfigure(config):
+    import sys
+
+    if "prefect" in sys.modules:  # send the run logs still queued before the server goes away
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
     _SERVER.stop()
 
 
@@ -51,3 +57,12 @@ def write_csv(tmp_path: Path):
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def no_run_logger():
+    """Lets a task's ``.fn`` run outside a flow: Prefect's documented way to silence ``get_run_logger``."""
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():
+        yield
