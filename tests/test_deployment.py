@@ -42,6 +42,7 @@ STAGE_TASKS = dict(
 EPOCHS = 15  # below the ~23 epochs in which the default recipe converges: the run must stop at exactly this cap
 MAKE = ["make", "--no-print-directory", "-C", str(ROOT), "-o", ".venv/.installed-stamp"]  # -o: never reinstall
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LOSS_LINE = re.compile(rf"epoch (\d+)/{EPOCHS}: train loss [0-9.e+-]+")
 LOG_FILE_TAIL = 4000
 
 
@@ -98,6 +99,15 @@ def deployed(prefect_api_url: str, tmp_path_factory) -> dict:
         assert flow_run.state and flow_run.state.is_completed(), (
             f"run ended {flow_run.state_name} after {seconds:.0f}s; worker log:\n{_tail(worker_log)}"
         )
+        # The run's process sends its last log batch after the final state: stopping the worker (and with it that
+        # process) before then would lose those lines. Its last line is the flow's "Finished in state ...".
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                logs = client.read_logs(LogFilter(flow_run_id={"any_": [flow_run_id]}), limit=200)
+                if any(log.task_run_id is None and "Finished in state" in log.message for log in logs):
+                    break
+                time.sleep(0.5)
         return {"flow_run": flow_run, "artifacts": artifacts, "seconds": seconds, "worker_log": worker_log}
     finally:
         stop_process(worker)
@@ -141,22 +151,33 @@ def test_prefect_yaml_names_no_folder_of_any_machine():
     assert {d["name"] for d in config["deployments"]} == {"daily", "on-demand"}
 
 
+def _said_what_it_read_and_wrote(messages: list[str]) -> bool:
+    return any("read " in m and ("wrote " in m or "published " in m) for m in messages)
+
+
 def test_triggered_run_has_one_task_run_per_stage_with_logs(deployed):
     flow_run = deployed["flow_run"]
     assert flow_run.parameters == {"epochs": EPOCHS}
+    expected = sorted([task.name for task in STAGE_TASKS.values()] + ["publish_report"])
+    # The server records task-run states and logs asynchronously (from events and log batches): a flow run can
+    # be Completed a moment before all of its task runs and log lines are readable. Wait for them, briefly.
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}))
-        logs = client.read_logs(LogFilter(flow_run_id={"any_": [flow_run.id]}), limit=200)
-    by_task = {run.name.rsplit("-", 1)[0]: run for run in task_runs}
-    expected = [task.name for task in STAGE_TASKS.values()] + ["publish_report"]
-    assert sorted(run.name.rsplit("-", 1)[0] for run in task_runs) == sorted(expected), "one task run per stage"
-    assert all(run.state.is_completed() for run in task_runs)
-    for name in expected:
-        messages = [log.message for log in logs if log.task_run_id == by_task[name].id]
-        assert any("read " in m and ("wrote " in m or "published " in m) for m in messages), (name, messages)
-    training = [log.message for log in logs if log.task_run_id == by_task["train_model"].id]
-    epochs_logged = [int(m) for m in re.findall(rf"epoch (\d+)/{EPOCHS}: train loss [0-9.e+-]+", "\n".join(training))]
-    assert epochs_logged == list(range(1, EPOCHS + 1))  # every epoch here: 15 epochs // 20 steps < 1
+        while True:
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}))
+            by_task = {run.name.rsplit("-", 1)[0]: run for run in task_runs}
+            logs = client.read_logs(LogFilter(flow_run_id={"any_": [flow_run.id]}), limit=200)
+            said = {name: [log.message for log in logs if log.task_run_id == run.id] for name, run in by_task.items()}
+            silent = [name for name in expected if not _said_what_it_read_and_wrote(said.get(name, []))]
+            epochs_logged = [int(m) for m in LOSS_LINE.findall("\n".join(said.get("train_model", [])))]
+            complete = all(run.state and run.state.is_completed() for run in task_runs)
+            if (complete and not silent and len(epochs_logged) >= EPOCHS) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert sorted(run.name.rsplit("-", 1)[0] for run in task_runs) == expected, "one task run per stage"
+    assert complete, {run.name: run.state_name for run in task_runs}
+    assert not silent, {name: said.get(name) for name in silent}
+    assert sorted(epochs_logged) == list(range(1, EPOCHS + 1))  # every epoch here: 15 epochs // 20 steps < 1
     assert str(deployed["artifacts"]) in "\n".join(log.message for log in logs), "artifacts not in the worker's dir"
 
 

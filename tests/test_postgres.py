@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,12 +105,16 @@ def test_flow_completes_against_a_postgres_backed_server(postgres: str, tmp_path
         )
         assert result.returncode == 0, result.stderr[-4000:]
         assert json.loads(result.stdout.splitlines()[-1])["epochs_run"] == EPOCHS
-        # read PostgreSQL itself: the run, its task runs and its artifacts are stored there
-        flow_runs = asyncio.run(_query(postgres, "SELECT id, state_type FROM flow_run"))
+        # read PostgreSQL itself: the run, its task runs and its artifacts are stored there. Task-run states are
+        # recorded from events, a moment after the flow run ends: wait for them, briefly.
+        deadline = time.monotonic() + 60
+        while True:
+            flow_runs = asyncio.run(_query(postgres, "SELECT id, state_type FROM flow_run"))
+            task_states = asyncio.run(_query(postgres, "SELECT state_type FROM task_run"))
+            if [s for (s,) in task_states] == ["COMPLETED"] * 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert [state for _, state in flow_runs] == ["COMPLETED"]
-        task_states = asyncio.run(
-            _query(postgres, f"SELECT state_type FROM task_run WHERE flow_run_id = '{flow_runs[0][0]}'")
-        )
         assert [state for (state,) in task_states] == ["COMPLETED"] * 8  # seven stages + publish_report
         keys = asyncio.run(_query(postgres, "SELECT DISTINCT key FROM artifact WHERE key IS NOT NULL"))
         assert {key for (key,) in keys} == {
