@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect.client.orchestration import get_client
 from prefect.schedules import Cron, Schedule
+from prefect.settings import PREFECT_API_URL
 
 from tasks.errors import InputError
 from tasks.store import PROJECT_ROOT
@@ -42,6 +44,20 @@ def daily_schedule(path: Path | None = None) -> Schedule:
     return Cron(crons[0]["cron"], timezone=crons[0].get("timezone") or "UTC")
 
 
+def check_server() -> None:
+    """Serving needs a lasting server to hold the deployment and its schedule: refuse a missing or dead one."""
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise InputError(
+            "PREFECT_API_URL is not set: start a server with `make server` and serve with `make serve`, "
+            "or set PREFECT_API_URL to your server's API"
+        )
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
+        raise InputError(f"cannot reach the Prefect API at {url} ({problem}); start it with `make server`")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.serve",
@@ -52,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         schedule = daily_schedule()
+        check_server()
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ pauses the deployment when stopped and resumes it when started again (what the d
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from prefect.exceptions import ObjectNotFound
 
 from conftest import ROOT
 from flows.serve import SERVED_NAME, daily_schedule, main
-from prefect_server import isolated_env, start_process, stop_process
+from prefect_server import free_port, isolated_env, start_process, stop_process
 
 DEPLOYMENT = f"linear-regression/{SERVED_NAME}"
 
@@ -82,3 +83,18 @@ def test_serve_runs_flows_and_pauses_its_deployment_when_stopped(prefect_api_url
         _wait(lambda: not _deployment().paused, "the deployment to resume", tmp_path / "serve-again.log")
     finally:
         stop_process(serve, sig=signal.SIGINT, timeout=60)
+
+
+def test_serve_without_a_reachable_server_is_one_line(tmp_path: Path):
+    url = f"http://127.0.0.1:{free_port()}/api"
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.serve"],
+        env=isolated_env(tmp_path / "home", PREFECT_API_URL=url),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: cannot reach the Prefect API at {url} (")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
