@@ -54,9 +54,11 @@ def postgres() -> Iterator[str]:
             owner = pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("running as root, and there is no postgres user to run PostgreSQL as")
-    folder = Path(tempfile.mkdtemp(prefix="linreg-pg-"))
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:  # in /tmp: the postgres user must be able to reach the folder, unlike root's $TMPDIR
+        folder = Path(tempfile.mkdtemp(prefix="linreg-pg-", dir="/tmp"))
         os.chown(folder, owner.pw_uid, owner.pw_gid)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="linreg-pg-"))
     data, port = folder / "data", free_port()
 
     def run(*command: str) -> None:
