@@ -21,6 +21,7 @@ from tasks.errors import InputError
 from tasks.evaluate import evaluate_model
 from tasks.ingest import ingest_csv
 from tasks.plot import plot_results
+from tasks.report import publish_report
 from tasks.split import split_data
 from tasks.tensorize import tensorize
 from tasks.train import train_model
@@ -51,7 +52,10 @@ def linear_regression(
     engine: str = _D.engine,
     artifacts_dir: str | None = _D.artifacts_dir,
 ) -> dict[str, Any]:
-    """Ingest → drop index → split → tensorize → train → evaluate → plot; returns the run's summary."""
+    """Ingest → drop index → split → tensorize → train → evaluate → plot; returns the run's summary.
+
+    Then ``publish_report`` turns the files into UI artifacts; it is not a stage and is never cached.
+    """
     p = Params.parse(**locals())
     root = str(store.artifacts_root(p.artifacts_dir))
     raw = ingest_csv(store.data_source(p.data), root)
@@ -62,6 +66,7 @@ def linear_regression(
     evaluation = evaluate_model(tensors["tensors"], trained["model"], root)
     plots = plot_results(evaluation["predictions"], trained["model"], root)
     artifacts = dict(zip(STAGES, (raw, clean, split, tensors, trained, evaluation, plots), strict=True))
+    publish_report({**p.model_dump(mode="json"), "data": store.data_source(p.data), "artifacts_dir": root}, artifacts)
     return summarize(artifacts)
 
 
