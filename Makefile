@@ -4,11 +4,17 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+PREFECT := $(VENV)/bin/prefect
 ARGS ?=
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# The local Prefect server of `make server`, which `make deploy` and `make worker` talk to unless
+# PREFECT_API_URL says otherwise. Postgres instead of SQLite: set PREFECT_SERVER_DATABASE_CONNECTION_URL.
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 4200
+POOL ?= local-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench lint format clean-artifacts clean
+.PHONY: help setup run test bench lint format clean-artifacts clean server deploy worker serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,6 +34,21 @@ test: $(STAMP) ## run the test suite against a real Prefect server
 
 bench: $(STAMP) ## cold vs warm (cached) run vs a flow of seven no-op tasks; pass ARGS="--runs 9"
 	$(PY) -m bench.cache_bench $(ARGS)
+
+server: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 (SQLite in ~/.prefect unless configured)
+	$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)
+
+deploy worker serve: export PREFECT_API_URL ?= http://$(SERVER_HOST):$(SERVER_PORT)/api
+
+deploy: $(STAMP) ## create work pool local-process if missing, then deploy everything in prefect.yaml
+	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process
+	$(PREFECT) --no-prompt deploy --all
+
+worker: $(STAMP) ## start a process worker that runs the deployments' flow runs (pool local-process)
+	$(PREFECT) worker start --pool $(POOL) --type process
+
+serve: $(STAMP) ## without a work pool: serve the flow on the daily schedule from this process (flows/serve.py)
+	$(PY) -m flows.serve $(ARGS)
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .

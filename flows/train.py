@@ -19,6 +19,7 @@ from flows.params import PRESETS, Params
 from tasks import drop_index, evaluate, ingest, plot, split, store, tensorize, train
 from tasks.cache import StageRunner
 from tasks.errors import InputError
+from tasks.report import publish_report
 
 STAGES = ("ingest", "drop_index", "split", "tensorize", "train", "evaluate", "plot")
 _D = Params()
@@ -50,7 +51,8 @@ def linear_regression(
     """Ingest → drop index → split → tensorize → train → evaluate → plot; returns the run's summary.
 
     Each stage is cached on the content of its inputs, its parameters and its code (see tasks/cache.py):
-    an unchanged stage is *Cached*; ``refresh`` runs every stage regardless.
+    an unchanged stage is *Cached*; ``refresh`` runs every stage regardless. Then ``publish_report`` turns the
+    files into UI artifacts; it is not a stage and is never cached.
     """
     p = Params.parse(**locals())
     root = str(store.prepare_root(p.artifacts_dir))
@@ -62,6 +64,7 @@ def linear_regression(
     trained = run(train.train_model, train.STAGE, tensors["tensors"], p.training(), root)
     evaluation = run(evaluate.evaluate_model, evaluate.STAGE, tensors["tensors"], trained["model"], root)
     run(plot.plot_results, plot.STAGE, evaluation["predictions"], trained["model"], root)
+    publish_report({**p.model_dump(mode="json"), "data": store.data_source(p.data), "artifacts_dir": root}, run.results)
     record = store.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
     return summarize(run.results, run.cached, record)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,13 +43,52 @@ class Server:
 
     def stop(self) -> None:
         """Kill the server's whole process group, whatever state it is in."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process)
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every process below ``pid`` (from /proc; empty where there is none), children first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def start_process(command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``command`` in its own process group (so `stop_process` takes its children too), output to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Signal ``process``'s group, then SIGKILL whatever is left of it and of processes it started elsewhere.
+
+    Workers start flow runs in sessions of their own, which a signal to the worker's group would not reach.
+    """
+    if process.poll() is not None:
+        return
+    strays = descendants(process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def start_server(home: Path, timeout: float = 120.0, **extra_env: str) -> Server:
@@ -58,14 +98,9 @@ def start_server(home: Path, timeout: float = 120.0, **extra_env: str) -> Server
     url = f"http://127.0.0.1:{port}/api"
     log = home / "server.log"
     env = isolated_env(home, PREFECT_API_URL=url, PREFECT_UI_API_URL=url, **extra_env)
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so stop() takes its children too
-        )
+    process = start_process(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"], env, log
+    )
     server = Server(process, url, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -238,3 +238,9 @@ def test_split_matches_sklearn_on_odd_sizes(n, test_size, seed):
     train, test = split_table(t, test_size, seed)
     assert train.column("i").to_pylist() == expected_train
     assert test.column("i").to_pylist() == expected_test
+
+
+def test_to_tensors_refuses_values_beyond_float32():
+    t = pa.table({"a": [1.0, 1e300], "y": [1.0, 2.0]})
+    with pytest.raises(InputError, match="column 'a' has 1 missing or non-finite"):
+        to_tensors(t, t, "y", None)

@@ -1,0 +1,149 @@
+"""After the seven stages: publish what the run produced to the Prefect UI as artifacts.
+
+This is a task of its own, run last and never cached, because a stage whose result is cached does not run and
+so could not publish anything: every run, cached or not, gets its metrics table, coefficients table and report.
+It only reads the files the stages wrote. Keys are fixed, so the UI shows each key's history across runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks import store
+
+METRICS_KEY = "linear-regression-metrics"
+COEFFICIENTS_KEY = "linear-regression-coefficients"
+REPORT_KEY = "linear-regression-report"
+
+MODEL_LABELS = {"gradient_descent": "gradient descent", "least_squares": "least squares (closed form)"}
+METRIC_COLUMNS = (("mse", "MSE"), ("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"))
+PLOTS = (("predicted_vs_actual", "Predicted vs actual (test set)"), ("loss_curve", "Training loss"))
+
+
+def metrics_rows(metrics: pa.Table) -> list[dict[str, Any]]:
+    """The metrics Parquet (one row per model × part) as table-artifact rows with readable labels."""
+    return [
+        {
+            "model": MODEL_LABELS.get(row["model"], row["model"]),
+            "part": row["part"],
+            **{label: float(row[name]) for name, label in METRIC_COLUMNS},
+        }
+        for row in metrics.to_pylist()
+    ]
+
+
+def coefficient_rows(coefficients: pa.Table) -> list[dict[str, Any]]:
+    """The coefficients Parquet as rows: feature, gradient-descent weight, least-squares weight."""
+    return [
+        {
+            "feature": row["feature"],
+            "gradient descent": float(row["gd_weight"]),
+            "least squares": float(row["ols_weight"]),
+        }
+        for row in coefficients.to_pylist()
+    ]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "—"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: list[Mapping[str, Any]]) -> str:
+    """A GitHub-flavoured markdown table of ``rows`` (all with the same keys)."""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(row[key]) for key in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def render_report(
+    parameters: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    metrics: list[dict[str, Any]],
+    coefficients: list[dict[str, Any]],
+    plots: Mapping[str, bytes],
+    artifacts: Mapping[str, Mapping[str, str]],
+) -> str:
+    """The run's markdown report: parameters, metrics, fit, coefficients, both plots inline, artifact paths."""
+    training = summary["training"]
+    stop = (
+        f"converged after {summary['epochs_run']} epochs"
+        if summary["converged"]
+        else f"stopped at the epoch cap ({summary['epochs_run']} epochs)"
+    )
+    sections = [
+        "# Linear regression run",
+        "## Parameters",
+        markdown_table([{"parameter": k, "value": v} for k, v in parameters.items()]),
+        "Training as run (parameters first, then the preset):",
+        markdown_table([{"setting": k, "value": v} for k, v in training.items()]),
+        "## Metrics",
+        markdown_table(metrics),
+        "## Fit",
+        f"- optimality gap (train MSE of gradient descent vs least squares, relative): "
+        f"**{summary['optimality_gap']:.3e}**",
+        f"- {stop}; step size {summary['lr']:.4g} (largest stable {summary['max_stable_lr']:.4g})",
+        "## Coefficients",
+        markdown_table(coefficients),
+        "## Plots",
+        *(f"### {title}\n\n![{title}]({png_data_uri(plots[name])})" for name, title in PLOTS),
+        "## Artifact files",
+        markdown_table(
+            [
+                {"stage": stage, "file": name, "path": path}
+                for stage, files in artifacts.items()
+                for name, path in files.items()
+            ]
+        ),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+@task(name="publish_report", cache_policy=NO_CACHE, persist_result=False)
+def publish_report(parameters: dict[str, Any], artifacts: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Read the evaluation and plot files; publish the metrics and coefficients tables and the markdown report."""
+    evaluation = artifacts["evaluate"]
+    summary = json.loads(Path(evaluation["summary"]).read_text())
+    metrics = metrics_rows(store.read_parquet(evaluation["metrics"]))
+    coefficients = coefficient_rows(store.read_parquet(evaluation["coefficients"]))
+    plots = {name: Path(artifacts["plot"][name]).read_bytes() for name, _ in PLOTS}
+    create_table_artifact(
+        metrics, key=METRICS_KEY, description="Train/test MSE, RMSE, MAE and R² of gradient descent and least squares"
+    )
+    create_table_artifact(
+        coefficients, key=COEFFICIENTS_KEY, description="Weights in raw feature units, and the intercept"
+    )
+    report = render_report(parameters, summary, metrics, coefficients, plots, artifacts)
+    create_markdown_artifact(report, key=REPORT_KEY, description="Parameters, metrics, plots and files of this run")
+    get_run_logger().info(
+        "read %s, %s, %s and %d plots; published artifacts %s, %s and %s (%.1f kB)",
+        evaluation["summary"],
+        evaluation["metrics"],
+        evaluation["coefficients"],
+        len(plots),
+        METRICS_KEY,
+        COEFFICIENTS_KEY,
+        REPORT_KEY,
+        len(report) / 1000,
+    )
+    return {"metrics": METRICS_KEY, "coefficients": COEFFICIENTS_KEY, "report": REPORT_KEY}
