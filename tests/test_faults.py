@@ -15,8 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+from test_postgres import postgres  # noqa: F401  (the throwaway PostgreSQL cluster fixture)
+
 from conftest import ROOT
 from flows.train import STAGES, linear_regression
+from prefect_server import isolated_env, start_server
 from tasks import store
 
 
@@ -96,10 +99,23 @@ def test_kill_9_mid_training_leaves_only_whole_artifacts_and_the_next_run_reuses
 
 
 def test_four_concurrent_runs_on_one_folder_all_complete_and_compute_each_key_once(artifacts: Path):
+    four_concurrent_runs(artifacts)  # against the session's server: SQLite
+
+
+def test_four_concurrent_runs_against_a_postgres_backed_server(postgres: str, artifacts: Path, tmp_path: Path):  # noqa: F811
+    server = start_server(tmp_path / "server", PREFECT_SERVER_DATABASE_CONNECTION_URL=postgres)
+    try:
+        four_concurrent_runs(artifacts, env=isolated_env(tmp_path / "client", PREFECT_API_URL=server.url))
+    finally:
+        server.stop()
+
+
+def four_concurrent_runs(artifacts: Path, env: dict[str, str] | None = None) -> None:
+    """Two identical runs, one with other epochs, one with another test size: all at once, on one folder."""
     variants = [(), (), ("--epochs", "300"), ("--test-size", "0.3")]
     procs = [
         subprocess.Popen(
-            flow_cmd(artifacts, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            flow_cmd(artifacts, *args), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for args in variants
     ]
@@ -111,7 +127,8 @@ def test_four_concurrent_runs_on_one_folder_all_complete_and_compute_each_key_on
 
     assert summaries[0]["artifacts"] == summaries[1]["artifacts"]
     assert summaries[0]["metrics"] == summaries[1]["metrics"]
-    assert summaries[2]["epochs_run"] == summaries[0]["epochs_run"] or summaries[2]["training"]["epochs"] == 300
+    assert summaries[2]["training"]["epochs"] == 300
+    assert summaries[3]["artifacts"]["split"] != summaries[0]["artifacts"]["split"]
     # each stage key is computed by exactly one run; the others wait on its lock and find it Cached
     by_key: dict[str, list[bool]] = {}
     for s in summaries:
