@@ -14,7 +14,7 @@ SERVER_PORT ?= 4200
 POOL ?= local-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint format clean-artifacts clean server deploy worker serve
+.PHONY: help setup run test bench lint format clean-artifacts clean server deploy worker serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ run: $(STAMP) ## run the default job (Advertising); pass options with ARGS="--pr
 
 test: $(STAMP) ## run the test suite against a real Prefect server
 	$(PY) -m pytest $(ARGS)
+
+bench: $(STAMP) ## cold vs warm (cached) run vs a flow of seven no-op tasks; pass ARGS="--runs 9"
+	$(PY) -m bench.cache_bench $(ARGS)
 
 server: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 (SQLite in ~/.prefect unless configured)
 	$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)
@@ -55,7 +58,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-clean-artifacts: ## delete generated artifacts (data/artifacts)
+clean-artifacts: ## delete generated artifacts, their manifests, cache and run records (data/artifacts)
 	rm -rf data/artifacts
 
 clean: clean-artifacts ## also delete the virtual environment

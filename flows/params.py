@@ -42,6 +42,7 @@ class Params(BaseModel):
     artifacts_dir: str | None = Field(
         None, description="where artifacts go; None: $LINREG_ARTIFACTS_DIR or data/artifacts"
     )
+    refresh: bool = Field(False, description="run every stage even when its cached result is still valid")
 
     @classmethod
     def parse(cls, **values: Any) -> Params:

@@ -13,18 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from flows.params import PRESETS, Params
-from tasks import store
-from tasks.drop_index import drop_index_column
+from tasks import drop_index, evaluate, ingest, plot, split, store, tensorize, train
+from tasks.cache import StageRunner
 from tasks.errors import InputError
-from tasks.evaluate import evaluate_model
-from tasks.ingest import ingest_csv
-from tasks.plot import plot_results
 from tasks.report import publish_report
-from tasks.split import split_data
-from tasks.tensorize import tensorize
-from tasks.train import train_model
 
 STAGES = ("ingest", "drop_index", "split", "tensorize", "train", "evaluate", "plot")
 _D = Params()
@@ -51,29 +46,33 @@ def linear_regression(
     device: str = _D.device,
     engine: str = _D.engine,
     artifacts_dir: str | None = _D.artifacts_dir,
+    refresh: bool = _D.refresh,
 ) -> dict[str, Any]:
     """Ingest → drop index → split → tensorize → train → evaluate → plot; returns the run's summary.
 
-    Then ``publish_report`` turns the files into UI artifacts; it is not a stage and is never cached.
+    Each stage is cached on the content of its inputs, its parameters and its code (see tasks/cache.py):
+    an unchanged stage is *Cached*; ``refresh`` runs every stage regardless. Then ``publish_report`` turns the
+    files into UI artifacts; it is not a stage and is never cached.
     """
     p = Params.parse(**locals())
-    root = str(store.artifacts_root(p.artifacts_dir))
-    raw = ingest_csv(store.data_source(p.data), root)
-    clean = drop_index_column(raw["table"], p.index_column, root)
-    split = split_data(clean["table"], p.test_size, p.seed, root)
-    tensors = tensorize(split["train"], split["test"], p.target, p.features, root)
-    trained = train_model(tensors["tensors"], p.training(), root)
-    evaluation = evaluate_model(tensors["tensors"], trained["model"], root)
-    plots = plot_results(evaluation["predictions"], trained["model"], root)
-    artifacts = dict(zip(STAGES, (raw, clean, split, tensors, trained, evaluation, plots), strict=True))
-    publish_report({**p.model_dump(mode="json"), "data": store.data_source(p.data), "artifacts_dir": root}, artifacts)
-    return summarize(artifacts)
+    root = str(store.prepare_root(p.artifacts_dir))
+    run = StageRunner(root, refresh=p.refresh)
+    raw = run(ingest.ingest_csv, ingest.STAGE, store.data_source(p.data), root)
+    clean = run(drop_index.drop_index_column, drop_index.STAGE, raw["table"], p.index_column, root)
+    parts = run(split.split_data, split.STAGE, clean["table"], p.test_size, p.seed, root)
+    tensors = run(tensorize.tensorize, tensorize.STAGE, parts["train"], parts["test"], p.target, p.features, root)
+    trained = run(train.train_model, train.STAGE, tensors["tensors"], p.training(), root)
+    evaluation = run(evaluate.evaluate_model, evaluate.STAGE, tensors["tensors"], trained["model"], root)
+    run(plot.plot_results, plot.STAGE, evaluation["predictions"], trained["model"], root)
+    publish_report({**p.model_dump(mode="json"), "data": store.data_source(p.data), "artifacts_dir": root}, run.results)
+    record = store.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
+    return summarize(run.results, run.cached, record)
 
 
-def summarize(artifacts: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """The run's result: the evaluation summary plus where every artifact is."""
-    summary = json.loads(Path(artifacts["evaluate"]["summary"]).read_text())
-    return {**summary, "artifacts": artifacts, "cached": dict.fromkeys(artifacts, False)}
+def summarize(artifacts: dict[str, dict[str, str]], cached: dict[str, bool], record: str) -> dict[str, Any]:
+    """The run's result: the evaluation summary, where every artifact is, which stages were cached."""
+    summary = store.read_json(artifacts["evaluate"]["summary"])
+    return {**summary, "artifacts": artifacts, "cached": {s: cached[s] for s in STAGES}, "run_record": record}
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -108,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt("device", choices=["auto", "cpu", "cuda"])
     opt("engine", choices=["auto", "rows", "stats"])
     opt("artifacts_dir", metavar="DIR")
+    opt("refresh", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON line at the end")
+    parser.add_argument(
+        "--clean-artifacts",
+        action="store_true",
+        help="delete the artifacts folder (artifacts, manifests, cache and run records) and exit",
+    )
     return parser
 
 
@@ -121,14 +126,16 @@ def format_summary(s: dict[str, Any]) -> str:
     weights = ", ".join(f"{k} {v:.6g}" for k, v in s["weights"].items())
     stop = "converged" if s["converged"] else "epoch cap"
     root = Path(s["artifacts"]["ingest"]["table"]).parents[2]
+    cached = ", ".join(stage for stage, hit in s["cached"].items() if hit) or "none"
     return "\n".join(
         [
             *rows,
             f"optimality gap (train MSE vs OLS): {s['optimality_gap']:.3e}",
             f"weights: {weights}; bias {s['bias']:.6g}",
             f"epochs run: {s['epochs_run']} ({stop}), lr {s['lr']:.4g} (largest stable {s['max_stable_lr']:.4g})",
-            f"artifacts under {root}:",
+            f"artifacts under {root} (cached stages: {cached}):",
             *(f"  {stage:<11}{path}" for stage, files in s["artifacts"].items() for path in files.values()),
+            f"run record: {s['run_record']}",
         ]
     )
 
@@ -151,7 +158,11 @@ def _quiet_input_errors() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     as_json = args.pop("json", False)
+    clean = args.pop("clean_artifacts", False)
     try:
+        if clean:
+            print(f"deleted {store.clear(args.get('artifacts_dir'))}")
+            return 0
         Params.parse(**args)  # fail on bad parameters before starting Prefect
         _quiet_input_errors()
         summary = linear_regression(**args)

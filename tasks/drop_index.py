@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import pyarrow as pa
 from prefect import get_run_logger, task
@@ -12,6 +11,7 @@ from tasks import store
 from tasks.errors import InputError
 
 _PANDAS_UNNAMED = re.compile(r"Unnamed: (\d+)")
+STAGE = store.Stage("drop_index", __name__, params=("column",), files=("table_path",))
 
 
 def resolve_column(table: pa.Table, name: str) -> str:
@@ -42,8 +42,8 @@ def drop_index_column(table_path: str, column: str | None, root: str) -> dict[st
     """Read the raw table, drop its index column, write ``clean.parquet``."""
     table = store.read_parquet(table_path)
     clean = drop_index(table, column)
-    folder = store.output_dir(root, "drop_index", sys.modules[__name__], {"column": column}, [table_path])
-    out = store.write_parquet(clean, folder / "clean.parquet")
+    outputs = STAGE.outputs(root, {"table_path": table_path, "column": column})
+    out = outputs.write_parquet(clean, "clean.parquet")
     get_run_logger().info(
         "read %s; dropped %s; wrote %d rows × %d columns to %s",
         table_path,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +13,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from tasks import store
 
 PARTS = ("train", "test")
+STAGE = store.Stage("evaluate", __name__, files=("tensors_path", "model_path"))
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -82,13 +82,13 @@ def coefficients_table(result: dict) -> pa.Table:
 def evaluate_model(tensors_path: str, model_path: str, root: str) -> dict[str, str]:
     """Read tensors and model; write metrics, coefficients and test predictions (Parquet) and a JSON summary."""
     result = evaluate(store.read_pt(tensors_path), store.read_pt(model_path))
-    folder = store.output_dir(root, "evaluate", sys.modules[__name__], {}, [tensors_path, model_path])
+    outputs = STAGE.outputs(root, {"tensors_path": tensors_path, "model_path": model_path})
     predictions = pa.table(result.pop("test_predictions"))
     out = {
-        "metrics": store.write_parquet(metrics_table(result), folder / "metrics.parquet"),
-        "coefficients": store.write_parquet(coefficients_table(result), folder / "coefficients.parquet"),
-        "predictions": store.write_parquet(predictions, folder / "predictions.parquet"),
-        "summary": store.write_json(result, folder / "evaluation.json"),
+        "metrics": outputs.write_parquet(metrics_table(result), "metrics.parquet"),
+        "coefficients": outputs.write_parquet(coefficients_table(result), "coefficients.parquet"),
+        "predictions": outputs.write_parquet(predictions, "predictions.parquet"),
+        "summary": outputs.write_json(result, "evaluation.json"),
     }
     get_run_logger().info(
         "read %s and %s; test MSE %.4f (least squares %.4f), optimality gap %.2e; wrote %s",

@@ -9,7 +9,6 @@ pyarrow widen the types.
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from tasks import store
 from tasks.errors import InputError
 
 _SNIFF_BYTES = 8192
+STAGE = store.Stage("ingest", __name__, files=("source",))
 BLOCK_BYTES = 64 << 20  # one Parquet row group per 64 MB of CSV
 
 
@@ -93,7 +93,8 @@ def csv_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
             table = pacsv.read_csv(path)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc2:
             raise _parse_error(exc2, source) from None
-        store.write_parquet(table, final)
+        with store.atomic_path(final) as tmp:
+            pq.write_table(table, tmp)
         schema = table.schema
     return schema
 
@@ -112,15 +113,17 @@ def _stream(path: Path, out: Path) -> tuple[int, pa.Schema]:
 def ingest_csv(source: str, root: str) -> dict[str, str]:
     """Read ``source`` and write it as ``raw.parquet``: column names and inferred dtypes preserved."""
     with local_copy(source) as path:
-        folder = store.output_dir(root, "ingest", sys.modules[__name__], {}, [path])
-        out = folder / "raw.parquet"
+        # keyed on the bytes read: for a URL, those of the download
+        outputs = STAGE.outputs(root, {"source": source}, digests={"source": store.sha256_file(path)})
+        out = outputs.folder / "raw.parquet"
         try:
             schema = csv_to_parquet(path, out, source)
         except BaseException as exc:
-            store.discard_if_empty(folder)  # a refused CSV leaves nothing behind, not even a folder
+            store.discard_if_empty(outputs.folder)  # a refused CSV leaves nothing behind, not even a folder
             if isinstance(exc, pa.ArrowInvalid):  # e.g. "Empty CSV file" from open_csv
                 raise _parse_error(exc, source) from None
             raise
+        outputs.record("raw.parquet", "parquet")
     rows = pq.ParquetFile(out).metadata.num_rows
     get_run_logger().info(
         "read %s: %d rows × %d columns %s; wrote %s", source, rows, len(schema), schema.names, store.describe(out)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 from matplotlib.figure import Figure
 from prefect import get_run_logger, task
 
 from tasks import store
 
+STAGE = store.Stage("plot", __name__, files=("predictions_path", "model_path"))
 MAX_POINTS = 5000  # a scatter of more points is a blob that takes seconds to draw
 
 
@@ -41,17 +40,17 @@ def plot_results(predictions_path: str, model_path: str, root: str) -> dict[str,
     """Read test predictions and the loss history; write ``predicted_vs_actual.png`` and ``loss_curve.png``."""
     predictions = store.read_parquet(predictions_path)
     trained = store.read_pt(model_path)
-    folder = store.output_dir(root, "plot", sys.modules[__name__], {}, [predictions_path, model_path])
+    outputs = STAGE.outputs(root, {"predictions_path": predictions_path, "model_path": model_path})
     out = {
-        "predicted_vs_actual": store.write_bytes(
+        "predicted_vs_actual": outputs.write_png(
             predicted_vs_actual(
                 predictions.column("actual").to_numpy(),
                 predictions.column("predicted").to_numpy(),
                 trained["target"],
             ),
-            folder / "predicted_vs_actual.png",
+            "predicted_vs_actual.png",
         ),
-        "loss_curve": store.write_bytes(loss_curve(trained["loss_history"].numpy()), folder / "loss_curve.png"),
+        "loss_curve": outputs.write_png(loss_curve(trained["loss_history"].numpy()), "loss_curve.png"),
     }
     get_run_logger().info(
         "read %s and %s; wrote %s",

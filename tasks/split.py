@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +11,7 @@ from prefect import get_run_logger, task
 from tasks import store
 from tasks.errors import InputError
 
+STAGE = store.Stage("split", __name__, params=("test_size", "seed"), files=("table_path",))
 MIN_ROWS_PER_PART = 2  # R² on the test part, and a loss to descend on the train part, need two rows each
 
 
@@ -39,11 +39,10 @@ def split_table(table: pa.Table, test_size: float, seed: int) -> tuple[pa.Table,
 def split_data(table_path: str, test_size: float, seed: int, root: str) -> dict[str, str]:
     """Read the clean table, write ``train.parquet`` and ``test.parquet``."""
     train, test = split_table(store.read_parquet(table_path), test_size, seed)
-    params = {"test_size": test_size, "seed": seed}
-    folder = store.output_dir(root, "split", sys.modules[__name__], params, [table_path])
+    outputs = STAGE.outputs(root, {"table_path": table_path, "test_size": test_size, "seed": seed})
     out = {
-        "train": store.write_parquet(train, folder / "train.parquet"),
-        "test": store.write_parquet(test, folder / "test.parquet"),
+        "train": outputs.write_parquet(train, "train.parquet"),
+        "test": outputs.write_parquet(test, "test.parquet"),
     }
     get_run_logger().info(
         "read %s; split %d rows into %d train / %d test (test_size=%s, seed=%d); wrote %s and %s",

@@ -1,21 +1,33 @@
-"""Where stage artifacts live, how they are named, hashed, written and read.
+"""Where stage artifacts live, how they are named, hashed, described, written, verified and read.
 
 Every artifact is written to ``<root>/<stage>/<key>/<name>`` where ``key`` hashes everything that decides its
-bytes: the stage, its parameters, the sha256 of its input files and the source of the code that made it.
-Two runs that would write different bytes therefore never share a file, and a run that would write the same
-bytes writes to the same place. Writes go to a temporary file in the same folder and are renamed into place,
-so a crash never leaves a half-written file under a final name.
+bytes: the stage, its parameters, the sha256 of its input files, the source of the code that made it and the
+versions of the libraries that write the bytes. Two runs that would write different bytes therefore never share
+a file, and a run that would write the same bytes writes to the same place.
+
+Beside each artifact lies ``<name>.manifest.json``: its sha256, size, format and schema, and the stage, key,
+parameters and inputs (path and sha256) that produced it. Every read verifies the file against its manifest, so
+a missing, truncated or altered artifact is reported instead of being used. Writes go to a temporary file in the
+same folder and are renamed into place, so a crash never leaves a half-written file under a final name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import io
 import json
 import os
+import platform
+import shutil
+import struct
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,8 +42,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = PROJECT_ROOT / "data" / "Advertising.csv"
 DEFAULT_ROOT = PROJECT_ROOT / "data" / "artifacts"
 ROOT_ENV = "LINREG_ARTIFACTS_DIR"
+MARKER = ".linreg-store"  # marks a folder as an artifacts store, so `clear` never deletes anything else
+CACHE_DIR = ".cache"  # Prefect's cache records for the stages (see tasks/cache.py)
+RUNS_DIR = "runs"  # one JSON run record per flow run
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_VERSION = 1
+# Packages whose versions a manifest records: those that write the bytes, and those that compute them.
+PACKAGES = ("torch", "pyarrow", "numpy", "pandas", "scikit-learn", "matplotlib", "prefect")
 
 _CHUNK = 1 << 20
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class IntegrityError(InputError):
+    """An artifact is missing, or does not match its manifest (truncated, altered, or never finished)."""
 
 
 def artifacts_root(override: str | os.PathLike[str] | None = None) -> Path:
@@ -43,11 +67,42 @@ def artifacts_root(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def prepare_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """Create the artifacts folder (marked as a store) and prove it is writable; a one-line error if not."""
+    root = artifacts_root(override)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / MARKER).touch()
+        fd, probe = tempfile.mkstemp(dir=root, prefix=".probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(
+            f"artifacts folder {root} is not writable ({exc.strerror}); pass --artifacts-dir with a writable folder"
+        ) from None
+    return root
+
+
+def clear(override: str | os.PathLike[str] | None = None) -> Path:
+    """Delete the artifacts folder: artifacts, manifests, cache records and run records, all at once."""
+    root = artifacts_root(override)
+    if not root.exists():
+        return root
+    if not (root / MARKER).exists() and any(root.iterdir()):
+        raise InputError(f"{root} does not look like an artifacts folder (no {MARKER} file in it); not deleting it")
+    shutil.rmtree(root)
+    return root
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
 def data_source(data: str | None) -> str:
     """The CSV to read: a URL as given, a local path made absolute, or the shipped Advertising file."""
     if data is None:
         return str(DEFAULT_DATA)
-    if data.startswith(("http://", "https://")):
+    if is_url(data):
         return data
     return str(Path(data).expanduser().resolve())
 
@@ -69,7 +124,7 @@ def code_digest(*modules: ModuleType) -> str:
 
 
 def stage_key(stage: str, params: Mapping[str, Any], inputs: Iterable[str], code: str) -> str:
-    """A short content hash of one stage's work: stage name, parameters, sha256 of its inputs, code."""
+    """A short content hash of one stage's work: stage name, parameters, sha256 of its inputs, code, versions."""
     payload = {
         "stage": stage,
         "params": params,
@@ -81,25 +136,226 @@ def stage_key(stage: str, params: Mapping[str, Any], inputs: Iterable[str], code
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def output_dir(
-    root: str | os.PathLike[str],
-    stage: str,
-    module: ModuleType,
-    params: Mapping[str, Any],
-    input_files: Iterable[str | os.PathLike[str]] = (),
-    input_digests: Iterable[str] = (),
-) -> Path:
-    """The folder for one stage's outputs, keyed on its work (see `stage_key`), created on demand."""
-    digests = [*input_digests, *(sha256_file(p) for p in input_files)]
-    key = stage_key(stage, params, digests, code_digest(module))
-    folder = Path(root) / stage / key
+def _plain(value: Any) -> Any:
+    """Parameters as JSON-able values (a dataclass config becomes its dict)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What decides one stage's output: which of its arguments are parameters and which are input files.
+
+    The task and the cache policy both derive the stage's key from the task's arguments through this one
+    description, so the folder a task writes to and the cache record that points at it always agree.
+    """
+
+    name: str
+    module: str  # the stage module, whose source is part of the key
+    params: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()  # arguments that are paths of input files, keyed by their content
+
+    def parameters(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: _plain(args[name]) for name in self.params}
+
+    def inputs(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> list[dict[str, str]] | None:
+        """``[{name, path, sha256}]`` for the input files; None when one is a URL (unknown until downloaded)."""
+        out = []
+        for name in self.files:
+            path = str(args[name])
+            if digests and name in digests:
+                sha = digests[name]
+            elif is_url(path):
+                return None
+            else:
+                sha = sha256_file(path)
+            out.append({"name": name, "path": path, "sha256": sha})
+        return out
+
+    def key(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> str | None:
+        """The stage's content key for these task arguments (None when an input is a URL)."""
+        inputs = self.inputs(args, digests)
+        if inputs is None:
+            return None
+        return self._key(self.parameters(args), inputs)
+
+    def _key(self, params: Mapping[str, Any], inputs: list[dict[str, str]]) -> str:
+        code = code_digest(sys.modules[self.module])
+        return stage_key(self.name, params, [i["sha256"] for i in inputs], code)
+
+    def outputs(
+        self, root: str | os.PathLike[str], args: Mapping[str, Any], digests: Mapping[str, str] | None = None
+    ) -> Outputs:
+        """The writer for this stage's outputs under ``<root>/<stage>/<key>/``, folder created on demand."""
+        params = self.parameters(args)
+        inputs = self.inputs(args, digests)
+        if inputs is None:
+            raise ValueError(f"stage {self.name}: pass the digest of every URL input")
+        key = self._key(params, inputs)
+        folder = Path(root) / self.name / key
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"artifacts folder {Path(root)} is not writable ({exc.strerror}); pass --artifacts-dir"
+            ) from None
+        return Outputs(folder, self.name, key, params, inputs)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Writes one stage's artifacts, each atomically and with its manifest beside it."""
+
+    folder: Path
+    stage: str
+    key: str
+    params: dict[str, Any]
+    inputs: list[dict[str, str]]
+
+    def write_parquet(self, table: pa.Table, name: str) -> str:
+        return self._write(name, "parquet", lambda tmp: pq.write_table(table, tmp))
+
+    def write_pt(self, obj: Mapping[str, Any], name: str) -> str:
+        # Saved through memory: torch.save to a path names the archive's folder after the (random) temp file,
+        # so the same tensors would give different bytes, and a rebuild a different key downstream.
+        buffer = io.BytesIO()
+        torch.save(dict(obj), buffer)
+        return self._write(name, "pt", lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+    def write_json(self, obj: Any, name: str) -> str:
+        return self._write(name, "json", lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+    def write_png(self, data: bytes, name: str) -> str:
+        if not data.startswith(_PNG_SIGNATURE):
+            raise ValueError(f"{name}: not PNG bytes")
+        return self._write(name, "png", lambda tmp: tmp.write_bytes(data))
+
+    def _write(self, name: str, fmt: str, writer: Callable[[Path], None]) -> str:
+        with atomic_path(self.folder / name) as tmp:
+            writer(tmp)
+        return self.record(name, fmt)
+
+    def record(self, name: str, fmt: str) -> str:
+        """Write the manifest of ``name``, a file this stage has just put (atomically) into its folder.
+
+        The artifact lands first and its manifest second: a crash in between leaves an artifact without a
+        manifest, which every read and every cache check treats as missing, so the stage runs again.
+        """
+        final = self.folder / name
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "file": name,
+            "sha256": sha256_file(final),
+            "size": final.stat().st_size,
+            "format": fmt,
+            "schema": describe_schema(final, fmt),
+            "stage": self.stage,
+            "key": self.key,
+            "params": self.params,
+            "inputs": self.inputs,
+            "versions": versions(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        write_json(manifest, manifest_path(final))
+        return str(final)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def describe_schema(path: Path, fmt: str) -> dict[str, Any]:
+    """What a reader can rely on: Parquet columns and dtypes, tensor names/shapes/dtypes, PNG size, JSON keys."""
+    if fmt == "parquet":
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+        return {"rows": meta.num_rows, "columns": [{"name": f.name, "type": str(f.type)} for f in schema]}
+    if fmt == "pt":
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        out: dict[str, Any] = {}
+        for name, value in obj.items():
+            if isinstance(value, torch.Tensor):
+                out[name] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+            else:
+                out[name] = {"type": type(value).__name__}
+        return {"entries": out}
+    if fmt == "png":
+        head = path.read_bytes()[:24]
+        width, height = struct.unpack(">II", head[16:24])
+        return {"width": width, "height": height}
+    if fmt == "json":
+        obj = json.loads(path.read_text())
+        return {"keys": sorted(obj)} if isinstance(obj, dict) else {"type": type(obj).__name__}
+    raise ValueError(f"unknown artifact format {fmt!r}")
+
+
+def manifest_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + MANIFEST_SUFFIX)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of ``path`` (an artifact); IntegrityError when it is missing or unreadable."""
+    mpath = manifest_path(path)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(
-            f"artifacts folder {Path(root)} is not writable ({exc.strerror}); pass --artifacts-dir"
-        ) from None
-    return folder
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise IntegrityError(f"{path}: no manifest ({mpath.name} is missing)") from None
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path}: manifest {mpath.name} is unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or "sha256" not in manifest:
+        raise IntegrityError(f"{path}: manifest {mpath.name} has no sha256")
+    return manifest
+
+
+def verify(path: str | os.PathLike[str], key: str | None = None) -> dict[str, Any]:
+    """Check ``path`` against its manifest (and, if given, that it was produced under ``key``); its manifest.
+
+    Raises IntegrityError saying what is wrong: missing file, missing manifest, size or sha256 mismatch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(f"{path}: file is missing")
+    manifest = read_manifest(path)
+    if key is not None and manifest.get("key") != key:
+        raise IntegrityError(f"{path}: was produced under key {manifest.get('key')}, not {key}")
+    size = path.stat().st_size
+    if size != manifest.get("size"):
+        raise IntegrityError(f"{path}: size {size} bytes, manifest says {manifest.get('size')} (truncated?)")
+    actual = sha256_file(path)
+    if actual != manifest["sha256"]:
+        raise IntegrityError(f"{path}: sha256 {actual[:12]}… does not match its manifest ({manifest['sha256'][:12]}…)")
+    return manifest
+
+
+def _verified(path: str | os.PathLike[str]) -> None:
+    try:
+        verify(path)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}; run the flow again to rebuild it (--refresh rebuilds every stage)") from None
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
+    _verified(path)
+    return pq.read_table(path)
+
+
+def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a stage's ``.pt`` file, verified, without unpickling arbitrary objects."""
+    _verified(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    _verified(path)
+    return json.loads(Path(path).read_text())
 
 
 def discard_if_empty(folder: Path) -> None:
@@ -111,7 +367,10 @@ def discard_if_empty(folder: Path) -> None:
 @contextmanager
 def atomic_path(final: Path):
     """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write in {final.parent} ({exc.strerror}); check space and permissions") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -119,39 +378,21 @@ def atomic_path(final: Path):
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise InputError(f"cannot write {final} ({exc.strerror}); check space and permissions") from None
+            raise InputError(
+                f"cannot write {final} in {final.parent} ({exc.strerror}); check space and permissions"
+            ) from None
         raise
 
 
-def _write(final: Path, writer: Callable[[Path], None]) -> str:
+def write_bytes(data: bytes, final: Path) -> str:
+    """Atomically write bytes that are not a stage artifact (cache and run records); no manifest."""
     with atomic_path(final) as tmp:
-        writer(tmp)
+        tmp.write_bytes(data)
     return str(final)
 
 
-def write_parquet(table: pa.Table, final: Path) -> str:
-    return _write(final, lambda tmp: pq.write_table(table, tmp))
-
-
-def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
-    return pq.read_table(path)
-
-
-def write_pt(obj: Mapping[str, Any], final: Path) -> str:
-    return _write(final, lambda tmp: torch.save(dict(obj), tmp))
-
-
-def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a stage's ``.pt`` file without unpickling arbitrary objects."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def write_json(obj: Any, final: Path) -> str:
-    return _write(final, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def write_bytes(data: bytes, final: Path) -> str:
-    return _write(final, lambda tmp: tmp.write_bytes(data))
+    return write_bytes((json.dumps(obj, indent=2) + "\n").encode(), final)
 
 
 def png_bytes(figure: Any) -> bytes:
@@ -165,3 +406,36 @@ def describe(path: str | os.PathLike[str]) -> str:
     """``path (12.3 kB)`` for log lines."""
     size = Path(path).stat().st_size
     return f"{path} ({size / 1000:.1f} kB)"
+
+
+# --- run records -----------------------------------------------------------------------------------
+
+
+def write_run_record(
+    root: str | os.PathLike[str],
+    run_id: str,
+    params: Mapping[str, Any],
+    artifacts: Mapping[str, Mapping[str, str]],
+    cached: Mapping[str, bool],
+) -> str:
+    """``<root>/runs/<time>-<run id>.json``: the run's parameters and, per stage, its key and verified artifacts."""
+    stages: dict[str, Any] = {}
+    for stage, files in artifacts.items():
+        entries = {}
+        key = None
+        for name, path in files.items():
+            manifest = verify(path)
+            key = manifest["key"]
+            entries[name] = {"path": str(path), "sha256": manifest["sha256"], "size": manifest["size"]}
+        stages[stage] = {"key": key, "cached": bool(cached.get(stage, False)), "artifacts": entries}
+    now = dt.datetime.now(dt.UTC)
+    record = {
+        "run_id": run_id,
+        "finished": now.isoformat(timespec="seconds"),
+        "params": dict(params),
+        "stages": stages,
+        "versions": versions(),
+    }
+    folder = Path(root) / RUNS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_json(record, folder / f"{now:%Y%m%dT%H%M%S}-{run_id}.json")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pyarrow as pa
 import torch
@@ -11,6 +9,8 @@ from prefect import get_run_logger, task
 
 from tasks import store
 from tasks.errors import InputError
+
+STAGE = store.Stage("tensorize", __name__, params=("target", "features"), files=("train_path", "test_path"))
 
 
 def select_columns(table: pa.Table, target: str, features: list[str] | None) -> list[str]:
@@ -66,9 +66,8 @@ def to_tensors(train: pa.Table, test: pa.Table, target: str, features: list[str]
 def tensorize(train_path: str, test_path: str, target: str, features: list[str] | None, root: str) -> dict[str, str]:
     """Read the split tables, write ``tensors.pt`` (float32 tensors + feature names)."""
     tensors = to_tensors(store.read_parquet(train_path), store.read_parquet(test_path), target, features)
-    params = {"target": target, "features": features}
-    folder = store.output_dir(root, "tensorize", sys.modules[__name__], params, [train_path, test_path])
-    out = store.write_pt(tensors, folder / "tensors.pt")
+    args = {"train_path": train_path, "test_path": test_path, "target": target, "features": features}
+    out = STAGE.outputs(root, args).write_pt(tensors, "tensors.pt")
     get_run_logger().info(
         "read %s and %s; features %s, target %r; x_train %s, x_test %s (float32); wrote %s",
         train_path,

@@ -9,7 +9,6 @@ preset turns all of that off to reproduce the original tutorial.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ RISE_TOLERANCE = 1e-6  # relative rise below this is float32 rounding, not a ris
 # so one flat epoch does not mean convergence. Stop only after this many flat epochs in a row.
 FLAT_EPOCHS = 10
 PROGRESS_STEPS = 20  # report progress every 5% of the epochs
+STAGE = store.Stage("train", __name__, params=("cfg",), files=("tensors_path",))
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,6 @@ def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str
     result = fit(data["x_train"], data["y_train"], cfg, on_progress=report)
     seconds = time.perf_counter() - started
     update_progress_artifact(progress, progress=100.0)
-    folder = store.output_dir(root, "train", sys.modules[__name__], asdict(cfg), [tensors_path])
     saved = {
         "weights": result.weights,
         "bias": result.bias,
@@ -324,7 +323,7 @@ def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str
         "train_seconds": seconds,
         "config": asdict(cfg),
     }
-    out = store.write_pt(saved, folder / "model.pt")
+    out = STAGE.outputs(root, {"tensors_path": tensors_path, "cfg": cfg}).write_pt(saved, "model.pt")
     logger.info(
         "read %s; %s training (%s engine) ran %d epochs in %.2f s at lr %.4g (%s); final train loss %.6g; wrote %s",
         tensors_path,

@@ -43,7 +43,7 @@ def small_table() -> pa.Table:
 
 def test_csv_to_parquet_keeps_names_and_dtypes(write_csv, tmp_path):
     schema = csv_to_parquet(Path(write_csv(SMALL)), tmp_path / "raw.parquet", "small.csv")
-    written = store.read_parquet(tmp_path / "raw.parquet")
+    written = pq.read_table(tmp_path / "raw.parquet")
     assert written.column_names == ["", "x1", "x2", "y"] == schema.names
     assert [str(f.type) for f in written.schema] == ["int64", "double", "int64", "double"]
     assert written.num_rows == 4
@@ -64,7 +64,7 @@ def test_csv_to_parquet_widens_a_type_contradicted_by_a_later_block(tmp_path, mo
     rows = "a,b\n" + "".join(f"{i},{i}\n" for i in range(5000)) + "1.5,2\n"
     (tmp_path / "mixed.csv").write_text(rows)
     csv_to_parquet(tmp_path / "mixed.csv", tmp_path / "raw.parquet", "mixed.csv")
-    written = store.read_parquet(tmp_path / "raw.parquet")
+    written = pq.read_table(tmp_path / "raw.parquet")
     assert str(written.schema.field("a").type) == "double" and written.num_rows == 5001
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -133,7 +133,7 @@ def test_drop_index_names_the_missing_column():
 
 @pytest.mark.usefixtures("no_run_logger")
 def test_drop_index_task(artifacts):
-    raw = store.write_parquet(small_table(), store.output_dir(artifacts, "t", store, {}) / "r.parquet")
+    raw = store.Stage("t", "tasks.store").outputs(artifacts, {}).write_parquet(small_table(), "r.parquet")
     out = drop_index_column.fn(raw, "Unnamed: 0", str(artifacts))
     assert store.read_parquet(out["table"]).column_names == ["x1", "x2", "y"]
 
