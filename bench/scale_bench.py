@@ -27,7 +27,7 @@ import torch
 
 from bench.make_data import make_csv
 from tasks import store
-from tasks.train import model, mse
+from tasks.train import initial_params, train_scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -56,22 +56,12 @@ def last_json(stdout: str) -> dict:
 
 
 def float64_trajectory(tensors_path: str, epochs: int, lr: float, seed: int) -> list[float]:
-    """The textbook loop on the flow's training split, in float64, raw features, ``torch.randn`` start."""
+    """The textbook loop (`train_scratch`) on the flow's training split, in float64, from the same start."""
     data = store.read_pt(tensors_path)
     x, y = data["x_train"].double(), data["y_train"].double()
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(1, x.shape[1], generator=gen).double().requires_grad_()
-    b = torch.randn(1, generator=gen).double().requires_grad_()
-    history = []
-    for _ in range(epochs):
-        loss = mse(model(x, w, b), y)
-        loss.backward()
-        with torch.no_grad():
-            w -= w.grad * lr
-            b -= b.grad * lr
-            w.grad.zero_()
-            b.grad.zero_()
-        history.append(loss.item())
+    w0, b0 = initial_params(x.shape[1], "randn", seed, torch.device("cpu"))
+    history: list[float] = []
+    train_scratch(x, y, w0.double(), b0.double(), lr, epochs, lambda loss: history.append(loss) or False)
     return history
 
 
