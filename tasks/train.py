@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -301,13 +302,16 @@ def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str
     data = store.read_pt(tensors_path)
     progress = create_progress_artifact(progress=0.0, key="linear-regression-training", description="epochs done, %")
 
-    def report(epoch: int, loss: float) -> None:
-        update_progress_artifact(progress, progress=100.0 * epoch / cfg.epochs)
-        logger.info("epoch %d/%d: train loss %.6g", epoch, cfg.epochs, loss)
+    # Each progress update is an HTTP call: one background thread sends them, in order, so training never waits.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress") as reporter:
 
-    started = time.perf_counter()
-    result = fit(data["x_train"], data["y_train"], cfg, on_progress=report)
-    seconds = time.perf_counter() - started
+        def report(epoch: int, loss: float) -> None:
+            reporter.submit(update_progress_artifact, progress, progress=100.0 * epoch / cfg.epochs)
+            logger.info("epoch %d/%d: train loss %.6g", epoch, cfg.epochs, loss)
+
+        started = time.perf_counter()
+        result = fit(data["x_train"], data["y_train"], cfg, on_progress=report)
+        seconds = time.perf_counter() - started
     update_progress_artifact(progress, progress=100.0)
     saved = {
         "weights": result.weights,
