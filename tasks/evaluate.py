@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import torch
 from prefect import get_run_logger, task
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
@@ -26,17 +27,27 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
+CHUNK_ROWS = 1 << 20
+
+
+def predict(x: torch.Tensor, weights: np.ndarray, bias: float) -> np.ndarray:
+    """``x @ weights + bias`` in float64, a chunk of rows at a time: no float64 copy of the whole of x."""
+    return np.concatenate([chunk.double().numpy() @ weights + bias for chunk in x.split(CHUNK_ROWS)])
+
+
 def evaluate(tensors: dict, trained: dict) -> dict:
     """Metrics of the gradient-descent model and of scikit-learn's OLS fit, in float64, plus their gap."""
-    data = {k: tensors[k].double().numpy() for k in ("x_train", "y_train", "x_test", "y_test")}
     weights = trained["weights"].double().numpy()
-    ols = LinearRegression().fit(data["x_train"], data["y_train"].ravel())
+    # OLS in float64 needs x_train in float64 once; copy_X=False lets scikit-learn centre that copy in place
+    ols = LinearRegression(copy_X=False).fit(
+        tensors["x_train"].double().numpy(), tensors["y_train"].double().numpy().ravel()
+    )
     metrics, baseline, predictions = {}, {}, {}
     for part in PARTS:
-        x, y = data[f"x_{part}"], data[f"y_{part}"].ravel()
-        predictions[part] = x @ weights + trained["bias"]
+        x, y = tensors[f"x_{part}"], tensors[f"y_{part}"].double().numpy().ravel()
+        predictions[part] = predict(x, weights, trained["bias"])
         metrics[part] = regression_metrics(y, predictions[part])
-        baseline[part] = regression_metrics(y, ols.predict(x))
+        baseline[part] = regression_metrics(y, predict(x, ols.coef_, float(ols.intercept_)))
     features = list(trained["features"])
     return {
         "metrics": metrics,
@@ -53,7 +64,7 @@ def evaluate(tensors: dict, trained: dict) -> dict:
         "engine": str(trained["engine"]),
         "train_seconds": float(trained["train_seconds"]),
         "training": dict(trained["config"]),
-        "test_predictions": {"actual": data["y_test"].ravel(), "predicted": predictions["test"]},
+        "test_predictions": {"actual": tensors["y_test"].double().numpy().ravel(), "predicted": predictions["test"]},
     }
 
 

@@ -347,6 +347,12 @@ def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
     return pq.read_table(path)
 
 
+def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
+    """A verified Parquet file, for readers that take one column or row group at a time."""
+    _verified(path)
+    return pq.ParquetFile(path)
+
+
 def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a stage's ``.pt`` file, verified, without unpickling arbitrary objects."""
     _verified(path)

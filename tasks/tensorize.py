@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from prefect import get_run_logger, task
 
@@ -13,7 +16,30 @@ from tasks.errors import InputError
 STAGE = store.Stage("tensorize", __name__, params=("target", "features"), files=("train_path", "test_path"))
 
 
-def select_columns(table: pa.Table, target: str, features: list[str] | None) -> list[str]:
+class Columns(Protocol):
+    """What `to_tensors` reads from a table: a pa.Table has it, and so has `ParquetColumns`."""
+
+    num_rows: int
+    column_names: list[str]
+    schema: pa.Schema
+
+    def column(self, name: str) -> pa.ChunkedArray: ...
+
+
+class ParquetColumns:
+    """A Parquet file read one column at a time, so the whole table is never in memory beside the tensors."""
+
+    def __init__(self, file: pq.ParquetFile):
+        self.file = file
+        self.schema = file.schema_arrow
+        self.column_names = self.schema.names
+        self.num_rows = file.metadata.num_rows
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        return self.file.read(columns=[name]).column(0)
+
+
+def select_columns(table: Columns, target: str, features: list[str] | None) -> list[str]:
     """The feature columns: those named, or every column but the target. Checks they exist and are numeric."""
     columns = table.column_names
     shown = ", ".join(repr(c) for c in columns)
@@ -36,7 +62,7 @@ def select_columns(table: pa.Table, target: str, features: list[str] | None) -> 
     return chosen
 
 
-def _fill(dest: np.ndarray, table: pa.Table, name: str, part: str) -> None:
+def _fill(dest: np.ndarray, table: Columns, name: str, part: str) -> None:
     """Copy a column into a float32 slot (no float64 copy of the whole matrix); refuse NaN, inf, nulls."""
     with np.errstate(over="ignore"):  # overflow becomes inf, which the check below reports
         dest[:] = table.column(name).to_numpy(zero_copy_only=False)  # nulls arrive as NaN
@@ -48,7 +74,7 @@ def _fill(dest: np.ndarray, table: pa.Table, name: str, part: str) -> None:
         )
 
 
-def to_tensors(train: pa.Table, test: pa.Table, target: str, features: list[str] | None) -> dict:
+def to_tensors(train: Columns, test: Columns, target: str, features: list[str] | None) -> dict:
     """``x_train`` (n×d), ``y_train`` (n×1), ``x_test``, ``y_test`` as float32, plus the names they came from."""
     chosen = select_columns(train, target, features)
     out: dict = {"features": chosen, "target": target}
@@ -65,7 +91,8 @@ def to_tensors(train: pa.Table, test: pa.Table, target: str, features: list[str]
 @task(name="tensorize")
 def tensorize(train_path: str, test_path: str, target: str, features: list[str] | None, root: str) -> dict[str, str]:
     """Read the split tables, write ``tensors.pt`` (float32 tensors + feature names)."""
-    tensors = to_tensors(store.read_parquet(train_path), store.read_parquet(test_path), target, features)
+    train, test = ParquetColumns(store.open_parquet(train_path)), ParquetColumns(store.open_parquet(test_path))
+    tensors = to_tensors(train, test, target, features)
     args = {"train_path": train_path, "test_path": test_path, "target": target, "features": features}
     out = STAGE.outputs(root, args).write_pt(tensors, "tensors.pt")
     get_run_logger().info(
