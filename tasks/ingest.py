@@ -28,14 +28,10 @@ STAGE = store.Stage("ingest", __name__, files=("source",))
 BLOCK_BYTES = 64 << 20  # one Parquet row group per 64 MB of CSV
 
 
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
 @contextmanager
 def local_copy(source: str) -> Iterator[Path]:
     """A local path for ``source``: the file itself, or a URL downloaded (streamed) to a temporary file."""
-    if not is_url(source):
+    if not store.is_url(source):
         yield check_file(source)
         return
     with tempfile.TemporaryDirectory(prefix="linreg-download-") as folder:

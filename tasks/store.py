@@ -221,7 +221,7 @@ class Outputs:
         # so the same tensors would give different bytes, and a rebuild a different key downstream.
         buffer = io.BytesIO()
         torch.save(dict(obj), buffer)
-        return self._write(name, "pt", lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        return self._write(name, "pt", lambda tmp: tmp.write_bytes(buffer.getvalue()), schema=describe_pt(obj))
 
     def write_json(self, obj: Any, name: str) -> str:
         return self._write(name, "json", lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
@@ -231,12 +231,12 @@ class Outputs:
             raise ValueError(f"{name}: not PNG bytes")
         return self._write(name, "png", lambda tmp: tmp.write_bytes(data))
 
-    def _write(self, name: str, fmt: str, writer: Callable[[Path], None]) -> str:
+    def _write(self, name: str, fmt: str, writer: Callable[[Path], None], schema: dict | None = None) -> str:
         with atomic_path(self.folder / name) as tmp:
             writer(tmp)
-        return self.record(name, fmt)
+        return self.record(name, fmt, schema)
 
-    def record(self, name: str, fmt: str) -> str:
+    def record(self, name: str, fmt: str, schema: dict[str, Any] | None = None) -> str:
         """Write the manifest of ``name``, a file this stage has just put (atomically) into its folder.
 
         The artifact lands first and its manifest second: a crash in between leaves an artifact without a
@@ -249,7 +249,7 @@ class Outputs:
             "sha256": sha256_file(final),
             "size": final.stat().st_size,
             "format": fmt,
-            "schema": describe_schema(final, fmt),
+            "schema": schema if schema is not None else describe_schema(final, fmt),
             "stage": self.stage,
             "key": self.key,
             "params": self.params,
@@ -278,14 +278,7 @@ def describe_schema(path: Path, fmt: str) -> dict[str, Any]:
         schema = meta.schema.to_arrow_schema()
         return {"rows": meta.num_rows, "columns": [{"name": f.name, "type": str(f.type)} for f in schema]}
     if fmt == "pt":
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        out: dict[str, Any] = {}
-        for name, value in obj.items():
-            if isinstance(value, torch.Tensor):
-                out[name] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
-            else:
-                out[name] = {"type": type(value).__name__}
-        return {"entries": out}
+        return describe_pt(torch.load(path, map_location="cpu", weights_only=True))
     if fmt == "png":
         head = path.read_bytes()[:24]
         width, height = struct.unpack(">II", head[16:24])
@@ -294,6 +287,17 @@ def describe_schema(path: Path, fmt: str) -> dict[str, Any]:
         obj = json.loads(path.read_text())
         return {"keys": sorted(obj)} if isinstance(obj, dict) else {"type": type(obj).__name__}
     raise ValueError(f"unknown artifact format {fmt!r}")
+
+
+def describe_pt(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Entry names of a ``.pt`` dict, with shape and dtype for tensors and the type of anything else."""
+    out: dict[str, Any] = {}
+    for name, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            out[name] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+        else:
+            out[name] = {"type": type(value).__name__}
+    return {"entries": out}
 
 
 def manifest_path(path: str | os.PathLike[str]) -> Path:

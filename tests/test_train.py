@@ -14,7 +14,7 @@ from tasks.drop_index import drop_index
 from tasks.errors import InputError
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
-from tasks.train import DivergenceError, Monitor, Scaler, Stats, fit, mse, train_scratch
+from tasks.train import DivergenceError, Monitor, Scaler, Stats, fit, initial_params, mse, train_scratch
 
 RTOL = 1e-3  # stated tolerance: every weight and the bias within 0.1% of float64 least squares
 
@@ -125,20 +125,16 @@ def float64_reference(x, y, cfg) -> tuple[list[float], torch.Tensor]:
     scaled = scaler.transform_stats(stats)
     lr = 1 / scaled.hessian_max_eigenvalue() if cfg.lr == "auto" else cfg.lr
     history: list[float] = []
-
-    class Record:
-        def __call__(self, loss):
-            history.append(loss)
-            return False
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    d = x.shape[1]
-    w0, b0 = (
-        (torch.randn(1, d, generator=gen), torch.randn(1, generator=gen))
-        if cfg.init == "randn"
-        else (torch.zeros(1, d), torch.zeros(1))
+    w0, b0 = initial_params(x.shape[1], cfg.init, cfg.seed, torch.device("cpu"))
+    w, b = train_scratch(
+        scaler.transform(x.double()),
+        y.double(),
+        w0.double(),
+        b0.double(),
+        lr,
+        cfg.epochs,
+        lambda loss: history.append(loss) or False,
     )
-    w, b = train_scratch(scaler.transform(x.double()), y.double(), w0.double(), b0.double(), lr, cfg.epochs, Record())
     w_raw, b_raw = scaler.unfold(w, b)
     return history, torch.cat([w_raw, torch.tensor([b_raw], dtype=torch.float64)])
 
