@@ -154,7 +154,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"run {report['run_id']} ({report['run_record']})")
         lines.append(f"  flow parameters: {json.dumps(report['run_params'])}")
     for source in report["sources"]:
-        lines.append(f"source CSV: {source['path']} (sha256 {source.get('recorded_sha256') or source['sha256']})")
+        lines.append(f"source data: {source['path']} (sha256 {source.get('recorded_sha256') or source['sha256']})")
     lines.append("parameters by stage:")
     lines += [f"  {stage:<11}{json.dumps(params)}" for stage, params in report["parameters"].items()]
     for tree in report.get("artifacts", [report.get("artifact")]):

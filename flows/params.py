@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
+from tasks import store
 from tasks.errors import InputError
 from tasks.train import TrainConfig
 
@@ -22,7 +23,11 @@ class Params(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    data: str | None = Field(None, description="CSV path or http(s) URL; None: the shipped Advertising.csv")
+    data: str | None = Field(
+        None,
+        description="CSV or Parquet path, http(s) URL, or a folder or glob of CSV/Parquet partitions; "
+        "None: the shipped Advertising.csv",
+    )
     target: str = Field("sales", description="column to predict")
     features: list[str] | None = Field(None, description="feature columns; None: every other column")
     index_column: str | None = Field("Unnamed: 0", description="row-index column to drop; None: there is none")
@@ -39,6 +44,12 @@ class Params(BaseModel):
     engine: Literal["auto", "rows", "stats"] = Field(
         "auto", description="rows: loop over every row; stats: same iterates from XᵀX, Xᵀy; auto: by size"
     )
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="where a partitioned input's per-partition stages run: local threads, or Dask"
+    )
+    dask_address: str | None = Field(
+        None, description="Dask scheduler to use with --task-runner dask (tcp://host:8786); None: a local cluster"
+    )
     artifacts_dir: str | None = Field(
         None, description="where artifacts go; None: $LINREG_ARTIFACTS_DIR or data/artifacts"
     )
@@ -48,11 +59,17 @@ class Params(BaseModel):
     def parse(cls, **values: Any) -> Params:
         """Validate, turning pydantic's report into the one-line ``InputError`` users see."""
         try:
-            return cls(**values)
+            params = cls(**values)
         except ValidationError as exc:
             err = exc.errors()[0]
             name = "--" + "-".join(str(part) for part in err["loc"][:1]).replace("_", "-")
             raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
+        if store.is_partitioned(params.data) and (params.method != "scratch" or params.engine == "rows"):
+            raise InputError(
+                f"--data {params.data} is a folder or glob, which trains on per-partition statistics: "
+                "pass --method scratch and --engine auto or stats, or a single file"
+            )
+        return params
 
     def training(self) -> TrainConfig:
         """The training stage's config: explicit parameters first, then the preset's values."""

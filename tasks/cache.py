@@ -19,6 +19,7 @@ cut short by a crash does not parse, which Prefect and `StageCache` both treat a
 from __future__ import annotations
 
 import fcntl
+import inspect
 import os
 import threading
 import time
@@ -29,9 +30,11 @@ from typing import Any, ClassVar
 from prefect import Task, get_run_logger
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.futures import wait
 from prefect.locking.protocol import LockManager
 from prefect.results import ResultRecord
 from prefect.states import State
+from prefect.task_runners import TaskRunner
 
 from tasks import store
 
@@ -231,3 +234,19 @@ class StageRunner:
         self.results[stage.name] = result
         self.cached[stage.name] = state.name == "Cached"
         return result
+
+    def map(self, pool: TaskRunner, task: Task, stage: store.Stage, calls: list[tuple]) -> list[dict[str, str]]:
+        """Run ``task`` once per partition on ``pool`` (threads or Dask), one argument tuple per call.
+
+        The stage's artifacts are recorded as ``name[i]`` for partition i; it counts as cached when every call
+        was. A failed call raises its exception once all calls have finished.
+        """
+        bound = bind(task, stage, self.root, self.refresh)
+        names = list(inspect.signature(task.fn).parameters)
+        futures = [pool.submit(bound, dict(zip(names, args, strict=True))) for args in calls]
+        wait(futures)
+        states = [future.state for future in futures]
+        results = [state.result() for state in states]  # raises the first failure
+        self.results[stage.name] = {f"{name}[{i}]": path for i, r in enumerate(results) for name, path in r.items()}
+        self.cached[stage.name] = all(state.name == "Cached" for state in states)
+        return results

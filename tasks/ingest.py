@@ -1,4 +1,4 @@
-"""Stage 1: read the CSV (a local path or an http(s) URL) and store it unchanged as Parquet.
+"""Stage 1: read the CSV (a local path or an http(s) URL) or Parquet file and store it unchanged as Parquet.
 
 The CSV is streamed in blocks into a Parquet file with one row group per block, so a file of tens of millions
 of rows never sits in memory twice. pyarrow infers column types from the first block; if a later block
@@ -95,6 +95,29 @@ def csv_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     return schema
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(source: str) -> bool:
+    return Path(source).suffix.lower() in PARQUET_SUFFIXES
+
+
+def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
+    """Copy a Parquet input into ``final`` (atomically) a row group at a time, checking it is readable Parquet."""
+    try:
+        reader = pq.ParquetFile(path)
+        with store.atomic_path(final) as tmp:
+            with pq.ParquetWriter(tmp, reader.schema_arrow) as writer:
+                for group in range(reader.num_row_groups):
+                    writer.write_table(reader.read_row_group(group))
+            if reader.metadata.num_rows == 0:
+                raise InputError(f"{source}: has a schema but no rows; add rows or pass another --data")
+    except (pa.ArrowInvalid, OSError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise InputError(f"{source}: cannot be read as Parquet ({reason})") from None
+    return reader.schema_arrow
+
+
 def _stream(path: Path, out: Path) -> tuple[int, pa.Schema]:
     reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES))
     rows = 0
@@ -107,13 +130,14 @@ def _stream(path: Path, out: Path) -> tuple[int, pa.Schema]:
 
 @task(name="ingest_csv")
 def ingest_csv(source: str, root: str) -> dict[str, str]:
-    """Read ``source`` and write it as ``raw.parquet``: column names and inferred dtypes preserved."""
+    """Read ``source`` (CSV, or Parquet by its suffix) and write ``raw.parquet``: column names and types kept."""
     with local_copy(source) as path:
         # keyed on the bytes read: for a URL, those of the download
         outputs = STAGE.outputs(root, {"source": source}, digests={"source": store.sha256_file(path)})
         out = outputs.folder / "raw.parquet"
         try:
-            schema = csv_to_parquet(path, out, source)
+            convert = parquet_to_parquet if is_parquet(source) else csv_to_parquet
+            schema = convert(path, out, source)
         except BaseException as exc:
             store.discard_if_empty(outputs.folder)  # a refused CSV leaves nothing behind, not even a folder
             if isinstance(exc, pa.ArrowInvalid):  # e.g. "Empty CSV file" from open_csv

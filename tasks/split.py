@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from tasks import store
 from tasks.errors import InputError
@@ -22,17 +24,42 @@ def split_table(table: pa.Table, test_size: float, seed: int) -> tuple[pa.Table,
     indices are the test rows, the rest the train rows. Doing the same here (tests check it against
     scikit-learn) keeps that guarantee without importing scikit-learn or copying the table through pandas.
     """
+    permutation, n_test = shuffle(table.num_rows, test_size, seed)
+    return table.take(permutation[n_test:]), table.take(permutation[:n_test])
+
+
+def shuffle(n: int, test_size: float, seed: int) -> tuple[np.ndarray, int]:
+    """ShuffleSplit's permutation of ``n`` rows and its number of test rows (the permutation's head)."""
     if not 0 < test_size < 1:
         raise InputError(f"--test-size must be between 0 and 1 (exclusive), got {test_size}")
-    n = table.num_rows
     n_test = math.ceil(test_size * n)
     if min(n_test, n - n_test) < MIN_ROWS_PER_PART:
         raise InputError(
             f"{n} rows are too few to split with --test-size {test_size}: each part needs at least "
             f"{MIN_ROWS_PER_PART} rows; add rows or change --test-size"
         )
-    permutation = np.random.RandomState(seed).permutation(n)
-    return table.take(permutation[n_test:]), table.take(permutation[:n_test])
+    return np.random.RandomState(seed).permutation(n), n_test
+
+
+def split_partition(table: pa.Table, test_size: float, seed: int, offset: int, total: int) -> tuple[pa.Table, pa.Table]:
+    """(train, test) of one partition, holding rows ``offset … offset+len`` of a ``total``-row input.
+
+    A row is a test row exactly when it is one in `split_table` of all partitions concatenated in order, so
+    the partitioned run trains and tests on the very rows of the single-file run (within a partition the rows
+    keep their file order: sums, and so the sufficient statistics and metrics, do not depend on order).
+    """
+    if offset < 0 or offset + table.num_rows > total:
+        raise ValueError(f"partition rows {offset}…{offset + table.num_rows} lie outside the {total} rows")
+    permutation, n_test = shuffle(total, test_size, seed)
+    is_test = np.zeros(total, dtype=bool)
+    is_test[permutation[:n_test]] = True
+    mine = pa.array(is_test[offset : offset + table.num_rows])
+    return table.filter(pc.invert(mine)), table.filter(mine)
+
+
+def partition_offsets(rows: list[int]) -> list[int]:
+    """Where each partition starts in the concatenated input."""
+    return np.concatenate([[0], np.cumsum(rows[:-1], dtype=np.int64)]).astype(int).tolist() if rows else []
 
 
 @task(name="split_data")
@@ -56,3 +83,38 @@ def split_data(table_path: str, test_size: float, seed: int, root: str) -> dict[
         store.describe(out["test"]),
     )
     return out
+
+
+PARTITION_STAGE = store.Stage("split", __name__, params=("test_size", "seed", "offset", "total"), files=("table_path",))
+
+
+@task(name="split_partition")
+def split_partition_data(
+    table_path: str, test_size: float, seed: int, offset: int, total: int, root: str
+) -> dict[str, str]:
+    """Read one partition's clean table, write its ``train.parquet`` and ``test.parquet``."""
+    train, test = split_partition(store.read_parquet(table_path), test_size, seed, offset, total)
+    args = {"table_path": table_path, "test_size": test_size, "seed": seed, "offset": offset, "total": total}
+    outputs = PARTITION_STAGE.outputs(root, args)
+    out = {
+        "train": outputs.write_parquet(train, "train.parquet"),
+        "test": outputs.write_parquet(test, "test.parquet"),
+    }
+    get_run_logger().info(
+        "read %s (rows %d…%d of %d); %d train / %d test rows; wrote %s and %s",
+        table_path,
+        offset,
+        offset + train.num_rows + test.num_rows,
+        total,
+        train.num_rows,
+        test.num_rows,
+        store.describe(out["train"]),
+        store.describe(out["test"]),
+    )
+    return out
+
+
+@task(name="count_rows", cache_policy=NO_CACHE, persist_result=False)
+def count_rows(table_paths: list[str]) -> list[int]:
+    """Rows per partition, from the Parquet footers (verified files), for the partitions' offsets."""
+    return [store.open_parquet(path).metadata.num_rows for path in table_paths]

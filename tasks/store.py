@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import struct
 import sys
@@ -107,6 +108,37 @@ def data_source(data: str | None) -> str:
     return str(Path(data).expanduser().resolve())
 
 
+PARTITION_SUFFIXES = (".csv", ".parquet", ".pq")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def is_partitioned(data: str | None) -> bool:
+    """Whether ``data`` names several files: a folder, or a glob pattern (``*``, ``?``, ``[...]``)."""
+    if data is None or is_url(data):
+        return False
+    return bool(_GLOB_CHARS.search(data)) or Path(data).expanduser().is_dir()
+
+
+def partition_sources(data: str) -> list[str]:
+    """The files of a partitioned input, as sorted absolute paths: a folder's CSV and Parquet files, or a glob's.
+
+    Sorted by path, so the partitions (and the global row order the split relies on) are the same every run.
+    """
+    path = Path(data).expanduser()
+    if path.is_dir():
+        found = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PARTITION_SUFFIXES]
+        where = f"folder {data}"
+    else:
+        anchor = Path(path.anchor) if path.is_absolute() else Path.cwd()
+        pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else str(path)
+        found = [p for p in anchor.glob(pattern) if p.is_file()]
+        where = f"pattern {data}"
+    if not found:
+        kinds = ", ".join(PARTITION_SUFFIXES)
+        raise InputError(f"{where} matches no data files ({kinds}); pass --data with a CSV, a folder or a glob")
+    return sorted(str(p.resolve()) for p in found)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -143,6 +175,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _listed(name: str, paths: Iterable[str]) -> dict[str, str]:
+    """A list of input files (one per partition) as ``{"name[0]": path, ...}``."""
+    return {f"{name}[{i}]": str(path) for i, path in enumerate(paths)}
+
+
 @dataclass(frozen=True)
 class Stage:
     """What decides one stage's output: which of its arguments are parameters and which are input files.
@@ -154,7 +191,7 @@ class Stage:
     name: str
     module: str  # the stage module, whose source is part of the key
     params: tuple[str, ...] = ()
-    files: tuple[str, ...] = ()  # arguments that are paths of input files, keyed by their content
+    files: tuple[str, ...] = ()  # arguments that are input file paths (or lists of them), keyed by content
 
     def parameters(self, args: Mapping[str, Any]) -> dict[str, Any]:
         return {name: _plain(args[name]) for name in self.params}
@@ -163,14 +200,16 @@ class Stage:
         """``[{name, path, sha256}]`` for the input files; None when one is a URL (unknown until downloaded)."""
         out = []
         for name in self.files:
-            path = str(args[name])
-            if digests and name in digests:
-                sha = digests[name]
-            elif is_url(path):
-                return None
-            else:
-                sha = sha256_file(path)
-            out.append({"name": name, "path": path, "sha256": sha})
+            value = args[name]
+            paths = {name: str(value)} if isinstance(value, str | os.PathLike) else _listed(name, value)
+            for label, path in paths.items():
+                if digests and label in digests:
+                    sha = digests[label]
+                elif is_url(path):
+                    return None
+                else:
+                    sha = sha256_file(path)
+                out.append({"name": label, "path": path, "sha256": sha})
         return out
 
     def key(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> str | None:

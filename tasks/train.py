@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -108,6 +109,18 @@ class Stats:
             c += a.T @ yd
             yy += float(yd @ yd)
         return cls(g, c, yy, x.shape[0])
+
+    @classmethod
+    def total(cls, parts: list[Stats]) -> Stats:
+        """The statistics of the rows of all ``parts`` together: each one is a sum over rows."""
+        return cls(sum(p.g for p in parts), sum(p.c for p in parts), sum(p.yy for p in parts), sum(p.n for p in parts))
+
+    def as_dict(self) -> dict[str, torch.Tensor | float | int]:
+        return {"g": self.g, "c": self.c, "yy": self.yy, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> Stats:
+        return cls(saved["g"], saved["c"], float(saved["yy"]), int(saved["n"]))
 
     def hessian_max_eigenvalue(self) -> float:
         """Largest eigenvalue L of the MSE's Hessian ``2G/n``: gradient descent is stable for lr < 2/L,
@@ -277,19 +290,35 @@ def initial_params(d: int, init: Init, seed: int, device: torch.device) -> tuple
 
 def fit(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, on_progress: Progress | None = None) -> Fit:
     """Train on (x, y) as ``cfg`` says; returns raw-unit weights, the loss history and the step size used."""
-    device = resolve_device(cfg.device)
     engine = choose_engine(cfg, x.shape[0])
-    stats = Stats.of(x, y)
+    return _fit(Stats.of(x, y), cfg, engine, on_progress, rows=(x, y))
+
+
+def fit_stats(stats: Stats, cfg: TrainConfig, on_progress: Progress | None = None) -> Fit:
+    """Train on sufficient statistics alone (a partitioned input's, summed): the stats engine, by necessity."""
+    if cfg.method != "scratch" or cfg.engine == "rows":
+        raise InputError("training on statistics needs --method scratch and --engine auto or stats")
+    return _fit(stats, cfg, "stats", on_progress)
+
+
+def _fit(
+    stats: Stats,
+    cfg: TrainConfig,
+    engine: Literal["rows", "stats"],
+    on_progress: Progress | None,
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Fit:
+    device = resolve_device(cfg.device)
     scaler = Scaler.fit(stats, cfg.standardize)
     scaled = scaler.transform_stats(stats)
     curvature = scaled.hessian_max_eigenvalue()
     lr = 1.0 / curvature if cfg.lr == "auto" else float(cfg.lr)
     monitor = Monitor(cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress)
-    w0, b0 = initial_params(x.shape[1], cfg.init, cfg.seed, device)
+    w0, b0 = initial_params(stats.g.shape[0] - 1, cfg.init, cfg.seed, device)
     if engine == "stats":
         w, b = train_stats(scaled, w0, b0, lr, cfg.epochs, monitor)
     else:
-        x, y = x.to(device), y.to(device)
+        x, y = rows[0].to(device), rows[1].to(device)
         w, b = LOOPS[cfg.method](scaler.transform(x), y, w0, b0, lr, cfg.epochs, monitor)
     weights, bias = scaler.unfold(w, b)
     return Fit(weights, bias, lr, 2.0 / curvature, engine, monitor.history, monitor.converged)
@@ -298,8 +327,35 @@ def fit(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, on_progress: Progres
 @task(name="train_model")
 def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str]:
     """Read ``tensors.pt``, train, write ``model.pt`` (weights, bias, features, loss history, config)."""
-    logger = get_run_logger()
     data = store.read_pt(tensors_path)
+    args = {"tensors_path": tensors_path, "cfg": cfg}
+    train = partial(fit, data["x_train"], data["y_train"], cfg)
+    return _train_and_save(train, data, cfg, STAGE, args, root, read=tensors_path)
+
+
+STATS_STAGE = store.Stage("train", __name__, params=("cfg",), files=("stats_paths",))
+
+
+@task(name="train_model_on_stats")
+def train_model_on_stats(stats_paths: list[str], cfg: TrainConfig, root: str) -> dict[str, str]:
+    """Read every partition's ``stats.pt``, add them up, train on the sum, write ``model.pt``."""
+    parts = [store.read_pt(path) for path in stats_paths]
+    names = {(tuple(p["features"]), p["target"]) for p in parts}
+    if len(names) != 1:
+        shown = "; ".join(f"{list(f)} → {t!r}" for f, t in sorted(names))
+        raise InputError(f"partitions disagree on their columns ({shown}); give every file the same columns")
+    stats = Stats.total([Stats.from_dict(p) for p in parts])
+    args = {"stats_paths": stats_paths, "cfg": cfg}
+    train = partial(fit_stats, stats, cfg)
+    read = f"{len(stats_paths)} partitions' statistics ({stats.n} training rows)"
+    return _train_and_save(train, parts[0], cfg, STATS_STAGE, args, root, read=read)
+
+
+def _train_and_save(
+    train: Callable[[Progress], Fit], data: dict, cfg: TrainConfig, stage: store.Stage, args: dict, root: str, read: str
+) -> dict[str, str]:
+    """Run ``train`` with progress in the UI and the log, then write ``model.pt`` (``read``: what, for the log)."""
+    logger = get_run_logger()
     progress = create_progress_artifact(progress=0.0, key="linear-regression-training", description="epochs done, %")
 
     # Each progress update is an HTTP call: one background thread sends them, in order, so training never waits.
@@ -310,7 +366,7 @@ def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str
             logger.info("epoch %d/%d: train loss %.6g", epoch, cfg.epochs, loss)
 
         started = time.perf_counter()
-        result = fit(data["x_train"], data["y_train"], cfg, on_progress=report)
+        result = train(report)
         seconds = time.perf_counter() - started
     update_progress_artifact(progress, progress=100.0)
     saved = {
@@ -327,10 +383,10 @@ def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str
         "train_seconds": seconds,
         "config": asdict(cfg),
     }
-    out = STAGE.outputs(root, {"tensors_path": tensors_path, "cfg": cfg}).write_pt(saved, "model.pt")
+    out = stage.outputs(root, args).write_pt(saved, "model.pt")
     logger.info(
         "read %s; %s training (%s engine) ran %d epochs in %.2f s at lr %.4g (%s); final train loss %.6g; wrote %s",
-        tensors_path,
+        read,
         cfg.method,
         result.engine,
         len(result.history),

@@ -232,7 +232,7 @@ def test_lineage_names_the_csv_and_parameters_of_a_model(artifacts: Path, capsys
 
     assert lineage_main([summary["run_record"]]) == 0
     text = capsys.readouterr().out
-    assert f"source CSV: {ADVERTISING}" in text and "all files verify" in text
+    assert f"source data: {ADVERTISING}" in text and "all files verify" in text
 
     flip_bytes(Path(summary["artifacts"]["split"]["test"]))
     assert lineage_main([model]) == 1

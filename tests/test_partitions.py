@@ -1,0 +1,182 @@
+"""A folder or glob of CSV/Parquet partitions: the same rows, statistics, weights and metrics as one file.
+
+The partition functions are checked against their single-file counterparts (and scikit-learn) on inline data;
+the flow is run on partitions with threads and on a loopback Dask cluster, and compared with the single-file run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from sklearn.linear_model import LinearRegression
+
+from bench.make_data import make_csv
+from conftest import ADVERTISING
+from flows.params import Params
+from flows.train import linear_regression, main
+from tasks import store
+from tasks.errors import InputError
+from tasks.evaluate import Sums, least_squares, regression_metrics
+from tasks.ingest import parquet_to_parquet
+from tasks.split import partition_offsets, split_partition, split_table
+from tasks.train import Stats
+
+WEIGHTS_RTOL = 1e-10  # float64 statistics summed in another order: equal to rounding
+
+
+def numbered(n: int) -> pa.Table:
+    return pa.table({"row": np.arange(n), "x": np.arange(n) * 0.5})
+
+
+@pytest.mark.parametrize("sizes", [[50, 30, 20], [1, 98, 1], [100]])
+def test_partition_split_gives_the_single_file_rows(sizes):
+    whole = numbered(sum(sizes))
+    train, test = split_table(whole, test_size=0.25, seed=3)
+    offsets = partition_offsets(sizes)
+    assert offsets == np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+    parts = [split_partition(whole.slice(o, n), 0.25, 3, o, sum(sizes)) for o, n in zip(offsets, sizes, strict=True)]
+    got_train = np.concatenate([p[0].column("row").to_numpy() for p in parts])
+    got_test = np.concatenate([p[1].column("row").to_numpy() for p in parts])
+    assert sorted(got_train) == sorted(train.column("row").to_numpy())
+    assert sorted(got_test) == sorted(test.column("row").to_numpy())
+
+
+def test_summed_statistics_equal_the_whole_data_statistics():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(1000, 3, generator=gen) * 100, torch.rand(1000, 1, generator=gen)
+    whole = Stats.of(x, y)
+    parts = Stats.total([Stats.of(x[a:b], y[a:b]) for a, b in ((0, 1), (1, 600), (600, 600), (600, 1000))])
+    torch.testing.assert_close(parts.g, whole.g, rtol=1e-12, atol=0)
+    torch.testing.assert_close(parts.c, whole.c, rtol=1e-12, atol=0)
+    assert parts.yy == pytest.approx(whole.yy, rel=1e-12) and parts.n == whole.n == 1000
+
+
+def test_summed_metrics_equal_scikit_learn():
+    rng = np.random.default_rng(1)
+    y = rng.normal(14, 5, 500)
+    predicted = y + rng.normal(0, 1.5, 500)
+    sums = Sums()
+    for a, b in ((0, 7), (7, 7), (7, 333), (333, 500)):
+        sums.add(y[a:b], predicted[a:b])
+    got, want = sums.metrics(), regression_metrics(y, predicted)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_least_squares_from_statistics_equals_scikit_learn():
+    frame = pd.read_csv(ADVERTISING)
+    x = torch.tensor(frame[["TV", "radio", "newspaper"]].to_numpy(), dtype=torch.float32)
+    y = torch.tensor(frame[["sales"]].to_numpy(), dtype=torch.float32)
+    coef, bias = least_squares(Stats.of(x, y))
+    ols = LinearRegression().fit(x.double().numpy(), y.double().numpy().ravel())
+    np.testing.assert_allclose(coef, ols.coef_, rtol=1e-9)
+    assert bias == pytest.approx(float(ols.intercept_), rel=1e-9)
+
+
+def test_partition_sources_lists_a_folder_or_a_glob_sorted(tmp_path):
+    for name in ("b.csv", "a.parquet", "c.CSV", "notes.txt"):
+        (tmp_path / name).write_text("x\n1\n")
+    (tmp_path / "sub.csv").mkdir()
+    assert store.is_partitioned(str(tmp_path)) and store.is_partitioned(str(tmp_path / "*.csv"))
+    assert not store.is_partitioned(str(tmp_path / "b.csv")) and not store.is_partitioned(None)
+    names = [p.rsplit("/", 1)[1] for p in store.partition_sources(str(tmp_path))]
+    assert names == ["a.parquet", "b.csv", "c.CSV"]
+    assert [p.rsplit("/", 1)[1] for p in store.partition_sources(str(tmp_path / "[ab].*"))] == ["a.parquet", "b.csv"]
+    with pytest.raises(InputError, match=r"matches no data files"):
+        store.partition_sources(str(tmp_path / "*.json"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=rf"folder {empty} matches no data files"):
+        store.partition_sources(str(empty))
+
+
+def test_parquet_input_is_copied_unchanged_and_garbage_is_refused(tmp_path):
+    source = tmp_path / "in.parquet"
+    table = pa.table({"TV": [1.5, 2.5, 3.5], "sales": [1, 2, 3]})
+    pq.write_table(table, source, row_group_size=2)
+    out = tmp_path / "raw.parquet"
+    parquet_to_parquet(source, out, str(source))
+    assert pq.read_table(out).equals(table)
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("TV,sales\n1,2\n")
+    with pytest.raises(InputError, match=r"bad.parquet: cannot be read as Parquet"):
+        parquet_to_parquet(bad, tmp_path / "raw2.parquet", str(bad))
+    assert not (tmp_path / "raw2.parquet").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_folder_refuses_row_engine_and_builtins_before_running(tmp_path):
+    with pytest.raises(InputError, match=r"folder or glob.*--engine auto or stats"):
+        Params.parse(data=str(tmp_path), engine="rows")
+    with pytest.raises(InputError, match=r"--method scratch"):
+        Params.parse(data=str(tmp_path), method="builtins")
+
+
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory):
+    """3,000 Advertising-shaped rows as one CSV, and the same rows as three partitions: CSV, Parquet, CSV."""
+    folder = tmp_path_factory.mktemp("partitions")
+    whole = make_csv(3000, folder / "whole.csv", seed=5)
+    frame = pd.read_csv(whole)
+    parts = folder / "parts"
+    parts.mkdir()
+    frame.iloc[:1000].to_csv(parts / "part-0.csv", index=False)
+    frame.iloc[1000:2200].to_parquet(parts / "part-1.parquet", index=False)
+    frame.iloc[2200:].to_csv(parts / "part-2.csv", index=False)
+    return whole, parts
+
+
+def assert_same_fit(got: dict, want: dict) -> None:
+    for name, weight in want["weights"].items():
+        assert got["weights"][name] == pytest.approx(weight, rel=WEIGHTS_RTOL), name
+    assert got["bias"] == pytest.approx(want["bias"], rel=WEIGHTS_RTOL)
+    assert got["epochs_run"] == want["epochs_run"]
+    for key in ("metrics", "baseline"):
+        for part in ("train", "test"):
+            assert got[key][part] == pytest.approx(want[key][part], rel=1e-9), (key, part)
+
+
+def test_partitioned_run_with_threads_equals_the_single_file_run(partitioned, artifacts):
+    whole, parts = partitioned
+    single = linear_regression(data=str(whole), engine="stats", artifacts_dir=str(artifacts))
+    split = linear_regression(data=str(parts), artifacts_dir=str(artifacts))  # auto: the stats engine
+    assert split["engine"] == "stats"
+    assert_same_fit(split, single)
+    stages = ["ingest", "drop_index", "split", "tensorize", "accumulate", "train", "evaluate", "plot"]
+    assert list(split["artifacts"]) == stages
+    assert sorted(split["artifacts"]["ingest"]) == ["table[0]", "table[1]", "table[2]"]
+    rows = [pq.read_metadata(p).num_rows for p in split["artifacts"]["split"].values()]
+    assert sum(rows) == 3000
+    # same bytes in, same keys: a second run is cached throughout, a changed partition re-runs only its own stages
+    again = linear_regression(data=str(parts / "part-*"), artifacts_dir=str(artifacts))
+    assert all(again["cached"].values())
+    # also the single-file run's own (rows) engine: gradient descent in float32, so equal to 1e-5
+    rows_engine = linear_regression(data=str(whole), engine="rows", artifacts_dir=str(artifacts))
+    for name, weight in rows_engine["weights"].items():
+        assert split["weights"][name] == pytest.approx(weight, rel=1e-5), name
+
+
+def test_partitioned_run_on_a_loopback_dask_cluster_equals_the_single_file_run(partitioned, artifacts, capsys):
+    distributed = pytest.importorskip("distributed")
+    whole, parts = partitioned
+    single = linear_regression(data=str(whole), engine="stats", artifacts_dir=str(artifacts))
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+    ) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        dask = ["--task-runner", "dask", "--dask-address", cluster.scheduler_address]
+        code = main(["--data", str(parts), *dask, "--artifacts-dir", str(artifacts / "dask"), "--json"])
+        assert code == 0
+        ran = set(cluster.scheduler.task_prefixes)  # Dask names a task after its function
+        assert {"ingest_csv", "drop_index_column", "split_partition_data", "tensorize", "accumulate_stats"} <= ran, ran
+        with distributed.Client(cluster) as client:
+            ran_on = client.run(lambda: os.getpid())  # the workers are other processes
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not any(summary["cached"].values())
+    assert_same_fit(summary, single)
+    assert len(ran_on) == 2 and os.getpid() not in ran_on.values()
