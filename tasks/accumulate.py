@@ -2,7 +2,8 @@
 
 Each partition's ``(XᵀX, Xᵀy, yᵀy, n)`` is computed where its tensors are (a thread, or a Dask worker), in one
 float64 pass; the training stage adds them up and runs gradient descent on the sum, which is the sum over the
-whole training set: the same iterates as training on all the rows at once.
+whole training set: the same iterates as training on all the rows at once. The partition's QR factor rides
+along for the evaluation's closed-form reference, which merges the factors (see `tasks.evaluate.qr_factor`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from tasks import store
+from tasks.evaluate import qr_factor
 from tasks.train import Stats
 
 STAGE = store.Stage("accumulate", __name__, files=("tensors_path",))
@@ -17,10 +19,11 @@ STAGE = store.Stage("accumulate", __name__, files=("tensors_path",))
 
 @task(name="accumulate_stats")
 def accumulate_stats(tensors_path: str, root: str) -> dict[str, str]:
-    """Read one partition's ``tensors.pt``; write ``stats.pt`` (G = AᵀA, c = Aᵀy, yᵀy, n; A = [x 1])."""
+    """Read one partition's ``tensors.pt``; write ``stats.pt`` (G = AᵀA, c = Aᵀy, yᵀy, n; A = [x 1]; R of [A y])."""
     data = store.read_pt(tensors_path)
     stats = Stats.of(data["x_train"], data["y_train"])
-    saved = {**stats.as_dict(), "features": data["features"], "target": data["target"]}
+    r = qr_factor(data["x_train"], data["y_train"])
+    saved = {**stats.as_dict(), "r": r, "features": data["features"], "target": data["target"]}
     out = STAGE.outputs(root, {"tensors_path": tensors_path}).write_pt(saved, "stats.pt")
     get_run_logger().info(
         "read %s; statistics of %d training rows × %d features; wrote %s",

@@ -1,4 +1,9 @@
-"""Stage 6: score the trained model and the closed-form least-squares fit on the same split."""
+"""Stage 6: score the trained model and the closed-form least-squares fit on the same split.
+
+Everything here is a sum over rows (metrics) or a mergeable factorization (the least-squares reference), so
+one file and many partitions are evaluated by the same code, one chunk of rows in memory at a time. Tests
+check both against scikit-learn.
+"""
 
 from __future__ import annotations
 
@@ -10,54 +15,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 from prefect import get_run_logger, task
-from sklearn.linear_model import LinearRegression
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from tasks import store
-from tasks.train import Scaler, Stats
 
 PARTS = ("train", "test")
 STAGE = store.Stage("evaluate", __name__, files=("tensors_path", "model_path"))
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    mse = float(mean_squared_error(y_true, y_pred))
-    return {
-        "mse": mse,
-        "rmse": math.sqrt(mse),
-        "mae": float(mean_absolute_error(y_true, y_pred)),
-        "r2": float(r2_score(y_true, y_pred)),
-    }
-
-
-CHUNK_ROWS = 1 << 20
-
-
-def predict(x: torch.Tensor, weights: np.ndarray, bias: float) -> np.ndarray:
-    """``x @ weights + bias`` in float64, a chunk of rows at a time: no float64 copy of the whole of x."""
-    return np.concatenate([chunk.double().numpy() @ weights + bias for chunk in x.split(CHUNK_ROWS)])
-
-
-def evaluate(tensors: dict, trained: dict) -> dict:
-    """Metrics of the gradient-descent model and of scikit-learn's OLS fit, in float64, plus their gap."""
-    weights = trained["weights"].double().numpy()
-    # OLS in float64 needs x_train in float64 once; copy_X=False lets scikit-learn centre that copy in place
-    ols = LinearRegression(copy_X=False).fit(
-        tensors["x_train"].double().numpy(), tensors["y_train"].double().numpy().ravel()
-    )
-    metrics, baseline, predictions = {}, {}, {}
-    for part in PARTS:
-        x, y = tensors[f"x_{part}"], tensors[f"y_{part}"].double().numpy().ravel()
-        predictions[part] = predict(x, weights, trained["bias"])
-        metrics[part] = regression_metrics(y, predictions[part])
-        baseline[part] = regression_metrics(y, predict(x, ols.coef_, float(ols.intercept_)))
-    actual = tensors["y_test"].double().numpy().ravel()
-    return summary(trained, metrics, baseline, ols.coef_, float(ols.intercept_), actual, predictions["test"])
+CHUNK_ROWS = 1 << 18  # rows per float64 chunk: bounds the temporaries of predict, QR and metrics
 
 
 @dataclass
 class Sums:
-    """What MSE, RMSE, MAE and R² are made of, added up a partition at a time (Chan's update for the variance)."""
+    """What MSE, RMSE, MAE and R² are made of, added up a chunk at a time (Chan's update for the variance)."""
 
     n: int = 0
     mean: float = 0.0  # of y
@@ -86,19 +56,50 @@ class Sums:
         return {"mse": mse, "rmse": math.sqrt(mse), "mae": self.sae / self.n, "r2": r2}
 
 
-def least_squares(stats: Stats) -> tuple[np.ndarray, float]:
-    """The closed-form OLS fit from the summed statistics, in float64 (solved on standardized features)."""
-    scaler = Scaler.fit(stats, enabled=True)
-    scaled = scaler.transform_stats(stats)
-    theta = torch.linalg.lstsq(scaled.g, scaled.c.unsqueeze(1)).solution.squeeze(1)
-    weights, bias = scaler.unfold(theta[:-1], theta[-1])
-    return weights.numpy(), bias
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    sums = Sums()
+    sums.add(y_true, y_pred)
+    return sums.metrics()
 
 
-def evaluate_partitions(partitions: Iterable[dict], trained: dict, stats: Stats) -> dict:
-    """`evaluate` for a partitioned input: one partition in memory at a time, OLS from the summed statistics."""
+def predict(x: torch.Tensor, weights: np.ndarray, bias: float) -> np.ndarray:
+    """``x @ weights + bias`` in float64, a chunk of rows at a time: no float64 copy of the whole of x."""
+    return np.concatenate([chunk.double().numpy() @ weights + bias for chunk in x.split(CHUNK_ROWS)])
+
+
+# --- the closed-form reference: least squares by QR, a chunk at a time ---------------------------
+
+
+def qr_factor(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """R of the QR factorization of ``[x 1 y]`` (float64), built a chunk at a time (TSQR).
+
+    R holds all least squares needs: ‖Aθ − y‖ = ‖R[:, :-1]θ − R[:, -1]‖. Factors of row blocks merge by
+    factoring them stacked, so partitions (or chunks) factor separately. Unlike the normal equations XᵀX,
+    QR does not square the condition number, and it shares no code with the statistics training uses.
+    """
+    d = x.shape[1]
+    r = torch.zeros(0, d + 2, dtype=torch.float64)
+    for xc, yc in zip(x.split(chunk_rows), y.split(chunk_rows), strict=True):
+        ones = torch.ones(len(xc), 1, dtype=torch.float64)
+        block = torch.cat([xc.double().cpu(), ones, yc.double().cpu().reshape(-1, 1)], dim=1)
+        r = torch.linalg.qr(torch.cat([r, block]), mode="r").R
+    return r
+
+
+def least_squares(factors: list[torch.Tensor]) -> tuple[np.ndarray, float]:
+    """The OLS weights and intercept from the R factors of all the training rows (`qr_factor`), in float64."""
+    r = torch.linalg.qr(torch.cat(factors), mode="r").R
+    d = r.shape[1] - 1  # features + intercept
+    theta = torch.linalg.lstsq(r[:d, :d], r[:d, d:], driver="gelsd").solution.ravel()  # gelsd: rank-deficient too
+    return theta[:-1].numpy(), float(theta[-1])
+
+
+def evaluate(partitions: Iterable[dict], trained: dict, ols: tuple[np.ndarray, float]) -> dict:
+    """Metrics of the gradient-descent model and of the closed-form OLS fit ``ols``, in float64, plus their gap.
+
+    ``partitions`` are tensors dicts (one for a single file), read one at a time: metrics are sums over rows.
+    """
     weights = trained["weights"].double().numpy()
-    ols_coef, ols_bias = least_squares(stats)
     sums = {(model, part): Sums() for model in ("gd", "ols") for part in PARTS}
     actual, predicted = [], []
     for tensors in partitions:
@@ -106,34 +107,21 @@ def evaluate_partitions(partitions: Iterable[dict], trained: dict, stats: Stats)
             x, y = tensors[f"x_{part}"], tensors[f"y_{part}"].double().numpy().ravel()
             gd = predict(x, weights, trained["bias"])
             sums["gd", part].add(y, gd)
-            sums["ols", part].add(y, predict(x, ols_coef, ols_bias))
+            sums["ols", part].add(y, predict(x, *ols))
             if part == "test":
                 actual.append(y)
                 predicted.append(gd)
     metrics = {part: sums["gd", part].metrics() for part in PARTS}
     baseline = {part: sums["ols", part].metrics() for part in PARTS}
-    return summary(trained, metrics, baseline, ols_coef, ols_bias, np.concatenate(actual), np.concatenate(predicted))
-
-
-def summary(
-    trained: dict,
-    metrics: dict,
-    baseline: dict,
-    ols_coef: np.ndarray,
-    ols_bias: float,
-    actual: np.ndarray,
-    predicted: np.ndarray,
-) -> dict:
-    """The evaluation summary both paths write: metrics, gap to OLS, both fits, how training went."""
     features = list(trained["features"])
     return {
         "metrics": metrics,
         "baseline": baseline,
         "optimality_gap": (metrics["train"]["mse"] - baseline["train"]["mse"]) / baseline["train"]["mse"],
-        "weights": dict(zip(features, trained["weights"].double().tolist(), strict=True)),
+        "weights": dict(zip(features, weights.tolist(), strict=True)),
         "bias": float(trained["bias"]),
-        "ols_weights": dict(zip(features, ols_coef.tolist(), strict=True)),
-        "ols_bias": float(ols_bias),
+        "ols_weights": dict(zip(features, ols[0].tolist(), strict=True)),
+        "ols_bias": float(ols[1]),
         "epochs_run": int(trained["epochs_run"]),
         "lr": float(trained["lr"]),
         "max_stable_lr": float(trained["max_stable_lr"]),
@@ -141,7 +129,7 @@ def summary(
         "engine": str(trained["engine"]),
         "train_seconds": float(trained["train_seconds"]),
         "training": dict(trained["config"]),
-        "test_predictions": {"actual": actual, "predicted": predicted},
+        "test_predictions": {"actual": np.concatenate(actual), "predicted": np.concatenate(predicted)},
     }
 
 
@@ -169,7 +157,9 @@ def coefficients_table(result: dict) -> pa.Table:
 @task(name="evaluate_model")
 def evaluate_model(tensors_path: str, model_path: str, root: str) -> dict[str, str]:
     """Read tensors and model; write metrics, coefficients and test predictions (Parquet) and a JSON summary."""
-    result = evaluate(store.read_pt(tensors_path), store.read_pt(model_path))
+    tensors = store.read_pt(tensors_path)
+    ols = least_squares([qr_factor(tensors["x_train"], tensors["y_train"])])
+    result = evaluate([tensors], store.read_pt(model_path), ols)
     args = {"tensors_path": tensors_path, "model_path": model_path}
     return _write(result, STAGE.outputs(root, args), read=f"{tensors_path} and {model_path}")
 
@@ -181,10 +171,10 @@ PARTITIONS_STAGE = store.Stage("evaluate", __name__, files=("tensors_paths", "st
 def evaluate_model_on_partitions(
     tensors_paths: list[str], stats_paths: list[str], model_path: str, root: str
 ) -> dict[str, str]:
-    """`evaluate_model` for a partitioned input: reads the partitions' tensors one at a time."""
-    stats = Stats.total([Stats.from_dict(store.read_pt(path)) for path in stats_paths])
+    """`evaluate_model` for a partitioned input: OLS from the partitions' QR factors, tensors read one at a time."""
+    ols = least_squares([store.read_pt(path)["r"] for path in stats_paths])
     partitions = (store.read_pt(path) for path in tensors_paths)
-    result = evaluate_partitions(partitions, store.read_pt(model_path), stats)
+    result = evaluate(partitions, store.read_pt(model_path), ols)
     args = {"tensors_paths": tensors_paths, "stats_paths": stats_paths, "model_path": model_path}
     read = f"{len(tensors_paths)} partitions' tensors and {model_path}"
     return _write(result, PARTITIONS_STAGE.outputs(root, args), read=read)

@@ -25,7 +25,7 @@ from tasks.errors import InputError
 
 _SNIFF_BYTES = 8192
 STAGE = store.Stage("ingest", __name__, files=("source",))
-BLOCK_BYTES = 64 << 20  # one Parquet row group per 64 MB of CSV
+BLOCK_BYTES = 16 << 20  # one Parquet row group per 16 MB of CSV (64 MB blocks peaked 60 MB higher at 2M rows)
 
 
 @contextmanager

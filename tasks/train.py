@@ -9,9 +9,9 @@ preset turns all of that off to reproduce the original tutorial.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Literal
@@ -239,25 +239,22 @@ def train_builtins(x, y, w, b, lr: float, epochs: int, monitor: Monitor) -> tupl
     return linear.weight.detach(), linear.bias.detach()
 
 
-def mse_from_stats(w: torch.Tensor, b: torch.Tensor, stats: Stats) -> torch.Tensor:
-    theta = torch.cat([w.reshape(-1), b.reshape(-1)])
-    return (theta @ stats.g @ theta - 2 * theta @ stats.c + stats.yy) / stats.n
-
-
 def train_stats(stats: Stats, w, b, lr: float, epochs: int, monitor: Monitor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The textbook loop on sufficient statistics (float64): loss, backward, step under no_grad, zero the grads."""
-    w, b = w.double().cpu().requires_grad_(), b.double().cpu().requires_grad_()
+    """The same full-batch descent on sufficient statistics (float64): O(d²) an epoch, whatever the rows.
+
+    With θ = [w; b] the loss is the quadratic ``(θᵀGθ − 2θᵀc + yᵀy)/n`` and its gradient ``2(Gθ − c)/n``,
+    written out: for d + 1 = 4 numbers an autograd graph costs four times the arithmetic (about 220 against
+    50 µs an epoch, measured). Tests check the iterates against the autograd row loop.
+    """
+    theta = torch.cat([w.reshape(-1), b.reshape(-1)]).double().cpu()
     for _ in range(epochs):
-        loss = mse_from_stats(w, b, stats)
-        loss.backward()
-        with torch.no_grad():
-            w -= w.grad * lr
-            b -= b.grad * lr
-            w.grad.zero_()
-            b.grad.zero_()
+        g_theta = stats.g @ theta
+        loss = (theta @ g_theta - 2 * theta @ stats.c + stats.yy) / stats.n
+        grad = 2 * (g_theta - stats.c) / stats.n
+        theta -= grad * lr
         if monitor(loss.item()):
             break
-    return w.detach(), b.detach()
+    return theta[:-1].reshape(1, -1), theta[-1:]
 
 
 LOOPS = {"scratch": train_scratch, "builtins": train_builtins}
@@ -324,6 +321,48 @@ def _fit(
     return Fit(weights, bias, lr, 2.0 / curvature, engine, monitor.history, monitor.converged)
 
 
+class LatestProgress:
+    """Sends a progress artifact's latest value from a background thread, so training never waits on HTTP.
+
+    Each update is an HTTP call (about 0.1 s here); a loop that reports faster than that would queue calls and
+    then wait for them all. Only the newest value is sent, and the last one is sent before the stage ends.
+    """
+
+    def __init__(self, artifact_id, logger):
+        self.artifact_id, self.logger = artifact_id, logger
+        self.latest: float | None = None
+        self.changed = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._send, name="progress", daemon=True)
+
+    def set(self, percent: float) -> None:
+        with self.changed:
+            self.latest = percent
+            self.changed.notify()
+
+    def _send(self) -> None:
+        while True:
+            with self.changed:
+                self.changed.wait_for(lambda: self.latest is not None or self.closed)
+                percent, self.latest = self.latest, None
+            if percent is None:  # closed, nothing left to send
+                return
+            try:
+                update_progress_artifact(self.artifact_id, progress=percent)
+            except Exception as exc:  # progress is for watching; it must not fail the training
+                self.logger.warning("could not update the progress artifact (%s)", exc)
+
+    def __enter__(self) -> LatestProgress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify()
+        self.thread.join()
+
+
 @task(name="train_model")
 def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str]:
     """Read ``tensors.pt``, train, write ``model.pt`` (weights, bias, features, loss history, config)."""
@@ -357,18 +396,16 @@ def _train_and_save(
     """Run ``train`` with progress in the UI and the log, then write ``model.pt`` (``read``: what, for the log)."""
     logger = get_run_logger()
     progress = create_progress_artifact(progress=0.0, key="linear-regression-training", description="epochs done, %")
-
-    # Each progress update is an HTTP call: one background thread sends them, in order, so training never waits.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress") as reporter:
+    with LatestProgress(progress, logger) as sender:
 
         def report(epoch: int, loss: float) -> None:
-            reporter.submit(update_progress_artifact, progress, progress=100.0 * epoch / cfg.epochs)
+            sender.set(100.0 * epoch / cfg.epochs)
             logger.info("epoch %d/%d: train loss %.6g", epoch, cfg.epochs, loss)
 
         started = time.perf_counter()
         result = train(report)
         seconds = time.perf_counter() - started
-    update_progress_artifact(progress, progress=100.0)
+        sender.set(100.0)
     saved = {
         "weights": result.weights,
         "bias": result.bias,

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from sklearn.linear_model import LinearRegression
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from bench.make_data import make_csv
 from conftest import ADVERTISING
@@ -23,7 +24,7 @@ from flows.params import Params
 from flows.train import linear_regression, main
 from tasks import store
 from tasks.errors import InputError
-from tasks.evaluate import Sums, least_squares, regression_metrics
+from tasks.evaluate import Sums, least_squares, qr_factor, regression_metrics
 from tasks.ingest import parquet_to_parquet
 from tasks.split import partition_offsets, split_partition, split_table
 from tasks.train import Stats
@@ -65,18 +66,37 @@ def test_summed_metrics_equal_scikit_learn():
     sums = Sums()
     for a, b in ((0, 7), (7, 7), (7, 333), (333, 500)):
         sums.add(y[a:b], predicted[a:b])
-    got, want = sums.metrics(), regression_metrics(y, predicted)
-    assert got == pytest.approx(want, rel=1e-12)
+    want = {
+        "mse": mean_squared_error(y, predicted),
+        "rmse": np.sqrt(mean_squared_error(y, predicted)),
+        "mae": mean_absolute_error(y, predicted),
+        "r2": r2_score(y, predicted),
+    }
+    assert sums.metrics() == pytest.approx(want, rel=1e-12)
+    assert regression_metrics(y, predicted) == pytest.approx(want, rel=1e-12)
 
 
-def test_least_squares_from_statistics_equals_scikit_learn():
+@pytest.mark.parametrize("chunk_rows", [1000, 7])
+def test_least_squares_from_merged_qr_factors_equals_scikit_learn(chunk_rows):
     frame = pd.read_csv(ADVERTISING)
     x = torch.tensor(frame[["TV", "radio", "newspaper"]].to_numpy(), dtype=torch.float32)
     y = torch.tensor(frame[["sales"]].to_numpy(), dtype=torch.float32)
-    coef, bias = least_squares(Stats.of(x, y))
+    factors = [qr_factor(x[a:b], y[a:b], chunk_rows) for a, b in ((0, 3), (3, 120), (120, 120), (120, 200))]
+    coef, bias = least_squares(factors)
     ols = LinearRegression().fit(x.double().numpy(), y.double().numpy().ravel())
     np.testing.assert_allclose(coef, ols.coef_, rtol=1e-9)
     assert bias == pytest.approx(float(ols.intercept_), rel=1e-9)
+
+
+def test_least_squares_of_collinear_features_is_finite_and_fits():
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(100, 1, generator=gen)
+    x = torch.cat([a, 2 * a], dim=1)  # rank 1
+    y = 3 * a + 1
+    coef, bias = least_squares([qr_factor(x, y)])
+    assert np.isfinite(coef).all()
+    fitted = x.double().numpy() @ coef + bias
+    np.testing.assert_allclose(fitted, y.double().numpy().ravel(), atol=1e-5)
 
 
 def test_partition_sources_lists_a_folder_or_a_glob_sorted(tmp_path):

@@ -20,7 +20,7 @@ from conftest import ADVERTISING
 from tasks import ingest, store
 from tasks.drop_index import drop_index, drop_index_column
 from tasks.errors import InputError
-from tasks.evaluate import evaluate, regression_metrics
+from tasks.evaluate import evaluate, least_squares, qr_factor, regression_metrics
 from tasks.ingest import check_file, csv_to_parquet, ingest_csv
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.split import split_table
@@ -220,7 +220,8 @@ def test_evaluate_gives_zero_gap_for_the_exact_solution():
         "train_seconds": 0.1,
         "config": {},
     }
-    result = evaluate({"x_train": x, "y_train": y, "x_test": x[:10], "y_test": y[:10]}, trained)
+    ols = least_squares([qr_factor(x, y)])
+    result = evaluate([{"x_train": x, "y_train": y, "x_test": x[:10], "y_test": y[:10]}], trained, ols)
     assert abs(result["optimality_gap"]) < 1e-9
     assert result["metrics"]["test"] == pytest.approx(result["baseline"]["test"], rel=1e-9)
     assert result["ols_weights"] == pytest.approx({"p": float(sol[0]), "q": float(sol[1])}, rel=1e-9)
