@@ -47,6 +47,30 @@ def make_csv(rows: int, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def split_csv(path: Path, parts: int, folder: Path) -> Path:
+    """The rows of ``path`` cut into ``parts`` CSV files of consecutive rows (``part-00.csv`` …), streamed."""
+    if folder.exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows = sum(batch.num_rows for batch in pacsv.open_csv(path))
+    bounds = [rows * (i + 1) // parts for i in range(parts)]
+    reader = pacsv.open_csv(path)
+    part, written, writer = 0, 0, None
+    for batch in reader:
+        while batch.num_rows:
+            if writer is None:
+                writer = pacsv.CSVWriter(tmp / f"part-{part:02d}.csv", reader.schema)
+            take = min(batch.num_rows, bounds[part] - written)
+            writer.write_batch(batch.slice(0, take))
+            batch, written = batch.slice(take), written + take
+            if written == bounds[part]:
+                writer.close()
+                writer, part = None, part + 1
+    os.replace(tmp, folder)
+    return folder
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("rows", type=int)

@@ -6,9 +6,11 @@
 For each size it runs, as separate processes (peak RSS read per process with wait4): the plain script
 (`bench/plain_script.py`: pandas read_csv + the full-batch loop on all rows, 1000 epochs, lr 1e-5); the flow with
 `--preset seed` (the same work: raw features, lr 1e-5, 1000 epochs, no early stop) against a running Prefect
-server; the flow with default settings; and the flow in ephemeral mode. Every flow run gets a fresh artifacts
-folder, so nothing is reused. It prints medians and the ratios to the plain script, and checks that the flow's
-per-epoch loss matches the row-wise loop run in float64 on the flow's own training split (1e-4 relative).
+server; the flow with default settings; the flow in ephemeral mode; the flow on the same rows cut into
+``--partitions`` CSV files, with threads and with a local Dask cluster; and, for the fixed cost, a process that
+only imports the flow. Every flow run gets a fresh artifacts folder, so nothing is reused. It prints medians and
+the ratios to the plain script, checks that the flow's per-epoch loss matches the row-wise loop run in float64
+on the flow's own training split (1e-4 relative), and compares the partitioned runs' weights with the file's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench.make_data import make_csv
+from bench.make_data import make_csv, split_csv
 from tasks import store
 from tasks.train import initial_params, train_scratch
 
@@ -65,21 +67,29 @@ def float64_trajectory(tensors_path: str, epochs: int, lr: float, seed: int) -> 
     return history
 
 
-def bench_size(rows: int, repeats: int, server_env: dict, ephemeral_env: dict, trajectory: bool) -> dict:
+def bench_size(
+    rows: int, repeats: int, server_env: dict, ephemeral_env: dict, trajectory: bool, partitions: int
+) -> dict:
     path = ROOT / "data" / "Advertising.csv" if rows == 200 else make_csv(rows, DATA_DIR / f"advertising_{rows}.csv")
+    parted = split_csv(path, partitions, DATA_DIR / f"advertising_{rows}_in_{partitions}")
     py = sys.executable
-    results: dict[str, list] = {k: [] for k in ("plain", "seed", "default", "ephemeral")}
+    runs = {
+        "seed": (path, ["--preset", "seed"], server_env),
+        "default": (path, [], server_env),
+        "ephemeral": (path, ["--preset", "seed"], ephemeral_env),
+        "threads": (parted, ["--preset", "seed", "--engine", "stats"], server_env),
+        "dask": (parted, ["--preset", "seed", "--engine", "stats", "--task-runner", "dask"], server_env),
+    }
+    results: dict[str, list] = {k: [] for k in ("plain", "imports", *runs)}
     last_summary = None
     for _ in range(repeats):
         wall, rss, out = measured([py, "-m", "bench.plain_script", str(path)], server_env)
         results["plain"].append((wall, rss, last_json(out)))
-        for label, args, env in (
-            ("seed", ["--preset", "seed"], server_env),
-            ("default", [], server_env),
-            ("ephemeral", ["--preset", "seed"], ephemeral_env),
-        ):
+        wall, rss, _ = measured([py, "-c", "import flows.train"], server_env)
+        results["imports"].append((wall, rss, {}))
+        for label, (data, args, env) in runs.items():
             with tempfile.TemporaryDirectory(prefix="linreg-bench-") as artifacts:
-                cmd = [py, "-m", "flows.train", "--data", str(path), "--json", "--artifacts-dir", artifacts, *args]
+                cmd = [py, "-m", "flows.train", "--data", str(data), "--json", "--artifacts-dir", artifacts, *args]
                 wall, rss, out = measured(cmd, env)
                 summary = last_json(out)
                 results[label].append((wall, rss, summary))
@@ -95,7 +105,21 @@ def bench_size(rows: int, repeats: int, server_env: dict, ephemeral_env: dict, t
 
     plain_train = statistics.median(r[2]["train_s"] for r in results["plain"])
     seed_train = statistics.median(r[2]["train_seconds"] for r in results["seed"])
+    single = results["seed"][0][2]
+    weights_diff = max(
+        abs(r[2]["weights"][k] - single["weights"][k]) / abs(single["weights"][k])
+        for label in ("threads", "dask")
+        for r in results[label]
+        for k in single["weights"]
+    )
     return {
+        "imports_wall": med("imports", 0),
+        "imports_rss": med("imports", 1),
+        "threads_wall": med("threads", 0),
+        "threads_rss": med("threads", 1),
+        "dask_wall": med("dask", 0),
+        "partitions": partitions,
+        "partition_weights_diff": weights_diff,
         "rows": rows,
         "plain_wall": med("plain", 0),
         "plain_rss": med("plain", 1),
@@ -115,13 +139,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[200, 2_000_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-trajectory", action="store_true", help="skip the float64 loss-trajectory check")
+    parser.add_argument("--partitions", type=int, default=4, help="files the partitioned runs split the data into")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="linreg-bench-prefect-"))
     server = start_server(home / "server")
     try:
         server_env = isolated_env(home / "client", PREFECT_API_URL=server.url)
         ephemeral_env = isolated_env(home / "ephemeral")
-        rows = [bench_size(n, args.repeats, server_env, ephemeral_env, not args.no_trajectory) for n in args.rows]
+        check = not args.no_trajectory
+        rows = [bench_size(n, args.repeats, server_env, ephemeral_env, check, args.partitions) for n in args.rows]
     finally:
         server.stop()
     print(f"\nmedians of {args.repeats} run(s); flow runs against a running Prefect server unless noted")
@@ -137,7 +163,21 @@ def main() -> None:
             f"{r['plain_train'] / r['seed_train']:>7.1f}x {r['plain_rss']:>9.0f} {r['seed_rss']:>8.0f} "
             f"{r['seed_rss'] / r['plain_rss']:>9.2f}"
         )
+    print(
+        f"\n{'rows':>10} {'import s':>8} {'import MB':>9} {'parts':>5} {'threads s':>9} {'ratio':>6} {'MB':>6} "
+        f"{'dask s':>7} {'ratio':>6}  (partitioned: --preset seed on the rows cut into files; import: flows.train)"
+    )
     for r in rows:
+        print(
+            f"{r['rows']:>10,} {r['imports_wall']:>8.2f} {r['imports_rss']:>9.0f} {r['partitions']:>5} "
+            f"{r['threads_wall']:>9.2f} {r['threads_wall'] / r['plain_wall']:>6.3f} {r['threads_rss']:>6.0f} "
+            f"{r['dask_wall']:>7.2f} {r['dask_wall'] / r['plain_wall']:>6.3f}"
+        )
+    for r in rows:
+        print(
+            f"{r['rows']:>10,} rows: partitioned weights vs single file, max relative difference "
+            f"{r['partition_weights_diff']:.1e}"
+        )
         if r["trajectory"]:
             t = r["trajectory"]
             print(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.figure import Figure
 from prefect import get_run_logger, task
 
 from tasks import store
@@ -12,8 +11,18 @@ STAGE = store.Stage("plot", __name__, files=("predictions_path", "model_path"))
 MAX_POINTS = 5000  # a scatter of more points is a blob that takes seconds to draw
 
 
+def figure(width: float, height: float):
+    """A matplotlib Figure without pyplot: no global state, no GUI backend on servers and workers.
+
+    matplotlib is imported here, not at the top: the stages before this one then run without its ~60 MB.
+    """
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
 def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, target: str) -> bytes:
-    fig = Figure(figsize=(5, 5))  # no pyplot: no global state, no GUI backend on servers and workers
+    fig = figure(5, 5)
     ax = fig.subplots()
     shown = np.linspace(0, len(actual) - 1, min(len(actual), MAX_POINTS)).astype(int)  # evenly spaced rows
     label = "test rows" if len(shown) == len(actual) else f"{len(shown):,} of {len(actual):,} test rows"
@@ -26,7 +35,7 @@ def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, target: str) 
 
 
 def loss_curve(history: np.ndarray) -> bytes:
-    fig = Figure(figsize=(6, 4))
+    fig = figure(6, 4)
     ax = fig.subplots()
     ax.plot(np.arange(1, len(history) + 1), history)
     ax.set_yscale("log")
