@@ -3,7 +3,7 @@
     python -m bench.scale_bench                      # 200 and 2,000,000 rows, 3 repeats each
     python -m bench.scale_bench --rows 20000000 --repeats 1 --no-trajectory
 
-For each size it runs, as separate processes (peak RSS read per process with wait4): the plain script
+For each size it runs, as separate processes (peak RSS read with wait4 by `bench/peak_rss.py`): the plain script
 (`bench/plain_script.py`: pandas read_csv + the full-batch loop on all rows, 1000 epochs, lr 1e-5); the flow with
 `--preset seed` (the same work: raw features, lr 1e-5, 1000 epochs, no early stop) against a running Prefect
 server; the flow with default settings; the flow in ephemeral mode; the flow on the same rows cut into
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,18 +38,16 @@ DATA_DIR = ROOT / "bench" / "data"  # git-ignored
 
 
 def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout) of one child process."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+    """(wall seconds, peak RSS in MB, stdout) of one child process, started through `bench.peak_rss`."""
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "rss.json"
+        launcher = [sys.executable, "-m", "bench.peak_rss", str(report), "--"]
+        started = time.perf_counter()
+        proc = subprocess.run([*launcher, *cmd], env=env, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
         if proc.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.read().decode()[-3000:]}")
-        return wall, usage.ru_maxrss / 1024, out.read().decode()
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        return wall, json.loads(report.read_text())["peak_rss_mb"], proc.stdout
 
 
 def last_json(stdout: str) -> dict:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_client
+from prefect import Task, flow, get_client
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -89,17 +89,20 @@ def partitioned_stages(
     partitions one at a time.
     """
     with task_runner(p) as pool:
-        raw = run.map(pool, ingest.ingest_csv, ingest.STAGE, [(s, root) for s in sources])
+
+        def each(task: Task, stage: store.Stage, calls: list[tuple]) -> list[dict[str, str]]:
+            return run.map(pool, task, stage, calls, sources)
+
+        raw = each(ingest.ingest_csv, ingest.STAGE, [(s, root) for s in sources])
         calls = [(r["table"], p.index_column, root) for r in raw]
-        clean = [c["table"] for c in run.map(pool, drop_index.drop_index_column, drop_index.STAGE, calls)]
+        clean = [c["table"] for c in each(drop_index.drop_index_column, drop_index.STAGE, calls)]
         rows = split.count_rows(clean)
         offsets = split.partition_offsets(rows)
         calls = [(t, p.test_size, p.seed, o, sum(rows), root) for t, o in zip(clean, offsets, strict=True)]
-        parts = run.map(pool, split.split_partition_data, split.PARTITION_STAGE, calls)
+        parts = each(split.split_partition_data, split.PARTITION_STAGE, calls)
         calls = [(s["train"], s["test"], p.target, p.features, root) for s in parts]
-        tensors = [t["tensors"] for t in run.map(pool, tensorize.tensorize, tensorize.STAGE, calls)]
-        calls = [(t, root) for t in tensors]
-        stats = [s["stats"] for s in run.map(pool, accumulate.accumulate_stats, accumulate.STAGE, calls)]
+        tensors = [t["tensors"] for t in each(tensorize.tensorize, tensorize.STAGE, calls)]
+        stats = [s["stats"] for s in each(accumulate.accumulate_stats, accumulate.STAGE, [(t, root) for t in tensors])]
     trained = run(train.train_model_on_stats, train.STATS_STAGE, stats, p.training(), root)
     stage = evaluate.PARTITIONS_STAGE
     evaluation = run(evaluate.evaluate_model_on_partitions, stage, tensors, stats, trained["model"], root)

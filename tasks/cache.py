@@ -37,6 +37,7 @@ from prefect.states import State
 from prefect.task_runners import TaskRunner
 
 from tasks import store
+from tasks.errors import InputError
 
 
 class FileLocks(LockManager):
@@ -235,18 +236,29 @@ class StageRunner:
         self.cached[stage.name] = state.name == "Cached"
         return result
 
-    def map(self, pool: TaskRunner, task: Task, stage: store.Stage, calls: list[tuple]) -> list[dict[str, str]]:
+    def map(
+        self, pool: TaskRunner, task: Task, stage: store.Stage, calls: list[tuple], sources: list[str]
+    ) -> list[dict[str, str]]:
         """Run ``task`` once per partition on ``pool`` (threads or Dask), one argument tuple per call.
 
         The stage's artifacts are recorded as ``name[i]`` for partition i; it counts as cached when every call
-        was. A failed call raises its exception once all calls have finished.
+        was. Once all calls have finished, the first failure is raised; a user's error names its partition's
+        source file, since the stage itself only sees intermediate files.
         """
         bound = bind(task, stage, self.root, self.refresh)
         names = list(inspect.signature(task.fn).parameters)
         futures = [pool.submit(bound, dict(zip(names, args, strict=True))) for args in calls]
         wait(futures)
         states = [future.state for future in futures]
-        results = [state.result() for state in states]  # raises the first failure
+        for state, source in zip(states, sources, strict=True):
+            if not state.is_completed():
+                try:
+                    state.result()
+                except InputError as exc:
+                    if source in str(exc):
+                        raise
+                    raise type(exc)(f"{source}: {exc}") from None
+        results = [state.result() for state in states]
         self.results[stage.name] = {f"{name}[{i}]": path for i, r in enumerate(results) for name, path in r.items()}
         self.cached[stage.name] = all(state.name == "Cached" for state in states)
         return results

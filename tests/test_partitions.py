@@ -200,3 +200,24 @@ def test_partitioned_run_on_a_loopback_dask_cluster_equals_the_single_file_run(p
     assert not any(summary["cached"].values())
     assert_same_fit(summary, single)
     assert len(ran_on) == 2 and os.getpid() not in ran_on.values()
+
+
+def test_a_partition_without_the_target_is_a_one_line_error_naming_its_file(tmp_path, artifacts, capsys):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
+    (parts / "b.csv").write_text("x,z\n" + "".join(f"{i},{i}\n" for i in range(10)))
+    code = main(["--data", str(parts), "--target", "y", "--index-column", "none", "--artifacts-dir", str(artifacts)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith(f"error: {parts / 'b.csv'}: target column 'y' not found"), err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_partitions_with_different_columns_are_refused(tmp_path, artifacts):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "a.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
+    (parts / "b.csv").write_text("x,w,y\n" + "".join(f"{i},{i % 3},{2 * i + 1}\n" for i in range(10)))
+    with pytest.raises(InputError, match=r"partitions disagree on their columns"):
+        linear_regression(data=str(parts), target="y", index_column=None, artifacts_dir=str(artifacts))
