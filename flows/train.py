@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -198,21 +197,6 @@ def format_summary(s: dict[str, Any]) -> str:
     )
 
 
-class _NoTracebackForInputErrors(logging.Filter):
-    """Prefect logs a failed task's traceback; for a user's mistake the one-line message is the whole story."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], InputError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _quiet_input_errors() -> None:
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
-        for handler in logging.getLogger(name).handlers:
-            handler.addFilter(_NoTracebackForInputErrors())
-
-
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     as_json = args.pop("json", False)
@@ -222,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"deleted {store.clear(args.get('artifacts_dir'))}")
             return 0
         Params.parse(**args)  # fail on bad parameters before starting Prefect
-        _quiet_input_errors()
         summary = linear_regression(**args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
