@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from prefect_server import isolated_env, start_server
+
+# A shell that runs the tests in the background (`bash .ci/run &`) starts them with SIGINT ignored, and every
+# process a test starts would inherit that: a Ctrl-C sent to `serve` would do nothing. A handler, unlike
+# "ignore", is reset to the default when a child starts, so children get a working Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _HOME = Path(tempfile.mkdtemp(prefix="linreg-prefect-"))
 _SERVER = start_server(_HOME / "server")
