@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 
 from tasks import store
 from tasks.errors import InputError
-from tasks.train import TrainConfig
+from tasks.train import TrainConfig, trains_on_stats
 
 # What a preset decides, unless a parameter of the same name is given. "default" reaches the least-squares
 # optimum; "seed" reproduces the original tutorial (raw features, tiny fixed step, no early stop).
@@ -64,7 +64,7 @@ class Params(BaseModel):
             err = exc.errors()[0]
             name = "--" + "-".join(str(part) for part in err["loc"][:1]).replace("_", "-")
             raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
-        if store.is_partitioned(params.data) and (params.method != "scratch" or params.engine == "rows"):
+        if store.is_partitioned(params.data) and not trains_on_stats(params.training()):
             raise InputError(
                 f"--data {params.data} is a folder or glob, which trains on per-partition statistics: "
                 "pass --method scratch and --engine auto or stats, or a single file"

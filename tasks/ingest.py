@@ -95,11 +95,8 @@ def csv_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     return schema
 
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
 def is_parquet(source: str) -> bool:
-    return Path(source).suffix.lower() in PARQUET_SUFFIXES
+    return Path(source).suffix.lower() in store.PARQUET_SUFFIXES
 
 
 def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:

@@ -108,7 +108,8 @@ def data_source(data: str | None) -> str:
     return str(Path(data).expanduser().resolve())
 
 
-PARTITION_SUFFIXES = (".csv", ".parquet", ".pq")
+PARQUET_SUFFIXES = (".parquet", ".pq")  # read as Parquet; anything else as CSV
+PARTITION_SUFFIXES = (".csv", *PARQUET_SUFFIXES)  # the files a partitioned folder contributes
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 

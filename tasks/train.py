@@ -291,9 +291,14 @@ def fit(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, on_progress: Progres
     return _fit(Stats.of(x, y), cfg, engine, on_progress, rows=(x, y))
 
 
+def trains_on_stats(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` can train from statistics alone, as a partitioned input must: the scratch model, stats engine."""
+    return cfg.method == "scratch" and cfg.engine != "rows"
+
+
 def fit_stats(stats: Stats, cfg: TrainConfig, on_progress: Progress | None = None) -> Fit:
     """Train on sufficient statistics alone (a partitioned input's, summed): the stats engine, by necessity."""
-    if cfg.method != "scratch" or cfg.engine == "rows":
+    if not trains_on_stats(cfg):
         raise InputError("training on statistics needs --method scratch and --engine auto or stats")
     return _fit(stats, cfg, "stats", on_progress)
 
