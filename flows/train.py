@@ -72,7 +72,7 @@ def linear_regression(
         trained = run(train.train_model, train.STAGE, tensors["tensors"], p.training(), root)
         evaluation = run(evaluate.evaluate_model, evaluate.STAGE, tensors["tensors"], trained["model"], root)
     run(plot.plot_results, plot.STAGE, evaluation["predictions"], trained["model"], root)
-    publish_report({**p.model_dump(mode="json"), "data": source, "artifacts_dir": root}, run.results)
+    publish_report(store.redact_all({**p.model_dump(mode="json"), "data": source, "artifacts_dir": root}), run.results)
     record = store.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
     return summarize(run.results, run.cached, record)
 
@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     clean = args.pop("clean_artifacts", False)
     try:
         if clean:
-            print(f"deleted {store.clear(args.get('artifacts_dir'))}")
+            root, count = store.clear(args.get("artifacts_dir"))
+            kept = " (files the store did not write were kept, and so was the folder)" if root.exists() else ""
+            print(f"deleted {count} files the store wrote under {root}{kept}")
             return 0
         Params.parse(**args)  # fail on bad parameters before starting Prefect
         summary = linear_regression(**args)

@@ -1,19 +1,22 @@
-"""The stage cache: a Prefect cache policy keyed on content, with its records beside the artifacts.
+"""The stage cache: content keys, data-only records beside the artifacts, one process per key at a time.
 
 Prefect's default policy never hits across flow runs (it includes the run id) and its ``INPUTS`` policy hashes
-the path strings a task receives, not the files behind them. `StageCache` keys a stage on exactly what
-`tasks.store.Stage.key` hashes (the sha256 of its input files, its parameters, its code, library versions),
-so an unchanged stage is *Cached* in Prefect (and the UI), across runs and processes, and any change re-runs
-the stages it affects.
+the path strings a task receives, not the files behind them. Here each stage is keyed on exactly what
+`tasks.store.Stage.key` hashes (the sha256 of its input files, its parameters, its code, library versions), so
+an unchanged stage is *Cached* in Prefect (and the UI), across runs and processes, and any change re-runs the
+stages it affects.
 
-A cache record is Prefect's own result record: the small dict of artifact paths the task returned, serialized
-as JSON under ``<root>/.cache/<stage>/<key>``, so deleting the artifacts folder clears artifacts and cache at
-once. Before Prefect may use a record, the policy verifies every artifact it names against its manifest; a
-missing, truncated or altered artifact drops the record, logs why, and the stage runs again.
+The records are the project's own, and data only: ``<root>/.cache/<stage>/<key>.json`` holds the names of the
+files the stage wrote, relative to the store, and is parsed as plain JSON against a fixed shape. Nothing in a
+record names a serializer or a type, so a record planted in a shared store can point at files, never run code
+(Prefect's own result records name their serializer, pickle included, and Prefect obeys it: that is why the
+stages do not persist Prefect results at all). Before a record is used every file it names is verified
+against its manifest (and a ``.pt`` is loaded with ``weights_only``); a missing, truncated, altered or refused
+file drops the record, logs why, and the stage runs again.
 
-Prefect writes a record in place (not atomically), so every stage runs under Prefect's SERIALIZABLE isolation
-with `FileLocks`: one process computes a key while others wait for it and then read a whole record. A record
-cut short by a crash does not parse, which Prefect and `StageCache` both treat as a miss.
+One process computes a key at a time: the stage runs under an ``flock`` on ``<key>.lock``, which the kernel
+drops when its process dies, so a ``kill -9`` leaves no stale lock. A second run that needs the same key waits,
+then finds the record.
 """
 
 from __future__ import annotations
@@ -21,206 +24,174 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fcntl
+import functools
 import inspect
+import json
 import os
-import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 from prefect import Task, get_run_logger
-from prefect.cache_policies import CachePolicy
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
-from prefect.locking.protocol import LockManager
-from prefect.results import ResultRecord
-from prefect.states import State
+from prefect.states import Completed, State
 from prefect.task_runners import TaskRunner
 
 from tasks import store
 from tasks.errors import InputError
 
-
-class FileLocks(LockManager):
-    """Per-key locks on ``<root>/.cache/<stage>/<key>.lock`` with ``flock``, for Prefect's SERIALIZABLE isolation.
-
-    While one process runs a stage, another that needs the same key waits, then finds the record: the work is
-    done once and the record is never written by two processes at once. The kernel drops an ``flock`` when its
-    process dies, so a ``kill -9`` leaves no stale lock (Prefect's own file lock manager would: its locks are
-    files that only their holder deletes).
-    """
-
-    _held: ClassVar[dict[tuple[str, str], tuple[str, int]]] = {}  # (folder, key) -> (holder, fd), per process
-    _guard: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, folder: str | os.PathLike[str]):
-        self.folder = str(folder)
-
-    def _path(self, key: str) -> Path:
-        return Path(self.folder) / f"{key}.lock"
-
-    def _open(self, key: str) -> int:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-    def acquire_lock(
-        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
-    ) -> bool:
-        if self.is_lock_holder(key, holder):
-            return True
-        fd = self._open(key)
-        if not _flock(fd, fcntl.LOCK_EX, acquire_timeout):
-            os.close(fd)
-            return False
-        with self._guard:
-            self._held[(self.folder, key)] = (holder, fd)
-        return True
-
-    async def aacquire_lock(
-        self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None
-    ) -> bool:
-        return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
-
-    def release_lock(self, key: str, holder: str) -> None:
-        with self._guard:
-            held = self._held.get((self.folder, key))
-            if held is None or held[0] != holder:
-                raise ValueError(f"No lock held by {holder} for transaction with key {key}")
-            del self._held[(self.folder, key)]
-        fcntl.flock(held[1], fcntl.LOCK_UN)
-        os.close(held[1])
-
-    def is_locked(self, key: str) -> bool:
-        if (self.folder, key) in self._held:
-            return True
-        if not self._path(key).exists():
-            return False
-        fd = self._open(key)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing drops the shared lock, if taken
-        return False
-
-    def is_lock_holder(self, key: str, holder: str) -> bool:
-        held = self._held.get((self.folder, key))
-        return held is not None and held[0] == holder
-
-    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        if (self.folder, key) in self._held:
-            return False  # held by this process; waiting would deadlock
-        if not self._path(key).exists():
-            return True
-        fd = self._open(key)
-        try:
-            return _flock(fd, fcntl.LOCK_SH, timeout)
-        finally:
-            os.close(fd)
-
-    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        return self.wait_for_lock(key, timeout)
-
-
-def _flock(fd: int, mode: int, timeout: float | None) -> bool:
-    """Take an flock on ``fd``; block, or give up after ``timeout`` seconds."""
-    if timeout is None:
-        fcntl.flock(fd, mode)
-        return True
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+RECORD_VERSION = 1
+RECORD_SUFFIX = ".json"
+MAX_RECORD_BYTES = 64 << 10  # a record lists a few file names; anything larger is not one of ours
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])?")
 
 
 def records_dir(root: str | os.PathLike[str]) -> Path:
     return Path(root) / store.CACHE_DIR
 
 
-@dataclass
-class StageCache(CachePolicy):
-    """Cache key = the stage's content key; a hit only stands if every artifact it names still verifies."""
-
-    stage: store.Stage | None = None
-    root: str = ""
-
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        assert self.stage is not None, "StageCache needs the stage it keys"
-        logger = get_run_logger()
-        try:
-            key = self.stage.key(inputs)
-        except (OSError, store.IntegrityError) as exc:
-            logger.warning("%s: not cached, its inputs cannot be hashed (%s)", self.stage.name, exc)
-            return None
-        if key is None:
-            logger.info("%s: not cached, an input is a URL whose content is unknown until it is read", self.stage.name)
-            return None
-        record_key = f"{self.stage.name}/{key}"
-        if self.lock_manager is not None:
-            self.lock_manager.wait_for_lock(record_key)  # another process may be writing this very record
-        problem = self.check_record(record_key, key)
-        if problem:
-            logger.warning(
-                "%s: cached result %s is not usable (%s); running the stage again", self.stage.name, key, problem
-            )
-        return record_key
-
-    def check_record(self, record_key: str, key: str) -> str | None:
-        """None if there is no record or it holds; else why not, after dropping the record (a cache miss)."""
-        path = records_dir(self.root) / record_key
-        try:
-            content = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return f"record unreadable: {exc.strerror}"
-        try:
-            outputs = cached_outputs(content)
-            for artifact in outputs.values():
-                store.verify(artifact, key=key)
-        except (ValueError, store.IntegrityError) as exc:
-            path.unlink(missing_ok=True)
-            return str(exc)
-        return None
+def record_path(root: str | os.PathLike[str], stage: str, key: str) -> Path:
+    return records_dir(root) / stage / f"{key}{RECORD_SUFFIX}"
 
 
-def cached_outputs(record: bytes) -> dict[str, str]:
-    """The dict of artifact paths a cache record holds; ValueError if it is not such a record."""
+@contextmanager
+def key_lock(root: str | os.PathLike[str], stage: str, key: str) -> Iterator[None]:
+    """Hold ``<root>/.cache/<stage>/<key>.lock`` exclusively: one writer per key, across threads and processes.
+
+    ``flock`` locks belong to an open file, so two threads of one process that each open the file also exclude
+    each other, and the kernel releases the lock when its process dies.
+    """
+    path = records_dir(root) / stage / f"{key}.lock"
     try:
-        result = ResultRecord.deserialize(record).result
-    except Exception as exc:  # a damaged record can fail to parse in many ways; all mean "not usable"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot lock {path} ({exc.strerror}); check the artifacts folder's permissions") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def write_record(root: str | os.PathLike[str], stage: str, key: str, outputs: dict[str, str]) -> Path:
+    """Record that ``stage`` under ``key`` wrote ``outputs`` (name → path): paths stored relative to the store."""
+    base = Path(root).resolve()
+    files = {}
+    for name, path in outputs.items():
+        relative = Path(path).resolve().relative_to(base)  # a stage writes inside the store, nowhere else
+        files[name] = relative.as_posix()
+    record = {"record_version": RECORD_VERSION, "stage": stage, "key": key, "outputs": files}
+    final = record_path(root, stage, key)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    store.write_json(record, final)
+    return final
+
+
+def read_record(root: str | os.PathLike[str], stage: str, key: str) -> dict[str, str] | None:
+    """The outputs (name → absolute path) a record lists; None if there is none; ValueError if it is not valid.
+
+    Parsed by ``json`` and checked field by field: a record must have exactly our shape, and each path must be
+    a relative path inside this stage's folder of the store (no ``..``, no absolute path, no link out).
+    """
+    path = record_path(root, stage, key)
+    try:
+        with open(path, "rb") as fh:
+            content = fh.read(MAX_RECORD_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"record unreadable ({exc.strerror})") from None
+    if len(content) > MAX_RECORD_BYTES:
+        raise ValueError("record unreadable (too large to be a cache record)")
+    try:
+        record = json.loads(content)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"record unreadable ({type(exc).__name__})") from None
-    if not (isinstance(result, dict) and all(isinstance(v, str) for v in result.values())):
-        raise ValueError("record does not hold a dict of artifact paths")
-    return result
+    expected = {"record_version": RECORD_VERSION, "stage": stage, "key": key}
+    if not isinstance(record, dict) or set(record) != {*expected, "outputs"}:
+        raise ValueError("record unreadable (not a cache record)")
+    if any(record[field] != value for field, value in expected.items()):
+        raise ValueError("record unreadable (written for another stage, key or version)")
+    files = record["outputs"]
+    if not isinstance(files, dict) or not files:
+        raise ValueError("record unreadable (lists no outputs)")
+    base = Path(root).resolve()
+    stage_dir = base / stage
+    outputs = {}
+    for name, relative in files.items():
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(relative, str)):
+            raise ValueError("record unreadable (an output entry is not a name and a path)")
+        parts = PurePosixPath(relative)
+        if parts.is_absolute() or ".." in parts.parts or not relative.startswith(f"{stage}/"):
+            raise ValueError(f"record points outside the stage's folder ({relative!r})")
+        resolved = (base / parts).resolve()
+        if stage_dir.resolve() not in resolved.parents:
+            raise ValueError(f"record points outside the stage's folder ({relative!r})")
+        outputs[name] = str(resolved)
+    return outputs
+
+
+def check_record(root: str | os.PathLike[str], stage: str, key: str) -> tuple[dict[str, str] | None, str | None]:
+    """(outputs, None) for a record whose files all verify; (None, why) after dropping a bad one; (None, None)."""
+    try:
+        outputs = read_record(root, stage, key)
+        if outputs is None:
+            return None, None
+        for artifact in outputs.values():
+            store.verify(artifact, key=key, load=True)
+    except (ValueError, store.IntegrityError) as exc:
+        record_path(root, stage, key).unlink(missing_ok=True)
+        return None, str(exc)
+    return outputs, None
 
 
 def bind(task: Task, stage: store.Stage, root: str | os.PathLike[str], refresh: bool = False) -> Task:
-    """``task`` keyed by `StageCache`, its records JSON under ``<root>/.cache``; ``refresh`` ignores old records."""
-    return task.with_options(
-        cache_policy=StageCache(
-            stage=stage, root=str(root), lock_manager=FileLocks(records_dir(root)), isolation_level="SERIALIZABLE"
-        ),
-        result_storage=records_dir(root),
-        result_serializer="json",
-        persist_result=True,
-        cache_result_in_memory=False,
-        refresh_cache=refresh,
+    """``task`` run through the stage cache under ``root``; ``refresh`` runs it even when a valid record exists.
+
+    A hit returns a Completed state named ``Cached`` (as Prefect names its own hits) carrying the recorded
+    outputs, so the UI shows the stage as Cached.
+    Nothing goes through Prefect's result persistence: no record is written for a failed run either.
+    """
+    fn, root = task.fn, str(root)
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run_cached(*args: Any, **kwargs: Any) -> Any:
+        call = signature.bind(*args, **kwargs).arguments
+        logger = get_run_logger()
+        try:
+            key = stage.key(call)
+        except (OSError, store.IntegrityError) as exc:
+            logger.warning("%s: not cached, its inputs cannot be hashed (%s)", stage.name, exc)
+            return fn(**call)
+        if key is None:
+            logger.info("%s: not cached, an input is a URL whose content is unknown until it is read", stage.name)
+            return fn(**call)
+        with key_lock(root, stage.name, key):
+            if not refresh:
+                outputs, problem = check_record(root, stage.name, key)
+                if outputs is not None:
+                    return Completed(name="Cached", data=outputs, message=f"{stage.name} {key}: every output verified")
+                if problem:
+                    logger.warning(
+                        "%s: cached result %s is not usable (%s); running the stage again", stage.name, key, problem
+                    )
+            outputs = fn(**call)
+            write_record(root, stage.name, key, outputs)
+        return outputs
+
+    return Task(
+        run_cached,
+        name=task.name,
+        description=task.description,
+        tags=set(task.tags),
+        cache_policy=NO_CACHE,
+        persist_result=False,
     )
 
 

@@ -17,21 +17,26 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import os
+import pickle
 import platform
 import re
-import shutil
+import socket
+import stat
 import struct
 import sys
 import tempfile
+import urllib.parse
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,8 +48,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = PROJECT_ROOT / "data" / "Advertising.csv"
 DEFAULT_ROOT = PROJECT_ROOT / "data" / "artifacts"
 ROOT_ENV = "LINREG_ARTIFACTS_DIR"
-MARKER = ".linreg-store"  # marks a folder as an artifacts store, so `clear` never deletes anything else
-CACHE_DIR = ".cache"  # Prefect's cache records for the stages (see tasks/cache.py)
+MARKER = ".linreg-store"  # marks a folder as an artifacts store (JSON naming the store), written at creation
+STORE_NAME, STORE_VERSION = "linreg-flow", 1
+CACHE_DIR = ".cache"  # the stages' cache records and locks (see tasks/cache.py)
 RUNS_DIR = "runs"  # one JSON run record per flow run
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_VERSION = 1
@@ -52,6 +58,8 @@ MANIFEST_VERSION = 1
 PACKAGES = ("torch", "pyarrow", "numpy", "pandas", "scikit-learn", "matplotlib", "prefect")
 
 _CHUNK = 1 << 20
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"  # in temporary files' names, with the pid
+_TEMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -69,11 +77,18 @@ def artifacts_root(override: str | os.PathLike[str] | None = None) -> Path:
 
 
 def prepare_root(override: str | os.PathLike[str] | None = None) -> Path:
-    """Create the artifacts folder (marked as a store) and prove it is writable; a one-line error if not."""
+    """The artifacts folder, created and marked as a store, proven writable; a one-line error if not.
+
+    A folder becomes a store only when this creates it, or when it is empty: a non-empty folder without the
+    store's marker is someone's own folder, and the store refuses it rather than mixing its files (and, later,
+    ``--clean-artifacts``) into it. Temporary files that a killed run left behind are removed here.
+    """
     root = artifacts_root(override)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"artifacts folder {root} is a file, not a folder; pass --artifacts-dir with a folder")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        (root / MARKER).touch()
+        _mark(root)
         fd, probe = tempfile.mkstemp(dir=root, prefix=".probe.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
@@ -81,22 +96,176 @@ def prepare_root(override: str | os.PathLike[str] | None = None) -> Path:
         raise InputError(
             f"artifacts folder {root} is not writable ({exc.strerror}); pass --artifacts-dir with a writable folder"
         ) from None
+    sweep_temporary_files(root)
     return root
 
 
-def clear(override: str | os.PathLike[str] | None = None) -> Path:
-    """Delete the artifacts folder: artifacts, manifests, cache records and run records, all at once."""
+def _mark(root: Path) -> None:
+    """Write the store's marker into an empty folder (or an old, empty marker into a folder that holds only
+    store entries); refuse any other folder that lacks it."""
+    marker = root / MARKER
+    if _marker_ok(marker):
+        return
+    foreign = sorted(entry.name for entry in root.iterdir() if not _store_entry(entry))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" …" if len(foreign) > 3 else "")
+        raise InputError(
+            f"artifacts folder {root} already holds files the store did not write ({shown}); "
+            "pass --artifacts-dir with a new or empty folder"
+        )
+    content = {"store": STORE_NAME, "version": STORE_VERSION, "created": dt.datetime.now(dt.UTC).isoformat()}
+    write_json(content, marker)
+
+
+def _marker_ok(marker: Path) -> bool:
+    """Whether ``marker`` is this store's marker (plain JSON naming the store)."""
+    try:
+        with open(marker, "rb") as fh:
+            content = json.loads(fh.read(4096))
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and content.get("store") == STORE_NAME
+
+
+_KEY_FOLDER = re.compile(r"[0-9a-f]{16}(\.\d+)?")
+_TEMPORARY = re.compile(r"\..+\.tmp")
+
+
+def _store_entry(entry: Path) -> bool:
+    """Whether a top-level entry of a folder is one the store writes (marker, cache, runs, a stage's folder)."""
+    if entry.name in (MARKER, CACHE_DIR, RUNS_DIR):
+        return True
+    if _TEMPORARY.fullmatch(entry.name) and entry.is_file():
+        return True
+    return entry.name in Stage.names and entry.is_dir() and all(_KEY_FOLDER.fullmatch(e.name) for e in entry.iterdir())
+
+
+def clear(override: str | os.PathLike[str] | None = None) -> tuple[Path, int]:
+    """Delete what the store wrote (artifacts with their manifests, cache and run records, its marker) and
+    nothing else: a file of the user's inside the folder survives, and so does the folder then. Returns
+    (root, number of files deleted)."""
     root = artifacts_root(override)
     if not root.exists():
-        return root
-    if not (root / MARKER).exists() and any(root.iterdir()):
+        raise InputError(f"{root}: no such folder; nothing to delete")
+    if not root.is_dir():
+        raise InputError(f"{root} is a file, not an artifacts folder; not deleting it")
+    if not (root / MARKER).is_file():
         raise InputError(f"{root} does not look like an artifacts folder (no {MARKER} file in it); not deleting it")
-    shutil.rmtree(root)
-    return root
+    deleted = 0
+    for entry in root.iterdir():
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        if entry.name in Stage.names:
+            for folder in entry.iterdir():
+                if folder.is_dir() and not folder.is_symlink() and _KEY_FOLDER.fullmatch(folder.name):
+                    deleted += _delete_files(folder, _artifact_files(folder))
+        elif entry.name == CACHE_DIR:
+            for folder in entry.iterdir():
+                if folder.is_dir() and not folder.is_symlink() and folder.name in Stage.names:
+                    deleted += _delete_files(folder, [f for f in folder.iterdir() if _cache_file(f.name)])
+        elif entry.name == RUNS_DIR:
+            deleted += _delete_files(entry, [f for f in entry.iterdir() if f.suffix == ".json"])
+        with suppress(OSError):
+            entry.rmdir()  # once emptied; a folder that still holds a file of the user's stays
+    deleted += _delete_files(root, [f for f in root.iterdir() if _TEMPORARY.fullmatch(f.name)])
+    (root / MARKER).unlink(missing_ok=True)
+    with suppress(OSError):
+        root.rmdir()
+    return root, deleted + 1
+
+
+def _artifact_files(folder: Path) -> list[Path]:
+    """The files of a stage folder the store wrote: manifests, the artifacts they describe, temporary files."""
+    files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink()]
+    manifests = {f.name for f in files if f.name.endswith(MANIFEST_SUFFIX)}
+    return [
+        f for f in files if f.name in manifests or f.name + MANIFEST_SUFFIX in manifests or _TEMPORARY.fullmatch(f.name)
+    ]
+
+
+def _cache_file(name: str) -> bool:
+    stem = name.split(".", 1)[0]
+    return bool(re.fullmatch(r"[0-9a-f]{16}", stem)) and name[len(stem) :] in ("", ".json", ".lock")
+
+
+def _delete_files(folder: Path, files: Iterable[Path]) -> int:
+    count = 0
+    for file in files:
+        if file.is_file() and not file.is_symlink():
+            file.unlink()
+            count += 1
+    with suppress(OSError):
+        folder.rmdir()  # once emptied
+    return count
+
+
+def sweep_temporary_files(root: Path) -> int:
+    """Delete the temporary files of writers that died on this host (a ``kill -9`` mid-write leaves them).
+
+    A temporary file's name carries its writer's host and pid; a file whose writer is still alive, or runs on
+    another host sharing the folder, is left alone.
+    """
+    removed = 0
+    for path in root.rglob(".*.tmp"):
+        match = _TEMP_OWNER.search(path.name)
+        if match is None or match["host"] != _HOST or _alive(int(match["pid"])):
+            continue
+        with suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
+
+
+REDACTED = "REDACTED"
+
+
+def redact(value: str) -> str:
+    """A URL fit to record: the password of ``user:password@`` and every query value replaced by REDACTED.
+
+    Signed URLs and tokens travel in the query (``?token=…``, ``X-Amz-Signature=…``) or the userinfo; none of
+    it is needed to trace a run, which records the content's sha256. Anything that is not a URL is unchanged.
+    """
+    if "://" not in value:
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
+    query = "&".join(f"{name}={REDACTED}" for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    if parts.query and not query:
+        query = REDACTED
+    fragment = REDACTED if parts.fragment else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def redact_all(obj: Any) -> Any:
+    """``obj`` (parameters, a record) with every string in it passed through `redact`."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, Mapping):
+        return {k: redact_all(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact_all(v) for v in obj]
+    return obj
 
 
 def data_source(data: str | None) -> str:
@@ -141,8 +310,13 @@ def partition_sources(data: str) -> list[str]:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    """sha256 of a regular file. Anything else (a FIFO, ``/dev/zero``, a folder) is refused before a byte is
+    read: a FIFO would block and ``/dev/zero`` never ends. Opened non-blocking, so even a FIFO returns."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{path}: not a regular file; pass --data with a CSV or Parquet file")
+        digest = hashlib.sha256()
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -194,6 +368,11 @@ class Stage:
     params: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # arguments that are input file paths (or lists of them), keyed by content
 
+    names: ClassVar[set[str]] = set()  # every stage's name: the top-level folders a store may hold
+
+    def __post_init__(self) -> None:
+        Stage.names.add(self.name)
+
     def parameters(self, args: Mapping[str, Any]) -> dict[str, Any]:
         return {name: _plain(args[name]) for name in self.params}
 
@@ -210,7 +389,7 @@ class Stage:
                     return None
                 else:
                     sha = sha256_file(path)
-                out.append({"name": label, "path": path, "sha256": sha})
+                out.append({"name": label, "path": redact(path), "sha256": sha})
         return out
 
     def key(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> str | None:
@@ -233,14 +412,31 @@ class Stage:
         if inputs is None:
             raise ValueError(f"stage {self.name}: pass the digest of every URL input")
         key = self._key(params, inputs)
-        folder = Path(root) / self.name / key
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = new_folder(Path(root) / self.name / key)
         except OSError as exc:
             raise InputError(
                 f"artifacts folder {Path(root)} is not writable ({exc.strerror}); pass --artifacts-dir"
             ) from None
         return Outputs(folder, self.name, key, params, inputs)
+
+
+def new_folder(base: Path) -> Path:
+    """An empty folder for one run of a stage: ``<key>``, or ``<key>.1``, ``<key>.2``… when it is taken.
+
+    Artifacts are written once and never replaced: a rebuild (``--refresh``, a damaged file, a lost record)
+    goes to a new folder, so a run record or a concurrent run that uses the earlier files still finds them as
+    they were. An empty folder is one a failed run left, and is reused.
+    """
+    for n in itertools.count():
+        folder = base if n == 0 else base.with_name(f"{base.name}.{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            if folder.is_dir() and not any(folder.iterdir()):
+                return folder
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -359,10 +555,12 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def verify(path: str | os.PathLike[str], key: str | None = None) -> dict[str, Any]:
+def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = False) -> dict[str, Any]:
     """Check ``path`` against its manifest (and, if given, that it was produced under ``key``); its manifest.
 
-    Raises IntegrityError saying what is wrong: missing file, missing manifest, size or sha256 mismatch.
+    Raises IntegrityError saying what is wrong: missing file, missing manifest, size or sha256 mismatch. With
+    ``load``, a ``.pt`` must also load under ``weights_only`` with the entries its manifest lists: a file whose
+    manifest was made to match is still refused if torch would refuse it.
     """
     path = Path(path)
     if not path.is_file():
@@ -376,7 +574,24 @@ def verify(path: str | os.PathLike[str], key: str | None = None) -> dict[str, An
     actual = sha256_file(path)
     if actual != manifest["sha256"]:
         raise IntegrityError(f"{path}: sha256 {actual[:12]}… does not match its manifest ({manifest['sha256'][:12]}…)")
+    if load and manifest.get("format") == "pt":
+        schema = describe_pt(_load_pt(path, mmap=True))
+        if schema != manifest.get("schema"):
+            raise IntegrityError(f"{path}: its entries do not match its manifest's schema")
     return manifest
+
+
+def _load_pt(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only`` (never unpickles arbitrary objects); a refused file is an
+    IntegrityError. ``mmap`` maps the tensors instead of reading them, for a cheap check."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IntegrityError(f"{path}: torch refuses to load it under weights_only ({reason[:200]})") from None
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
+    return obj
 
 
 def _verified(path: str | os.PathLike[str]) -> None:
@@ -400,7 +615,10 @@ def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
 def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a stage's ``.pt`` file, verified, without unpickling arbitrary objects."""
     _verified(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return _load_pt(path)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}; run the flow again with --refresh to rebuild it") from None
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -418,7 +636,7 @@ def discard_if_empty(folder: Path) -> None:
 def atomic_path(final: Path):
     """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         raise InputError(f"cannot write in {final.parent} ({exc.strerror}); check space and permissions") from None
     os.close(fd)
@@ -482,7 +700,7 @@ def write_run_record(
     record = {
         "run_id": run_id,
         "finished": now.isoformat(timespec="seconds"),
-        "params": dict(params),
+        "params": redact_all(dict(params)),
         "stages": stages,
         "versions": versions(),
     }

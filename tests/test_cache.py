@@ -16,7 +16,7 @@ from conftest import ADVERTISING
 from flows.lineage import main as lineage_main
 from flows.train import STAGES, build_parser, linear_regression, main
 from tasks import store
-from tasks.cache import cached_outputs
+from tasks.cache import read_record
 from tasks.train import DivergenceError
 
 ALL_CACHED = dict.fromkeys(STAGES, True)
@@ -90,12 +90,12 @@ def test_second_identical_run_is_cached_in_prefect_and_returns_the_same_files(ar
     # Prefect itself says Cached (that is what the UI shows), not just our summary
     assert task_run_states(second, "Cached") == dict.fromkeys(STAGE_TASKS, "Cached")
     assert task_run_states(first, "Completed") == dict.fromkeys(STAGE_TASKS, "Completed")
-    # records live beside the artifacts, one per stage, each holding the stage's dict of paths
+    # records live beside the artifacts, one per stage, each holding the stage's files (and nothing else)
     records = [p for p in (artifacts / store.CACHE_DIR).rglob("*") if p.is_file() and p.suffix != ".lock"]
     assert len(records) == len(STAGES)
-    assert sorted(cached_outputs(p.read_bytes())["table"] for p in records if "/ingest/" in str(p)) == [
-        first["artifacts"]["ingest"]["table"]
-    ]
+    assert all(p.suffix == ".json" for p in records)
+    [ingest] = [p for p in records if p.parent.name == "ingest"]
+    assert read_record(artifacts, "ingest", ingest.stem) == first["artifacts"]["ingest"]
     assert len(list((artifacts / store.RUNS_DIR).glob("*.json"))) == 2
 
 
@@ -150,17 +150,25 @@ def test_damaged_artifacts_and_records_are_cache_misses_that_rebuild(artifacts: 
     summary = Path(a["evaluate"]["summary"])
     summary.write_bytes(summary.read_bytes()[:50])  # truncated
     Path(a["plot"]["loss_curve"]).unlink()  # missing
-    drop_record = next((artifacts / store.CACHE_DIR / "drop_index").glob("*[0-9a-f]"))
-    drop_record.write_text('{"metadata": ')  # a cache record cut short
+    drop_record = next((artifacts / store.CACHE_DIR / "drop_index").glob("*.json"))
+    drop_record.write_text('{"record_version": ')  # a cache record cut short
 
     second = run(artifacts)
 
-    assert second["cached"] == cached_from(drop_index=False, split=False, evaluate=False, plot=False)
-    assert second["artifacts"] == first["artifacts"]  # same content keys, same places
+    rebuilt = ("drop_index", "split", "evaluate", "plot")
+    assert second["cached"] == cached_from(**dict.fromkeys(rebuilt, False))
+    for stage, files in second["artifacts"].items():
+        for name, path in files.items():
+            before = Path(first["artifacts"][stage][name])
+            if stage in rebuilt:  # same key, a new folder beside the old one: artifacts are written once
+                assert Path(path).parent == before.parent.with_name(before.parent.name + ".1"), (stage, path)
+            else:
+                assert Path(path) == before
     for path in files_of(second):
         store.verify(path)
-    # rebuilt byte for byte, so tensorize kept its key and stayed cached
-    assert store.sha256_file(train_table) == good_table
+    # rebuilt byte for byte, so tensorize kept its key and stayed cached; the damaged file was left as it was
+    assert store.sha256_file(second["artifacts"]["split"]["train"]) == good_table
+    assert store.sha256_file(train_table) != good_table
     warnings = [m for m in task_log if "running the stage again" in m]
     assert any("drop_index" in m and "record unreadable" in m for m in warnings), warnings
     assert any("train.parquet" in m and "sha256" in m for m in warnings), warnings
@@ -174,8 +182,8 @@ def test_damaged_artifacts_and_records_are_cache_misses_that_rebuild(artifacts: 
     flip_bytes(model)
     third = run(artifacts)
     assert third["cached"] == cached_from(train=False, evaluate=False, plot=False)
-    assert third["artifacts"]["train"] == first["artifacts"]["train"]
-    store.verify(model)
+    assert Path(third["artifacts"]["train"]["model"]).parent == model.parent.with_name(model.parent.name + ".1")
+    store.verify(third["artifacts"]["train"]["model"])
     assert any("model.pt" in m and "does not match its manifest" in m for m in task_log)
 
 
