@@ -61,8 +61,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-clean-artifacts: ## delete generated artifacts, their manifests, cache and run records (data/artifacts)
-	rm -rf data/artifacts
+clean-artifacts: $(STAMP) ## delete what the store wrote in data/artifacts (or LINREG_ARTIFACTS_DIR), nothing else
+	@if [ -e "$${LINREG_ARTIFACTS_DIR:-data/artifacts}" ]; then $(PY) -m flows.train --clean-artifacts; fi
 
-clean: clean-artifacts ## also delete the virtual environment
+clean: ## also delete the virtual environment
+	@if [ -x $(PY) ]; then $(MAKE) --no-print-directory clean-artifacts; fi
 	rm -rf $(VENV)
