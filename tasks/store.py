@@ -13,8 +13,10 @@ same folder and are renamed into place, so a crash never leaves a half-written f
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import io
 import itertools
@@ -26,7 +28,6 @@ import re
 import socket
 import stat
 import struct
-import sys
 import tempfile
 import urllib.parse
 import zipfile
@@ -35,7 +36,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -322,12 +322,98 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def code_digest(*modules: ModuleType) -> str:
-    """sha256 of the source of the given modules (and of this one), so a code change changes the key."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    for module in modules:
-        digest.update(Path(module.__file__).read_bytes())
+PROJECT_PACKAGES = ("tasks", "flows")  # the project's own code, whose every line a stage runs is in its key
+
+
+def code_digest(module: str) -> str:
+    """sha256 of the source of ``module`` and of every project module it imports, directly or through others.
+
+    A stage runs more code than its own module: `accumulate` runs `Stats.of` from tasks/train.py, every stage
+    runs tasks/store.py. Hashing the whole import closure means an edit to any of them re-runs exactly the
+    stages that can run the edited code (tests/test_code_keys.py).
+    """
+    digest = hashlib.sha256()
+    for name in import_closure(module):
+        path = _module_file(name)
+        digest.update(f"{name}\0".encode())
+        digest.update(_source(path, *_stamp(path)))
     return digest.hexdigest()
+
+
+def import_closure(module: str) -> list[str]:
+    """The project modules ``module`` imports (anywhere in its source, any form of import), transitively, sorted."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_file(name)
+        todo += _imports(name, path, *_stamp(path))
+    return sorted(seen)
+
+
+def _module_file(name: str) -> Path:
+    base = PROJECT_ROOT.joinpath(*name.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """What the per-process memo below is keyed on besides the path: an edit changes it."""
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
+
+
+@functools.lru_cache(maxsize=256)
+def _source(path: Path, mtime_ns: int, size: int) -> bytes:
+    return path.read_bytes()
+
+
+@functools.lru_cache(maxsize=256)
+def _imports(name: str, path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The project modules (and packages) that ``name``'s source imports."""
+    tree = ast.parse(_source(path, mtime_ns, size), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            candidates = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for candidate in candidates:
+            parts = candidate.split(".")
+            # `import tasks.train` runs tasks/__init__.py too: every package on the way counts
+            for i in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:i])
+                if parts[0] in PROJECT_PACKAGES and _is_module(prefix):
+                    found.add(prefix)
+    return tuple(sorted(found))
+
+
+def _is_module(name: str) -> bool:
+    return _module_file(name).is_file()
+
+
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose code decides a stage's output bytes (torch and pyarrow write them, numpy
+    draws the split, matplotlib draws the plots), read from package metadata without importing them."""
+    return {name: _version(name) for name in ("torch", "pyarrow", "numpy", "matplotlib")}
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def stage_key(stage: str, params: Mapping[str, Any], inputs: Iterable[str], code: str) -> str:
@@ -337,7 +423,7 @@ def stage_key(stage: str, params: Mapping[str, Any], inputs: Iterable[str], code
         "params": params,
         "inputs": list(inputs),
         "code": code,
-        "versions": {"torch": torch.__version__, "pyarrow": pa.__version__},
+        "versions": library_versions(),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -400,7 +486,7 @@ class Stage:
         return self._key(self.parameters(args), inputs)
 
     def _key(self, params: Mapping[str, Any], inputs: list[dict[str, str]]) -> str:
-        code = code_digest(sys.modules[self.module])
+        code = code_digest(self.module)
         return stage_key(self.name, params, [i["sha256"] for i in inputs], code)
 
     def outputs(

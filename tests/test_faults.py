@@ -49,8 +49,9 @@ def assert_every_artifact_verifies(root: Path) -> list[Path]:
     for path in files:
         assert not path.name.endswith(".tmp"), f"temporary file left behind: {path}"
         manifest = store.verify(path)
-        # folder = <root>/<stage>/<key>/: no file is shared by two keys or two stages
-        assert manifest["key"] == path.parent.name and manifest["stage"] == path.parent.parent.name, path
+        # folder = <root>/<stage>/<key>[.n]/: no file is shared by two keys or two stages
+        key = path.parent.name.split(".")[0]  # <key>, or <key>.1 for a rebuild written beside it
+        assert manifest["key"] == key and manifest["stage"] == path.parent.parent.name, path
     return files
 
 
