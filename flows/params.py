@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic.fields import FieldInfo
 
 from tasks import store
 from tasks.errors import InputError
-from tasks.train import TrainConfig, trains_on_stats
+from tasks.train import Device, Engine, Init, Method, TrainConfig, check_config, trains_on_stats
+
+TaskRunnerName = Literal["threads", "dask"]
 
 # What a preset decides, unless a parameter of the same name is given. "default" reaches the least-squares
 # optimum; "seed" reproduces the original tutorial (raw features, tiny fixed step, no early stop).
@@ -16,6 +22,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {"epochs": 1000, "lr": "auto", "tol": 1e-7, "standardize": True, "init": "zeros"},
     "seed": {"epochs": 1000, "lr": 1e-5, "tol": 0.0, "standardize": False, "init": "randn"},
 }
+
+
+Preset = Literal[tuple(PRESETS)]  # the presets' names, from PRESETS itself
 
 
 class Params(BaseModel):
@@ -33,18 +42,18 @@ class Params(BaseModel):
     index_column: str | None = Field("Unnamed: 0", description="row-index column to drop; None: there is none")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction of rows held out for testing")
     seed: int = Field(0, description="seed of the split and of a random initialisation")
-    preset: Literal["default", "seed"] = Field("default", description="training recipe (see PRESETS)")
+    preset: Preset = Field("default", description="training recipe (see PRESETS)")
     epochs: PositiveInt | None = Field(None, description="most epochs to train")
     lr: PositiveFloat | Literal["auto"] | None = Field(None, description="step size; auto: 1/L of the Hessian")
     tol: float | None = Field(None, ge=0, description="early stop below this relative loss change; 0: never")
     standardize: bool | None = Field(None, description="standardize features with training statistics")
-    init: Literal["zeros", "randn"] | None = Field(None, description="initial weights")
-    method: Literal["scratch", "builtins"] = Field("scratch", description="hand-written loop or nn/optim")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
-    engine: Literal["auto", "rows", "stats"] = Field(
+    init: Init | None = Field(None, description="initial weights")
+    method: Method = Field("scratch", description="hand-written loop or nn/optim")
+    device: Device = Field("auto", description="auto: cuda when available")
+    engine: Engine = Field(
         "auto", description="rows: loop over every row; stats: same iterates from XᵀX, Xᵀy; auto: by size"
     )
-    task_runner: Literal["threads", "dask"] = Field(
+    task_runner: TaskRunnerName = Field(
         "threads", description="where a partitioned input's per-partition stages run: local threads, or Dask"
     )
     dask_address: str | None = Field(
@@ -64,6 +73,7 @@ class Params(BaseModel):
             err = exc.errors()[0]
             name = "--" + "-".join(str(part) for part in err["loc"][:1]).replace("_", "-")
             raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
+        check_config(params.training())  # rules between training settings, before the first stage runs
         if store.is_partitioned(params.data) and not trains_on_stats(params.training()):
             raise InputError(
                 f"--data {params.data} is a folder or glob, which trains on per-partition statistics: "
@@ -76,3 +86,36 @@ class Params(BaseModel):
         preset = PRESETS[self.preset]
         chosen = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in preset.items()}
         return TrainConfig(method=self.method, seed=self.seed, device=self.device, engine=self.engine, **chosen)
+
+    @classmethod
+    def choices(cls, name: str) -> list[str] | None:
+        """The values a parameter may take, from its ``Literal`` type (None for a free value): the CLI's
+        choices and the deployment form's dropdown both come from here."""
+        members = [t for t in _flatten(cls.model_fields[name].annotation) if t is not type(None)]
+        if not all(typing.get_origin(t) is Literal for t in members):
+            return None  # a free value (``lr`` takes any positive float, or "auto")
+        return [v for lit in members for v in typing.get_args(lit)]
+
+    @classmethod
+    def signature(cls) -> inspect.Signature:
+        """The flow's signature, made from the fields: each parameter's type, default and description (Prefect
+        builds the deployment's run form from it, with a dropdown for every ``Literal``)."""
+        return inspect.Signature(
+            [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field, annotation=_typed(field))
+                for name, field in cls.model_fields.items()
+            ],
+            return_annotation=dict[str, Any],
+        )
+
+
+def _typed(field: FieldInfo) -> Any:
+    """The field's type with its constraints (``gt``, ``ge``…) attached, so the form checks ranges too."""
+    return typing.Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    """The members of a union (``A | B``, ``Optional[A]``), or the annotation itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _flatten(arg)]
+    return [annotation]

@@ -22,42 +22,19 @@ from tasks.cache import StageRunner
 from tasks.errors import InputError
 from tasks.report import publish_report
 
+PRESET_KNOBS = set(PRESETS["default"])  # parameters whose default comes from the preset
 STAGES = ("ingest", "drop_index", "split", "tensorize", "train", "evaluate", "plot")
-_D = Params()
 
 
-@flow(
-    name="linear-regression",
-    description="Train a linear regression from scratch with PyTorch, stage by stage.",
-)
-def linear_regression(
-    data: str | None = _D.data,
-    target: str = _D.target,
-    features: list[str] | None = _D.features,
-    index_column: str | None = _D.index_column,
-    test_size: float = _D.test_size,
-    seed: int = _D.seed,
-    preset: str = _D.preset,
-    epochs: int | None = _D.epochs,
-    lr: float | str | None = _D.lr,
-    tol: float | None = _D.tol,
-    standardize: bool | None = _D.standardize,
-    init: str | None = _D.init,
-    method: str = _D.method,
-    device: str = _D.device,
-    engine: str = _D.engine,
-    task_runner: str = _D.task_runner,
-    dask_address: str | None = _D.dask_address,
-    artifacts_dir: str | None = _D.artifacts_dir,
-    refresh: bool = _D.refresh,
-) -> dict[str, Any]:
+def linear_regression(**values: Any) -> dict[str, Any]:
     """Ingest → drop index → split → tensorize → train → evaluate → plot; returns the run's summary.
 
-    Each stage is cached on the content of its inputs, its parameters and its code (see tasks/cache.py):
-    an unchanged stage is *Cached*; ``refresh`` runs every stage regardless. Then ``publish_report`` turns the
-    files into UI artifacts; it is not a stage and is never cached.
+    The parameters are `flows.params.Params`' fields (its ``signature``): each one's type, default, valid range
+    and description is defined there once. Each stage is cached on the content of its inputs, its parameters
+    and its code (see tasks/cache.py): an unchanged stage is *Cached*; ``refresh`` runs every stage
+    regardless. Then ``publish_report`` turns the files into UI artifacts; it is not a stage and is never cached.
     """
-    p = Params.parse(**locals())
+    p = Params.parse(**values)
     root = str(store.prepare_root(p.artifacts_dir))
     run = StageRunner(root, refresh=p.refresh)
     if store.is_partitioned(p.data):
@@ -75,6 +52,13 @@ def linear_regression(
     publish_report(store.redact_all({**p.model_dump(mode="json"), "data": source, "artifacts_dir": root}), run.results)
     record = store.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
     return summarize(run.results, run.cached, record)
+
+
+linear_regression.__signature__ = Params.signature()
+linear_regression = flow(
+    name="linear-regression",
+    description="Train a linear regression from scratch with PyTorch, stage by stage.",
+)(linear_regression)
 
 
 def partitioned_stages(
@@ -143,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def opt(name: str, **kwargs: Any) -> None:
         field = fields[name]
-        default = field.default if field.default is not None else "from the preset"
+        default = field.default if field.default is not None else "from the preset" if name in PRESET_KNOBS else "none"
         parser.add_argument(f"--{name.replace('_', '-')}", help=f"{field.description} (default: {default})", **kwargs)
 
     opt("data", metavar="CSV|FOLDER|GLOB")
@@ -152,16 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt("index_column", metavar="COLUMN", type=lambda v: None if v.lower() == "none" else v)
     opt("test_size", metavar="FRACTION", type=float)
     opt("seed", type=int)
-    opt("preset", choices=list(PRESETS))
+    opt("preset", choices=Params.choices("preset"))
     opt("epochs", type=int)
     opt("lr", metavar="FLOAT|auto", type=lambda v: v if v == "auto" else float(v))
     opt("tol", type=float)
     opt("standardize", action=argparse.BooleanOptionalAction)
-    opt("init", choices=["zeros", "randn"])
-    opt("method", choices=["scratch", "builtins"])
-    opt("device", choices=["auto", "cpu", "cuda"])
-    opt("engine", choices=["auto", "rows", "stats"])
-    opt("task_runner", choices=["threads", "dask"])
+    opt("init", choices=Params.choices("init"))
+    opt("method", choices=Params.choices("method"))
+    opt("device", choices=Params.choices("device"))
+    opt("engine", choices=Params.choices("engine"))
+    opt("task_runner", choices=Params.choices("task_runner"))
     opt("dask_address", metavar="tcp://HOST:PORT")
     opt("artifacts_dir", metavar="DIR")
     opt("refresh", action="store_true")

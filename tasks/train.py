@@ -261,9 +261,14 @@ LOOPS = {"scratch": train_scratch, "builtins": train_builtins}
 STATS_ENGINE_MIN_ROWS = 100_000  # below this the row-wise loop is already instant: keep the textbook reference
 
 
-def choose_engine(cfg: TrainConfig, n_rows: int) -> Literal["rows", "stats"]:
+def check_config(cfg: TrainConfig) -> None:
+    """Rules between settings, checked before the first stage runs (and again here, for direct callers)."""
     if cfg.engine == "stats" and cfg.method == "builtins":
         raise InputError("--engine stats trains the scratch model only; pass --method scratch or --engine rows")
+
+
+def choose_engine(cfg: TrainConfig, n_rows: int) -> Literal["rows", "stats"]:
+    check_config(cfg)
     if cfg.engine != "auto":
         return cfg.engine
     return "stats" if cfg.method == "scratch" and n_rows >= STATS_ENGINE_MIN_ROWS else "rows"
