@@ -45,6 +45,22 @@ def _timed(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
+def _hashing(store, run: Callable[[], dict]) -> dict[str, int]:
+    """sha256 work of one flow run, started with no digest remembered (as a new process would be), against the
+    bytes of the files the run's stages read and wrote (for a fully cached run: those its stages would have)."""
+    store._DIGESTS.clear()
+    before = dict(store.HASHING)
+    summary = run()
+    files = {Path(p) for stage in summary["artifacts"].values() for p in stage.values()}
+    inputs = {Path(i["path"]) for f in files for i in store.read_manifest(f)["inputs"] if Path(i["path"]).exists()}
+    io = sum(f.stat().st_size for f in files) + sum(f.stat().st_size for f in inputs)
+    return {
+        "hashed": store.HASHING["bytes"] - before["bytes"],
+        "files": store.HASHING["files"] - before["files"],
+        "io": io,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cache_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="flow runs per figure (median reported)")
@@ -55,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         from prefect import flow, task
 
         from flows.train import STAGES, linear_regression
+        from tasks import store
 
         @task
         def noop(value: dict) -> dict:
@@ -76,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             if not all(summary["cached"].values()):
                 raise SystemExit(f"warm run was not fully cached: {summary['cached']}")
             warm = _timed(lambda: linear_regression(artifacts_dir=warm_root), args.runs)
+            hashing = {
+                "cold": _hashing(store, lambda: linear_regression(artifacts_dir=str(Path(tmp) / "hash-cold"))),
+                "warm": _hashing(store, lambda: linear_regression(artifacts_dir=warm_root)),
+            }
         floor = _timed(seven_noops, args.runs)
     finally:
         stop()
@@ -93,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  warm run (all seven stages Cached)    {figures['warm_s']:7.3f} s")
     print(f"  floor: flow of seven no-op tasks      {figures['noop_floor_s']:7.3f} s")
     print(f"  warm / floor  {figures['warm_over_floor']:.2f}x    cold / warm  {figures['cold_over_warm']:.2f}x")
+    for run, h in hashing.items():
+        figures[f"{run}_hashed_bytes"] = h["hashed"]
+        figures[f"{run}_hashed_over_io"] = h["hashed"] / h["io"]
+        print(
+            f"  {run}: hashed {h['hashed']:,} bytes in {h['files']} files; the stages wrote+read {h['io']:,} bytes;"
+            f" hashed / (written+read) {h['hashed'] / h['io']:.2f}"
+        )
     if args.json:
         print(json.dumps(figures))
     return 0
