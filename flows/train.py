@@ -197,6 +197,21 @@ def format_summary(s: dict[str, Any]) -> str:
     )
 
 
+def settle_prefect() -> None:
+    """Let Prefect finish talking now, so the ``error:`` line is the last one a person sees.
+
+    Left to exit time, Prefect sends its queued events and logs (warning "Still processing items") and stops its
+    temporary server (logging "Stopping temporary server"), all after the error line.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    EventsWorker.drain_all(timeout=10)
+    APILogWorker.drain_all(timeout=10)
+    SubprocessASGIServer().stop()  # the temporary server of a run without PREFECT_API_URL; else nothing
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     as_json = args.pop("json", False)
@@ -205,9 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         if clean:
             print(f"deleted {store.clear(args.get('artifacts_dir'))}")
             return 0
-        Params.parse(**args)  # fail on bad parameters before starting Prefect
+        p = Params.parse(**args)  # fail on bad parameters (and a --data that is none) before starting Prefect
+        store.prepare_root(p.artifacts_dir)  # and on an artifacts folder that cannot be written
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         summary = linear_regression(**args)
     except InputError as exc:
+        settle_prefect()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))
