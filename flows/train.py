@@ -174,12 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cell(value: float) -> str:
+    """A metric in a 10-wide column: fixed-point, or scientific when fixed-point would not fit (a target of ~1e20)."""
+    return f"{value:>10.4f}" if abs(value) < 1e5 else f"{value:>10.4g}"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     rows = [f"{'':<26}{'MSE':>10}{'RMSE':>10}{'MAE':>10}{'R²':>10}"]
     for label, key in (("gradient descent", "metrics"), ("least squares (OLS)", "baseline")):
         for part in ("train", "test"):
             m = s[key][part]
-            rows.append(f"{label + ' ' + part:<26}{m['mse']:>10.4f}{m['rmse']:>10.4f}{m['mae']:>10.4f}{m['r2']:>10.4f}")
+            rows.append(f"{label + ' ' + part:<26}" + "".join(_cell(m[k]) for k in ("mse", "rmse", "mae", "r2")))
     weights = ", ".join(f"{k} {v:.6g}" for k, v in s["weights"].items())
     stop = "converged" if s["converged"] else "epoch cap"
     root = Path(next(iter(s["artifacts"]["ingest"].values()))).parents[2]

@@ -83,7 +83,7 @@ class LossOverflowError(DivergenceError):
         super().__init__(
             f"training loss overflowed float32 at epoch {epoch}: {target} has a scale of ~{rms:.2g} (root mean "
             f"square), so the squared errors add up beyond float32's largest value ≈3.4e38, whatever the step "
-            f"size; rescale the target (e.g. divide it by {divisor:.0e}) and run again"
+            f"size; rescale the target (e.g. divide it by {divisor:.0e}), or pass --engine stats (float64)"
         )
 
     def naming(self, target: str) -> LossOverflowError:
