@@ -4,7 +4,9 @@
     python -m flows.lineage data/artifacts/runs/<time>-<run id>.json   # a run record: every stage it linked
     python -m flows.lineage PATH --json                                # the same, as one JSON document
 
-Exit status: 0 when every file on the way verifies against its manifest, 1 when one does not, 2 on bad input.
+Exit status: 0 when every file on the way verifies against its manifest, 1 when one does not (a malformed
+manifest included: the file cannot be verified), 2 on bad input (no such file, no manifest, a malformed run
+record).
 """
 
 from __future__ import annotations
@@ -19,20 +21,57 @@ from tasks import store
 from tasks.errors import InputError
 
 
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and "\x00" not in value
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long for the file system, say
+        return False
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """``store.read_manifest``, plus the shape this walk relies on; IntegrityError naming what is malformed."""
+    manifest = store.read_manifest(path)
+    name = store.manifest_path(path).name
+    problems = []
+    if not isinstance(manifest["sha256"], str):
+        problems.append("sha256 is not a string")
+    for field in ("stage", "key", "created"):
+        if not isinstance(manifest.get(field), str | None):
+            problems.append(f"{field} is not a string")
+    if not isinstance(manifest.get("params", {}), dict):
+        problems.append("params is not an object")
+    inputs = manifest.get("inputs", [])
+    if not isinstance(inputs, list) or not all(
+        isinstance(i, dict) and _is_path(i.get("path")) and isinstance(i.get("sha256"), str) for i in inputs
+    ):
+        problems.append("inputs is not a list of {path, sha256} objects")
+    if problems:
+        raise store.IntegrityError(f"{path}: manifest {name} is malformed ({'; '.join(problems)})")
+    return manifest
+
+
 def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The artifact at ``path`` with its manifest's stage, key, parameters and, recursively, its inputs.
 
     An input with a manifest is another artifact (traced in turn); one without is the source CSV, reported
-    with the sha256 that was ingested and whether the file still has it.
+    with the sha256 that was ingested and whether the file still has it. A manifest that is there but cannot
+    be read or is malformed makes its file one that does not verify.
     """
     seen = {} if seen is None else seen
     path = str(Path(path).resolve())
     if path in seen:
         return {"path": path, "see_above": True, "ok": seen[path]["ok"]}
     try:
-        manifest = store.read_manifest(path)
-    except store.IntegrityError:
-        return _source(path)
+        manifest = read_manifest(path)
+    except store.IntegrityError as exc:
+        if not _exists(str(store.manifest_path(path))):
+            return _source(path)
+        seen[path] = {"path": path, "stage": None, "broken": True, "ok": False, "problem": str(exc), "inputs": []}
+        return seen[path]
     node: dict[str, Any] = {
         "path": path,
         "stage": manifest.get("stage"),
@@ -49,7 +88,7 @@ def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> di
     seen[path] = node
     node["inputs"] = []
     for recorded in manifest.get("inputs", []):
-        child = trace(recorded["path"], seen) if Path(recorded["path"]).exists() else _source(recorded["path"])
+        child = trace(recorded["path"], seen) if _exists(recorded["path"]) else _source(recorded["path"])
         child["recorded_sha256"] = recorded["sha256"]
         if child.get("sha256") and child["sha256"] != recorded["sha256"] and child["ok"]:
             child["ok"] = False
@@ -64,11 +103,18 @@ def _source(path: str) -> dict[str, Any]:
     node: dict[str, Any] = {"path": path, "stage": None, "source": True}
     if store.is_url(path):
         node.update(sha256=None, ok=True, problem=None)
-    elif Path(path).is_file():
+    elif _is_file(path):
         node.update(sha256=store.sha256_file(path), ok=True, problem=None)
     else:
         node.update(sha256=None, ok=False, problem=f"{path}: no longer exists")
     return node
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()  # a regular file: never a FIFO or device, which hashing would block on
+    except (OSError, ValueError):
+        return False
 
 
 def sources(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,12 +141,8 @@ def explain(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise InputError(f"{path}: no such file; pass an artifact or a run record")
     if path.suffix == ".json" and path.parent.name == store.RUNS_DIR:
-        try:
-            record = json.loads(path.read_text())
-            stages = record["stages"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise InputError(f"{path}: not a readable run record ({exc})") from None
-        traces = [trace(entry["path"]) for stage in stages.values() for entry in stage["artifacts"].values()]
+        record, paths = read_run_record(path)
+        traces = [trace(p) for p in paths]
         found = {s["path"]: s for t in traces for s in sources(t)}
         params: dict[str, Any] = {}
         for t in traces:
@@ -114,17 +156,37 @@ def explain(path: str | Path) -> dict[str, Any]:
             "parameters": params,  # the record lists stages in order
             "artifacts": traces,
         }
-    try:
-        store.read_manifest(path)
-    except store.IntegrityError as exc:
-        raise InputError(f"{exc}; lineage needs a stage artifact (or a run record under {store.RUNS_DIR}/)") from None
-    node = trace(path)
+    if not _exists(str(store.manifest_path(path))):
+        raise InputError(
+            f"{path}: no manifest ({store.manifest_path(path).name} is missing); lineage needs a stage artifact "
+            f"(or a run record under {store.RUNS_DIR}/)"
+        )
+    node = trace(path)  # a manifest that is there but malformed: reported as not verifying (exit 1)
     return {
         "ok": node["ok"],
         "sources": sources(node),
         "parameters": _upstream_first(parameters(node)),
         "artifact": node,
     }
+
+
+def read_run_record(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """A run record and the artifact paths it lists, stage by stage; a one-line error if it is malformed."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable run record ({exc})") from None
+    stages = record.get("stages") if isinstance(record, dict) else None
+    if not isinstance(stages, dict) or not all(
+        isinstance(stage, dict)
+        and isinstance(stage.get("artifacts"), dict)
+        and all(isinstance(entry, dict) and _is_path(entry.get("path")) for entry in stage["artifacts"].values())
+        for stage in stages.values()
+    ):
+        raise InputError(
+            f"{path}: not a readable run record (its stages are not {{stage: {{artifacts: {{name: {{path}}}}}}}})"
+        )
+    return record, [entry["path"] for stage in stages.values() for entry in stage["artifacts"].values()]
 
 
 def _upstream_first(params: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +199,8 @@ def format_tree(node: dict[str, Any], depth: int = 0) -> list[str]:
     status = "ok" if node["ok"] else f"PROBLEM: {node.get('problem') or 'an input does not verify'}"
     if node.get("see_above"):
         return [f"{pad}{node['path']} (see above)"]
+    if node.get("broken"):
+        return [f"{pad}{node['path']} [{status}]"]
     if node.get("source"):
         sha = node.get("recorded_sha256") or node.get("sha256")
         same = "" if node.get("sha256") in (None, sha) else f" (now {node['sha256'][:12]}…: changed since)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
@@ -12,9 +13,12 @@ from pydantic.fields import FieldInfo
 
 from tasks import store
 from tasks.errors import InputError
+from tasks.ingest import check_regular
 from tasks.train import Device, Engine, Init, Method, TrainConfig, check_config, trains_on_stats
 
 TaskRunnerName = Literal["threads", "dask"]
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState, which draws the split, takes seeds in 0..2**32-1
 
 # What a preset decides, unless a parameter of the same name is given. "default" reaches the least-squares
 # optimum; "seed" reproduces the original tutorial (raw features, tiny fixed step, no early stop).
@@ -41,7 +45,9 @@ class Params(BaseModel):
     features: list[str] | None = Field(None, description="feature columns; None: every other column")
     index_column: str | None = Field("Unnamed: 0", description="row-index column to drop; None: there is none")
     test_size: float = Field(0.2, gt=0, lt=1, description="fraction of rows held out for testing")
-    seed: int = Field(0, description="seed of the split and of a random initialisation")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description=f"seed of the split and of a random initialisation, 0 to {SEED_MAX}"
+    )
     preset: Preset = Field("default", description="training recipe (see PRESETS)")
     epochs: PositiveInt | None = Field(None, description="most epochs to train")
     lr: PositiveFloat | Literal["auto"] | None = Field(None, description="step size; auto: 1/L of the Hessian")
@@ -79,7 +85,39 @@ class Params(BaseModel):
                 f"--data {params.data} is a folder or glob, which trains on per-partition statistics: "
                 "pass --method scratch and --engine auto or stats, or a single file"
             )
+        params.check_columns()
+        params.check_data()
         return params
+
+    def check_columns(self) -> None:
+        """The index column is dropped before the target and features are chosen: it cannot be one of them."""
+        if self.index_column is None:
+            return
+        if self.index_column == self.target:
+            raise InputError(
+                f"--index-column {self.index_column!r} is also the --target; the index column is dropped before "
+                "training: pass --index-column with the row-index column (or none), or another --target"
+            )
+        if self.features and self.index_column in self.features:
+            raise InputError(
+                f"--index-column {self.index_column!r} is also listed in --features; the index column is dropped "
+                "before training: pass --index-column with the row-index column (or none), or fix --features"
+            )
+
+    def check_data(self) -> None:
+        """Cheap checks of a local ``--data`` before anything reads or hashes it (the stage cache hashes the file
+        before the ingest stage runs): a device or FIFO would never end; a folder or glob must hold data files.
+
+        A path that does not exist is left to the ingest stage, which says so in its own words.
+        """
+        if self.data is None or store.is_url(self.data):
+            return
+        if store.is_partitioned(self.data):
+            store.partition_sources(self.data)  # a one-line error when it holds no data file
+            return
+        path = Path(self.data).expanduser()
+        if path.exists():
+            check_regular(path, self.data)
 
     def training(self) -> TrainConfig:
         """The training stage's config: explicit parameters first, then the preset's values."""

@@ -158,12 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cell(value: float) -> str:
+    """A metric in a 10-wide column: fixed-point, or scientific when fixed-point would not fit (a target of ~1e20)."""
+    return f"{value:>10.4f}" if abs(value) < 1e5 else f"{value:>10.4g}"
+
+
 def format_summary(s: dict[str, Any]) -> str:
     rows = [f"{'':<26}{'MSE':>10}{'RMSE':>10}{'MAE':>10}{'R²':>10}"]
     for label, key in (("gradient descent", "metrics"), ("least squares (OLS)", "baseline")):
         for part in ("train", "test"):
             m = s[key][part]
-            rows.append(f"{label + ' ' + part:<26}{m['mse']:>10.4f}{m['rmse']:>10.4f}{m['mae']:>10.4f}{m['r2']:>10.4f}")
+            rows.append(f"{label + ' ' + part:<26}" + "".join(_cell(m[k]) for k in ("mse", "rmse", "mae", "r2")))
     weights = ", ".join(f"{k} {v:.6g}" for k, v in s["weights"].items())
     stop = "converged" if s["converged"] else "epoch cap"
     root = Path(next(iter(s["artifacts"]["ingest"].values()))).parents[2]
@@ -181,6 +186,21 @@ def format_summary(s: dict[str, Any]) -> str:
     )
 
 
+def settle_prefect() -> None:
+    """Let Prefect finish talking now, so the ``error:`` line is the last one a person sees.
+
+    Left to exit time, Prefect sends its queued events and logs (warning "Still processing items") and stops its
+    temporary server (logging "Stopping temporary server"), all after the error line.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    EventsWorker.drain_all(timeout=10)
+    APILogWorker.drain_all(timeout=10)
+    SubprocessASGIServer().stop()  # the temporary server of a run without PREFECT_API_URL; else nothing
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     as_json = args.pop("json", False)
@@ -191,9 +211,15 @@ def main(argv: list[str] | None = None) -> int:
             kept = " (files the store did not write were kept, and so was the folder)" if root.exists() else ""
             print(f"deleted {count} files the store wrote under {root}{kept}")
             return 0
-        Params.parse(**args)  # fail on bad parameters before starting Prefect
+        p = Params.parse(**args)  # fail on bad parameters (and a --data that is none) before starting Prefect
+        store.prepare_root(p.artifacts_dir)  # and on an artifacts folder that cannot be written
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         summary = linear_regression(**args)
     except InputError as exc:
+        settle_prefect()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))

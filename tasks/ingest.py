@@ -3,14 +3,22 @@
 The CSV is streamed in blocks into a Parquet file with one row group per block, so a file of tens of millions
 of rows never sits in memory twice. pyarrow infers column types from the first block; if a later block
 contradicts them (an integer column that turns decimal further down), the file is read again whole, which lets
-pyarrow widen the types.
+pyarrow widen the types. The delimiter (comma, semicolon, tab or pipe) is read off the header line; a CSV
+compressed with gzip or bzip2 (``.csv.gz``, ``.csv.bz2``) is decompressed on the fly.
 """
 
 from __future__ import annotations
 
+import bz2
+import codecs
+import gzip
+import re
 import shutil
+import stat
 import tempfile
+import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +32,10 @@ from tasks import store
 from tasks.errors import InputError
 
 _SNIFF_BYTES = 8192
+DELIMITERS = (",", ";", "\t", "|")  # the ones a header line is searched for, in order of preference
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}  # suffixes pyarrow decompresses too (by the file's name)
+_QUOTED = re.compile(r'"[^"]*"')
 STAGE = store.Stage("ingest", __name__, files=("source",))
 BLOCK_BYTES = 16 << 20  # one Parquet row group per 16 MB of CSV (64 MB blocks peaked 60 MB higher at 2M rows)
 
@@ -35,12 +47,15 @@ def local_copy(source: str) -> Iterator[Path]:
         yield check_file(source)
         return
     with tempfile.TemporaryDirectory(prefix="linreg-download-") as folder:
-        path = Path(folder) / "download.csv"
+        # keep a compression suffix: pyarrow decompresses by the file's name
+        suffix = Path(urllib.parse.urlparse(source).path).suffix.lower()
+        path = Path(folder) / ("download.csv" + (suffix if suffix in COMPRESSED else ""))
         try:
             with urllib.request.urlopen(source, timeout=60) as response, open(path, "wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
         except OSError as exc:
-            raise InputError(f"{source}: cannot download ({exc}); check the URL passed to --data") from None
+            shown = store.redact(source)
+            raise InputError(f"{shown}: cannot download ({exc}); check the URL passed to --data") from None
         yield path
 
 
@@ -51,6 +66,7 @@ def check_file(source: str) -> Path:
         raise InputError(f"{source}: file not found; pass --data with the path of a CSV file")
     if path.is_dir():
         raise InputError(f"{source}: is a folder, not a CSV file; pass --data with a file")
+    check_regular(path, source)
     try:
         with open(path, "rb"):
             pass
@@ -59,12 +75,80 @@ def check_file(source: str) -> Path:
     return path
 
 
+def check_regular(path: Path, source: str) -> None:
+    """Refuse a device, FIFO or socket before anything reads it: /dev/zero never ends, a FIFO blocks forever."""
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise InputError(
+            f"{source}: is not a regular file (a device, FIFO or socket, which may never end); "
+            "pass --data with a CSV or Parquet file, a folder or a glob"
+        )
+
+
+def read_head(path: Path, source: str) -> bytes:
+    """The first bytes of the CSV's text: decompressed for a ``.gz`` or ``.bz2`` file."""
+    opener = COMPRESSED.get(path.suffix.lower(), open)
+    try:
+        with opener(path, "rb") as fh:
+            return fh.read(_SNIFF_BYTES)
+    except (OSError, EOFError, ValueError) as exc:  # gzip.BadGzipFile is an OSError, a bad bz2 stream OSError
+        kind = path.suffix.lower().lstrip(".")
+        raise InputError(f"{source}: cannot be decompressed as {kind} ({exc}); pass --data with a valid file") from None
+
+
 def check_text(head: bytes, source: str) -> None:
-    """Refuse an empty or binary file from its first bytes, before pyarrow gives a cryptic message."""
+    """Refuse an empty, binary or non-UTF-8 file from its first bytes, before pyarrow gives a cryptic message."""
     if not head.strip():
         raise InputError(f"{source}: file is empty; pass --data with a CSV that has a header and rows")
     if b"\x00" in head:
         raise InputError(f"{source}: is a binary file, not a CSV; pass --data with a text CSV")
+    try:  # incremental: a character cut at the end of the sniffed bytes is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(source, f"byte {head[exc.start]:#04x} at offset {exc.start}") from None
+
+
+def _not_utf8(source: str, where: str) -> InputError:
+    return InputError(
+        f"{source}: is not UTF-8 text ({where}; Latin-1 or Windows-1252?); re-save it as UTF-8 and pass it again"
+    )
+
+
+def detect_delimiter(head: bytes) -> str:
+    """The delimiter of the header line: the most frequent of , ; TAB | outside quotes (a comma on a tie or none)."""
+    line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    counts = Counter(c for c in _QUOTED.sub("", line) if c in DELIMITERS)
+    return max(DELIMITERS, key=lambda d: (counts[d], -DELIMITERS.index(d)))
+
+
+def delimiter_name(delimiter: str) -> str:
+    return _DELIMITER_NAMES.get(delimiter, repr(delimiter))
+
+
+def check_header(names: list[str], source: str) -> None:
+    """Refuse a header that repeats a column name: every later stage picks columns by name."""
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        shown = ", ".join("'' (an empty name: a trailing delimiter?)" if n == "" else repr(n) for n in repeated)
+        raise InputError(
+            f"{source}: the header repeats column name(s) {shown}; give every column a unique name and pass it again"
+        )
+
+
+def check_schema(schema: pa.Schema, source: str) -> None:
+    """The header's checks on a CSV's schema: names that are UTF-8 and unique, no undecodable (binary) column.
+
+    pyarrow reads invalid UTF-8 in a column as ``binary`` and keeps it in a name as raw bytes, which only fail
+    when Python decodes them; both mean the file is not UTF-8.
+    """
+    try:
+        names = schema.names
+    except UnicodeDecodeError:
+        raise _not_utf8(source, "in the header") from None
+    check_header(names, source)
+    binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if binary:
+        raise _not_utf8(source, f"in column {binary[0]!r}")
 
 
 def _parse_error(exc: Exception, source: str) -> InputError:
@@ -72,13 +156,24 @@ def _parse_error(exc: Exception, source: str) -> InputError:
     return InputError(f"{source}: cannot be parsed as CSV ({reason})")
 
 
-def csv_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
-    """Stream ``path`` into ``final`` (atomically), block by block; returns the schema written."""
-    with open(path, "rb") as fh:
-        check_text(fh.read(_SNIFF_BYTES), source)
+def sniff_csv(path: Path, source: str) -> str:
+    """Check the start of a CSV (empty, binary, not UTF-8) and return its delimiter."""
+    head = read_head(path, source)
+    check_text(head, source)
+    return detect_delimiter(head)
+
+
+def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None = None) -> pa.Schema:
+    """Stream ``path`` into ``final`` (atomically), block by block; returns the schema written.
+
+    ``delimiter``: None to read it off the header line. Nothing is left at ``final`` unless every check passed.
+    """
+    if delimiter is None:
+        delimiter = sniff_csv(path, source)
+    parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
         with store.atomic_path(final) as tmp:
-            rows, schema = _stream(path, tmp)
+            rows, schema = _stream(path, tmp, parse, source)
             if rows == 0:
                 raise InputError(f"{source}: has a header but no data rows; add rows or pass another --data")
     except pa.ArrowInvalid as exc:
@@ -86,9 +181,10 @@ def csv_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
             raise _parse_error(exc, source) from None
         # a later block contradicts the types guessed from the first one: read whole, let pyarrow widen
         try:
-            table = pacsv.read_csv(path)
+            table = pacsv.read_csv(path, parse_options=parse)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc2:
             raise _parse_error(exc2, source) from None
+        check_schema(table.schema, source)  # a later block's invalid UTF-8 turns its column binary
         with store.atomic_path(final) as tmp:
             pq.write_table(table, tmp)
         schema = table.schema
@@ -103,6 +199,7 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     """Copy a Parquet input into ``final`` (atomically) a row group at a time, checking it is readable Parquet."""
     try:
         reader = pq.ParquetFile(path)
+        check_header(reader.schema_arrow.names, source)
         with store.atomic_path(final) as tmp:
             with pq.ParquetWriter(tmp, reader.schema_arrow) as writer:
                 for group in range(reader.num_row_groups):
@@ -115,8 +212,9 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     return reader.schema_arrow
 
 
-def _stream(path: Path, out: Path) -> tuple[int, pa.Schema]:
-    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES))
+def _stream(path: Path, out: Path, parse: pacsv.ParseOptions, source: str) -> tuple[int, pa.Schema]:
+    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse)
+    check_schema(reader.schema, source)  # before a byte is written
     rows = 0
     with pq.ParquetWriter(out, reader.schema) as writer:
         for batch in reader:
@@ -128,21 +226,32 @@ def _stream(path: Path, out: Path) -> tuple[int, pa.Schema]:
 @task(name="ingest_csv")
 def ingest_csv(source: str, root: str) -> dict[str, str]:
     """Read ``source`` (CSV, or Parquet by its suffix) and write ``raw.parquet``: column names and types kept."""
+    label = store.redact(source)  # what messages and logs name: a URL without its secrets
     with local_copy(source) as path:
         # keyed on the bytes read: for a URL, those of the download
         outputs = STAGE.outputs(root, {"source": source}, digests={"source": store.sha256_file(path)})
         out = outputs.folder / "raw.parquet"
+        had_manifest = store.manifest_path(out).exists()  # an earlier run's complete output, not ours to remove
+        delimiter = None
         try:
-            convert = parquet_to_parquet if is_parquet(source) else csv_to_parquet
-            schema = convert(path, out, source)
+            if is_parquet(source):
+                schema = parquet_to_parquet(path, out, label)
+            else:
+                delimiter = sniff_csv(path, label)
+                schema = csv_to_parquet(path, out, label, delimiter)
+            outputs.record("raw.parquet", "parquet")
         except BaseException as exc:
-            store.discard_if_empty(outputs.folder)  # a refused CSV leaves nothing behind, not even a folder
+            # a refused input leaves nothing behind: no file without its manifest, not even a folder
+            if not had_manifest:
+                out.unlink(missing_ok=True)
+                store.manifest_path(out).unlink(missing_ok=True)
+            store.discard_if_empty(outputs.folder)
             if isinstance(exc, pa.ArrowInvalid):  # e.g. "Empty CSV file" from open_csv
-                raise _parse_error(exc, source) from None
+                raise _parse_error(exc, label) from None
             raise
-        outputs.record("raw.parquet", "parquet")
     rows = pq.ParquetFile(out).metadata.num_rows
+    read = f"{label} ({delimiter_name(delimiter)}-delimited)" if delimiter else label
     get_run_logger().info(
-        "read %s: %d rows × %d columns %s; wrote %s", source, rows, len(schema), schema.names, store.describe(out)
+        "read %s: %d rows × %d columns %s; wrote %s", read, rows, len(schema), schema.names, store.describe(out)
     )
     return {"table": str(out)}

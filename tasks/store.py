@@ -279,7 +279,7 @@ def data_source(data: str | None) -> str:
 
 
 PARQUET_SUFFIXES = (".parquet", ".pq")  # read as Parquet; anything else as CSV
-PARTITION_SUFFIXES = (".csv", *PARQUET_SUFFIXES)  # the files a partitioned folder contributes
+PARTITION_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", *PARQUET_SUFFIXES)  # the files a partitioned folder contributes
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -297,7 +297,7 @@ def partition_sources(data: str) -> list[str]:
     """
     path = Path(data).expanduser()
     if path.is_dir():
-        found = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in PARTITION_SUFFIXES]
+        found = [p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(PARTITION_SUFFIXES)]
         where = f"folder {data}"
     else:
         anchor = Path(path.anchor) if path.is_absolute() else Path.cwd()
@@ -668,7 +668,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise IntegrityError(f"{path}: no manifest ({mpath.name} is missing)") from None
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"{path}: manifest {mpath.name} is unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or "sha256" not in manifest:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), str):
         raise IntegrityError(f"{path}: manifest {mpath.name} has no sha256")
     return manifest
 

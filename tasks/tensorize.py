@@ -62,15 +62,29 @@ def select_columns(table: Columns, target: str, features: list[str] | None) -> l
     return chosen
 
 
-def _fill(dest: np.ndarray, table: Columns, name: str, part: str) -> None:
-    """Copy a column into a float32 slot (no float64 copy of the whole matrix); refuse NaN, inf, nulls."""
-    with np.errstate(over="ignore"):  # overflow becomes inf, which the check below reports
-        dest[:] = table.column(name).to_numpy(zero_copy_only=False)  # nulls arrive as NaN
-    bad = int(np.count_nonzero(~np.isfinite(dest)))
+def _fill(dest: np.ndarray, table: Columns, name: str, part: str, role: str = "feature") -> None:
+    """Copy a column into a float32 slot (no float64 copy of the whole matrix); refuse NaN, inf, nulls, and
+    finite values too large for float32 (which would turn to inf and be taken for missing ones)."""
+    column = table.column(name)
+    if pa.types.is_boolean(column.type):  # else a boolean column with nulls arrives as objects
+        column = column.cast(pa.float64())
+    values = column.to_numpy(zero_copy_only=False)  # nulls arrive as NaN
+    bad = int(np.count_nonzero(~np.isfinite(values))) if values.dtype.kind == "f" else 0
+    leave_out = "leave the column out with --features" if role == "feature" else "pass another --target"
     if bad:
         raise InputError(
             f"column {name!r} has {bad} missing or non-finite (NaN/inf) values in the {part} rows; "
-            "clean the CSV or leave the column out with --features"
+            f"clean the CSV or {leave_out}"
+        )
+    with np.errstate(over="ignore"):  # overflow becomes inf, reported below
+        dest[:] = values
+    over = ~np.isfinite(dest)
+    if over.any():
+        largest = float(np.max(np.abs(values[over])))
+        raise InputError(
+            f"{role} column {name!r} has {int(over.sum())} value(s) beyond float32's range in the {part} rows "
+            f"(up to {largest:.3g}; float32's largest is ≈3.4e38); rescale the column (e.g. divide it by "
+            f"{10.0 ** np.floor(np.log10(largest)):.0e}) or {leave_out}"
         )
 
 
@@ -83,7 +97,7 @@ def to_tensors(train: Columns, test: Columns, target: str, features: list[str] |
         y = np.empty((table.num_rows, 1), dtype=np.float32)
         for j, name in enumerate(chosen):
             _fill(x[:, j], table, name, part)
-        _fill(y[:, 0], table, target, part)
+        _fill(y[:, 0], table, target, part, role="target")
         out[f"x_{part}"], out[f"y_{part}"] = torch.from_numpy(x), torch.from_numpy(y)
     return out
 

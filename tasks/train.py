@@ -67,6 +67,30 @@ class DivergenceError(InputError):
     """Gradient descent blew up: the step size is too large for this data."""
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # ≈3.4e38
+
+
+class LossOverflowError(DivergenceError):
+    """The float32 loss overflowed because of the target's scale: no step size helps, rescaling the target does.
+
+    The row loop sums the squared errors in float32; at zero weights that sum is ``yᵀy``, so a target whose
+    squares add up beyond float32's largest value makes the very first loss inf.
+    """
+
+    def __init__(self, epoch: int, rms: float, target: str = "the target"):
+        self.epoch, self.rms = epoch, rms
+        divisor = 10.0 ** math.floor(math.log10(rms))
+        super().__init__(
+            f"training loss overflowed float32 at epoch {epoch}: {target} has a scale of ~{rms:.2g} (root mean "
+            f"square), so the squared errors add up beyond float32's largest value ≈3.4e38, whatever the step "
+            f"size; rescale the target (e.g. divide it by {divisor:.0e}), or pass --engine stats (float64)"
+        )
+
+    def naming(self, target: str) -> LossOverflowError:
+        """The same error, naming the target column."""
+        return LossOverflowError(self.epoch, self.rms, f"target column {target!r}")
+
+
 # --- the model, as in the tutorial ------------------------------------------------------------------
 
 
@@ -164,9 +188,19 @@ class Scaler:
 class Monitor:
     """Records the loss each epoch, says when to stop early and fails fast when training diverges."""
 
-    def __init__(self, cfg: TrainConfig, lr: float, max_stable_lr: float, on_progress: Progress | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        lr: float,
+        max_stable_lr: float,
+        on_progress: Progress | None = None,
+        target_rms: float | None = None,
+    ):
+        """``target_rms``: the target's root mean square when the loss is float32 and its squares, summed,
+        overflow it (an inf loss is then the data's scale, not the step size); None otherwise."""
         self.cfg, self.lr, self.max_stable_lr = cfg, lr, max_stable_lr
         self.on_progress = on_progress
+        self.target_rms = target_rms
         self.every = max(1, cfg.epochs // PROGRESS_STEPS)
         self.history: list[float] = []
         self.rising = 0
@@ -179,6 +213,8 @@ class Monitor:
         previous = self.history[-1] if self.history else None
         self.history.append(loss)
         if not math.isfinite(loss):
+            if self.target_rms is not None:
+                raise LossOverflowError(epoch, self.target_rms)
             self._diverged(epoch, f"loss became {loss}")
         if previous is not None:
             self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) else 0
@@ -320,7 +356,10 @@ def _fit(
     scaled = scaler.transform_stats(stats)
     curvature = scaled.hessian_max_eigenvalue()
     lr = 1.0 / curvature if cfg.lr == "auto" else float(cfg.lr)
-    monitor = Monitor(cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress)
+    # the row loop's loss is float32: a sum of squared errors beyond its range is inf from the first epoch
+    overflows = engine == "rows" and stats.yy > FLOAT32_MAX / 2
+    target_rms = math.sqrt(stats.yy / stats.n) if overflows else None
+    monitor = Monitor(cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress, target_rms=target_rms)
     w0, b0 = initial_params(stats.g.shape[0] - 1, cfg.init, cfg.seed, device)
     if engine == "stats":
         w, b = train_stats(scaled, w0, b0, lr, cfg.epochs, monitor)
@@ -413,7 +452,10 @@ def _train_and_save(
             logger.info("epoch %d/%d: train loss %.6g", epoch, cfg.epochs, loss)
 
         started = time.perf_counter()
-        result = train(report)
+        try:
+            result = train(report)
+        except LossOverflowError as exc:
+            raise exc.naming(data["target"]) from None
         seconds = time.perf_counter() - started
         sender.set(100.0)
     saved = {
