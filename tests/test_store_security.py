@@ -146,7 +146,10 @@ def test_planted_manifests_markers_and_run_records_are_plain_data(artifacts: Pat
     assert second["cached"]["drop_index"] is False and second["cached"]["ingest"] is True
     assert lineage_main([str(run_record)]) == 2
     assert "not a readable run record" in capsys.readouterr().err
-    assert lineage_main([second["artifacts"]["plot"]["loss_curve"]]) == 0
+    # the cached stages after drop_index still name the first clean.parquet, whose manifest is now garbage:
+    # lineage says so (exit 1), and reads nothing it should not
+    assert lineage_main([second["artifacts"]["plot"]["loss_curve"]]) == 1
+    assert "clean.parquet" in capsys.readouterr().out
     assert not flag.exists()
 
 
