@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from flows.train import main
@@ -37,25 +37,27 @@ def csv_files(draw) -> tuple[bytes, list[str]]:
     encodings, index columns, trailing commas and sizes mixed in."""
     n_features = draw(st.integers(1, 3))
     names = [f"x{i + 1}" for i in range(n_features)] + ["y"]
-    if draw(st.booleans()) and draw(st.booleans()):  # an odd header: a repeat, an empty or non-ASCII name
+    if draw(rarely()):  # an odd header: a repeat, an empty or non-ASCII name
         names[draw(st.integers(0, len(names) - 1))] = draw(st.sampled_from(NAMES))
     with_index = draw(st.booleans())
-    rows = draw(st.integers(0, 30))
+    rows = draw(st.sampled_from([40, 25, 12, 60, 8, 5, 3, 1, 0]))
     weights = draw(st.lists(st.floats(-5, 5), min_size=n_features, max_size=n_features))
-    noise = draw(st.floats(0, 2))
+    noise = draw(st.sampled_from([0.5, 1.0, 0.0, 2.0]))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    scale = draw(st.sampled_from([1.0, 1.0, 1e-3, 1e6]))
+    scale = draw(st.sampled_from([1.0, 1.0, 1e-3, 1e6, 1e15]))
     x = rng.normal(size=(rows, n_features)) * scale
     y = x @ np.asarray(weights) + rng.normal(size=rows) * noise
     table = [[repr(float(v)) for v in row] + [repr(float(t))] for row, t in zip(x, y, strict=True)]
-    odd = draw(st.integers(0, 3)) if rows else 0
-    for _ in range(odd):  # a few odd cells anywhere
-        table[draw(st.integers(0, rows - 1))][draw(st.integers(0, n_features))] = draw(st.sampled_from(ODD_CELLS))
-    if rows and draw(st.integers(0, 9)) == 0:  # a constant target
+    if rows and draw(rarely()):  # a few odd cells anywhere
+        for _ in range(draw(st.integers(1, 3))):
+            cell = draw(st.sampled_from(ODD_CELLS))
+            table[draw(st.integers(0, rows - 1))][draw(st.integers(0, n_features))] = cell
+    if rows and draw(rarely()):  # a constant target, or a constant feature
+        column = draw(st.sampled_from([-1, 0]))
         for row in table:
-            row[-1] = "4.0"
+            row[column] = "4.0"
     delimiter = draw(st.sampled_from([",", ",", ",", ";", "\t"]))
-    trailing = draw(st.integers(0, 9)) == 0
+    trailing = draw(rarely())
     header = ([""] if with_index else []) + names
     lines = [delimiter.join(header) + ("," if trailing else "")]
     for i, row in enumerate(table):
@@ -65,28 +67,32 @@ def csv_files(draw) -> tuple[bytes, list[str]]:
     return text.encode(encoding, errors="replace"), names
 
 
+def rarely() -> st.SearchStrategy[bool]:
+    """True about one time in five. Hypothesis favours the first of `sampled_from` (and False, and 0) as the
+    simplest, so the common case goes first and odd cases are a minority rather than the default."""
+    return st.sampled_from([False, False, False, False, True])
+
+
+def mostly(valid: list, invalid: list) -> st.SearchStrategy[str]:
+    """A valid value, or about one time in six an invalid one: most examples should reach the deep stages."""
+    return st.sampled_from([str(v) for v in [*valid, valid[0], *invalid]] if invalid else [str(v) for v in valid])
+
+
 @st.composite
 def arguments(draw, names: list[str]) -> list[str]:
-    args = []
-    if draw(st.booleans()):
-        args += ["--index-column", draw(st.sampled_from(["none", "Unnamed: 0", "y", "x1"]))]
-    else:
-        args += ["--index-column", "none"]
-    if draw(st.integers(0, 4)) == 0:
-        args += ["--target", draw(st.sampled_from(["y", "x1", "missing"]))]
-    else:
-        args += ["--target", "y"]
-    if draw(st.integers(0, 3)) == 0:
+    args = ["--index-column", draw(st.sampled_from(["none", "Unnamed: 0", "none", "Unnamed: 0", "y", "x1"]))]
+    args += ["--target", draw(mostly(["y", "y", "y", "x1"], ["missing"]))]
+    if draw(rarely()):
         args += ["--features", *draw(st.lists(st.sampled_from([*names, "missing"]), min_size=1, max_size=3))]
-    args += ["--test-size", str(draw(st.sampled_from([0.2, 0.25, 0.5, 0.9, 0.0, 1.0, -0.1])))]
-    args += ["--seed", str(draw(st.sampled_from([0, 1, 7, -1, 2**32 - 1, 2**40])))]
-    args += ["--epochs", str(draw(st.sampled_from([3, 50, 300, 0])))]
-    if draw(st.integers(0, 3)) == 0:
+    args += ["--test-size", draw(mostly([0.2, 0.25, 0.5, 0.9, 0.2], [0.0, 1.0]))]
+    args += ["--seed", draw(mostly([0, 1, 7, 2**32 - 1, 3], [-1, 2**40]))]
+    args += ["--epochs", draw(mostly([300, 50, 3, 1000, 300], [0]))]
+    if draw(rarely()):
         args += ["--preset", "seed"]
-    if draw(st.integers(0, 5)) == 0:
+    if draw(rarely()):
         args += ["--lr", draw(st.sampled_from(["auto", "1e-3", "10", "-1"]))]
-    if draw(st.integers(0, 5)) == 0:
-        args += ["--engine", draw(st.sampled_from(["rows", "stats"]))]
+    if draw(rarely()):
+        args += ["--engine", draw(st.sampled_from(["stats", "rows"]))]
     return args
 
 
@@ -141,6 +147,7 @@ def test_any_csv_and_parameters_give_an_honest_result_or_one_line(case, capsys):
         out, err = capsys.readouterr()
         assert "Traceback" not in err, err[-3000:]
         assert code in (0, 2), (code, err[-2000:])
+        event(f"exit {code}" + (": " + err.strip().splitlines()[-1].replace(str(data), "DATA")[7:45] if code else ""))
         if code == 2:
             last = err.strip().splitlines()[-1]
             assert last.startswith("error: "), err[-2000:]
