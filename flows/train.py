@@ -178,8 +178,8 @@ def format_summary(s: dict[str, Any]) -> str:
     rows = [f"{'':<26}{'MSE':>10}{'RMSE':>10}{'MAE':>10}{'R²':>10}"]
     for label, key in (("gradient descent", "metrics"), ("least squares (OLS)", "baseline")):
         for part in ("train", "test"):
-            m = s[key][part]
-            rows.append(f"{label + ' ' + part:<26}{m['mse']:>10.4f}{m['rmse']:>10.4f}{m['mae']:>10.4f}{m['r2']:>10.4f}")
+            m = {name: evaluate.format_metric(value, ".4f") for name, value in s[key][part].items()}
+            rows.append(f"{label + ' ' + part:<26}{m['mse']:>10}{m['rmse']:>10}{m['mae']:>10}{m['r2']:>10}")
     weights = ", ".join(f"{k} {v:.6g}" for k, v in s["weights"].items())
     stop = "converged" if s["converged"] else "epoch cap"
     root = Path(next(iter(s["artifacts"]["ingest"].values()))).parents[2]
@@ -187,7 +187,8 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(
         [
             *rows,
-            f"optimality gap (train MSE vs OLS): {s['optimality_gap']:.3e}",
+            f"optimality gap (train MSE vs OLS): {evaluate.describe_gap(s)}",
+            *evaluate.reference_notes(s),
             f"weights: {weights}; bias {s['bias']:.6g}",
             f"epochs run: {s['epochs_run']} ({stop}), lr {s['lr']:.4g} (largest stable {s['max_stable_lr']:.4g})",
             f"artifacts under {root} (cached stages: {cached}):",
