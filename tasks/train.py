@@ -30,6 +30,10 @@ Engine = Literal["auto", "rows", "stats"]
 
 RISING_EPOCHS = 5  # this many consecutive rises of the loss count as divergence
 RISE_TOLERANCE = 1e-6  # relative rise below this is float32 rounding, not a rise
+# Near an exact fit the loss is rounding noise: the stats engine's (θᵀGθ − 2θᵀc + yᵀy)/n cancels to about 1e-15
+# of mean(y²), even below zero, and float32 rows round at a similar level. Changes under this fraction of
+# mean(y²) are neither a rise (no false "diverged") nor progress (with --tol > 0, such epochs count as flat).
+LOSS_FLOOR_RTOL = 1e-11
 # The loss is float32: near the optimum it stops changing (to the last bit) while the weights still improve,
 # so one flat epoch does not mean convergence. Stop only after this many flat epochs in a row.
 FLAT_EPOCHS = 10
@@ -210,8 +214,15 @@ class Scaler:
 class Monitor:
     """Records the loss each epoch, says when to stop early and fails fast when training diverges."""
 
-    def __init__(self, cfg: TrainConfig, lr: float, max_stable_lr: float, on_progress: Progress | None = None):
-        self.cfg, self.lr, self.max_stable_lr = cfg, lr, max_stable_lr
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        lr: float,
+        max_stable_lr: float,
+        on_progress: Progress | None = None,
+        floor: float = 0.0,  # the loss's rounding level, absolute (see LOSS_FLOOR_RTOL)
+    ):
+        self.cfg, self.lr, self.max_stable_lr, self.floor = cfg, lr, max_stable_lr, floor
         self.on_progress = on_progress
         self.every = max(1, cfg.epochs // PROGRESS_STEPS)
         self.history: list[float] = []
@@ -227,10 +238,12 @@ class Monitor:
         if not math.isfinite(loss):
             self._diverged(epoch, f"loss became {loss}")
         if previous is not None:
-            self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) else 0
+            self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) + self.floor else 0
             if self.rising >= RISING_EPOCHS:
                 self._diverged(epoch, f"loss rose for {RISING_EPOCHS} epochs in a row to {loss:.4g}")
-            self.flat = self.flat + 1 if abs(previous - loss) < self.cfg.tol * abs(previous) else 0
+            change = abs(previous - loss)
+            flat = change < self.cfg.tol * abs(previous) or (self.cfg.tol > 0 and change <= self.floor)
+            self.flat = self.flat + 1 if flat else 0
             self.converged = self.flat >= FLAT_EPOCHS
         done = self.converged or epoch == self.cfg.epochs
         if self.on_progress and (epoch % self.every == 0 or done):
@@ -295,7 +308,8 @@ def train_stats(stats: Stats, w, b, lr: float, epochs: int, monitor: Monitor) ->
     theta = torch.cat([w.reshape(-1), b.reshape(-1)]).double().cpu()
     for _ in range(epochs):
         g_theta = stats.g @ theta
-        loss = (theta @ g_theta - 2 * theta @ stats.c + stats.yy) / stats.n
+        # ≥ 0 as a sum of squares; the formula's cancellation can dip below zero at an exact fit
+        loss = ((theta @ g_theta - 2 * theta @ stats.c + stats.yy) / stats.n).clamp_min(0)
         grad = 2 * (g_theta - stats.c) / stats.n
         theta -= grad * lr
         if monitor(loss.item()):
@@ -399,7 +413,8 @@ def _fit(
     scaled = scaler.transform_stats(stats)
     curvature = scaled.hessian_max_eigenvalue()
     lr = 1.0 / curvature if cfg.lr == "auto" else float(cfg.lr)
-    monitor = Monitor(cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress)
+    floor = LOSS_FLOOR_RTOL * stats.yy / stats.n
+    monitor = Monitor(cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress, floor=floor)
     w0, b0 = initial_params(stats.g.shape[0] - 1, cfg.init, cfg.seed, device)
     if engine == "stats":
         w, b = train_stats(scaled, w0, b0, lr, cfg.epochs, monitor)
