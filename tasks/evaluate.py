@@ -236,6 +236,12 @@ def evaluate(partitions: Iterable[dict], trained: dict, ols: Reference) -> dict:
     }
 
 
+# r2 is null where the part's target does not vary; a fixed schema keeps it float64 even when all are null
+METRICS_SCHEMA = pa.schema(
+    [("model", pa.string()), ("part", pa.string())] + [(m, pa.float64()) for m in ("mse", "rmse", "mae", "r2")]
+)
+
+
 def metrics_table(result: dict) -> pa.Table:
     """One row per (model, part): the long table the UI and Parquet readers want."""
     rows = [
@@ -244,12 +250,6 @@ def metrics_table(result: dict) -> pa.Table:
         for part in PARTS
     ]
     return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
-
-
-# r2 is null where the part's target does not vary; a fixed schema keeps it float64 even when all are null
-METRICS_SCHEMA = pa.schema(
-    [("model", pa.string()), ("part", pa.string())] + [(m, pa.float64()) for m in ("mse", "rmse", "mae", "r2")]
-)
 
 
 def coefficients_table(result: dict) -> pa.Table:
