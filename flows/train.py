@@ -167,8 +167,9 @@ def format_summary(s: dict[str, Any]) -> str:
     rows = [f"{'':<26}{'MSE':>10}{'RMSE':>10}{'MAE':>10}{'R²':>10}"]
     for label, key in (("gradient descent", "metrics"), ("least squares (OLS)", "baseline")):
         for part in ("train", "test"):
-            m = s[key][part]
-            rows.append(f"{label + ' ' + part:<26}" + "".join(_cell(m[k]) for k in ("mse", "rmse", "mae", "r2")))
+            m = s[key][part]  # a metric may be None (R² of a constant target): "n/a"
+            cells = "".join(f"{'n/a':>10}" if m[k] is None else _cell(m[k]) for k in ("mse", "rmse", "mae", "r2"))
+            rows.append(f"{label + ' ' + part:<26}{cells}")
     weights = ", ".join(f"{k} {v:.6g}" for k, v in s["weights"].items())
     stop = "converged" if s["converged"] else "epoch cap"
     root = Path(next(iter(s["artifacts"]["ingest"].values()))).parents[2]
@@ -176,7 +177,8 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(
         [
             *rows,
-            f"optimality gap (train MSE vs OLS): {s['optimality_gap']:.3e}",
+            f"optimality gap (train MSE vs OLS): {evaluate.describe_gap(s)}",
+            *evaluate.reference_notes(s),
             f"weights: {weights}; bias {s['bias']:.6g}",
             f"epochs run: {s['epochs_run']} ({stop}), lr {s['lr']:.4g} (largest stable {s['max_stable_lr']:.4g})",
             f"artifacts under {root} (cached stages: {cached}):",

@@ -19,7 +19,11 @@ STAGE = store.Stage("accumulate", __name__, files=("tensors_path",))
 
 @task(name="accumulate_stats")
 def accumulate_stats(tensors_path: str, root: str) -> dict[str, str]:
-    """Read one partition's ``tensors.pt``; write ``stats.pt`` (G = AᵀA, c = Aᵀy, yᵀy, n; A = [x 1]; R of [A y])."""
+    """Read one partition's ``tensors.pt``; write ``stats.pt`` (G = AᵀA, c = Aᵀy, yᵀy, n; A = [x 1]; R of [A y]).
+
+    Also each column's and the target's min and max, which merge exactly: the training stage refuses a target
+    that is constant over all partitions and standardizes a constant feature to exactly zero.
+    """
     data = store.read_pt(tensors_path)
     stats = Stats.of(data["x_train"], data["y_train"])
     r = qr_factor(data["x_train"], data["y_train"])

@@ -34,6 +34,8 @@ class Sums:
     m2: float = 0.0  # Σ (y − mean)²
     sse: float = 0.0
     sae: float = 0.0
+    y_min: float = math.inf  # exact, so "the target is constant" needs no tolerance
+    y_max: float = -math.inf
 
     def add(self, y: np.ndarray, predicted: np.ndarray) -> None:
         if len(y) == 0:
@@ -48,15 +50,24 @@ class Sums:
         error = y - predicted
         self.sse += float(error @ error)
         self.sae += float(np.abs(error).sum())
+        self.y_min, self.y_max = min(self.y_min, float(y.min())), max(self.y_max, float(y.max()))
 
-    def metrics(self) -> dict[str, float]:
+    @property
+    def mean_square(self) -> float:
+        """Σ y² / n: the scale of the target, what "an MSE of about zero" is measured against."""
+        return self.m2 / self.n + self.mean**2
+
+    def metrics(self) -> dict[str, float | None]:
+        """MSE, RMSE, MAE and R²; R² is None where it is undefined: the target does not vary over these rows.
+
+        (scikit-learn reports 0.0 or 1.0 there by convention: a number that looks like a result but is not.)
+        """
         mse = self.sse / self.n
-        constant_y_r2 = 1.0 if self.sse == 0 else 0.0  # scikit-learn's convention
-        r2 = 1.0 - self.sse / self.m2 if self.m2 > 0 else constant_y_r2
+        r2 = None if self.y_min == self.y_max else 1.0 - self.sse / self.m2
         return {"mse": mse, "rmse": math.sqrt(mse), "mae": self.sae / self.n, "r2": r2}
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | None]:
     sums = Sums()
     sums.add(y_true, y_pred)
     return sums.metrics()
@@ -86,18 +97,105 @@ def qr_factor(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) ->
     return r
 
 
-def least_squares(factors: list[torch.Tensor]) -> tuple[np.ndarray, float]:
-    """The OLS weights and intercept from the R factors of all the training rows (`qr_factor`), in float64."""
+# The rows are float32 (tensorize): with unit-norm columns, rounding them moves [x 1]·D by up to 2⁻²⁴·√(d+1)
+# in norm, so singular values of the equilibrated problem below (d+1)·2⁻²⁴ of the largest are storage noise,
+# not information (think 2·a − 1 stored beside a: exactly collinear but for float32 rounding). Keeping them
+# gives weights of 1e12 whose float64 predictions cancel to noise; they are cut as rank-deficient instead.
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+# A correct least-squares solution leaves each column's normal equation aᵢᵀ(Aθ − y) = 0 up to rounding: about
+# machine epsilon times ‖aᵢ‖·(Σ‖aₖ‖|θₖ| + ‖y‖), whatever the conditioning (Householder QR and an SVD solve are
+# backward stable column by column once the columns are equilibrated), plus the singular values cut as noise.
+# A solution that ignored a column leaves that column's residual at the size of its correlation with y.
+NORMAL_EQUATIONS_RTOL = 1e-9
+# The least-squares train MSE is the smallest any linear model can reach: above gradient descent's by more than
+# this (relative, plus EXACT_FIT_RTOL · mean(y²) absolute), the reference is not the least-squares fit. Not
+# tighter: float64 predictions of an ill-conditioned fit round at up to ~1e-9 of |y|.
+MSE_RTOL = 1e-6
+# A train MSE below this fraction of mean(y²) is an exact fit: float32 data and training round at 1e-7 relative,
+# so a relative gap over such an MSE measures rounding, not optimization.
+EXACT_FIT_RTOL = 1e-10
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The closed-form least-squares fit, and whether it passed its own check."""
+
+    weights: np.ndarray
+    bias: float
+    rank: int  # of [x 1], numerically, after column scaling; below d + 1 the weights are one solution of many
+    residual: float  # the largest column-relative normal-equation residual (see NORMAL_EQUATIONS_RTOL)
+    problem: str | None = None  # why it cannot be trusted; None when it can
+
+
+def least_squares(factors: list[torch.Tensor]) -> Reference:
+    """The OLS weights and intercept from the R factors of all the training rows (`qr_factor`), in float64, checked.
+
+    R·D is the R factor of A·D for a diagonal D, so the columns are equilibrated after the factors are merged
+    (D = 1/column norm, the norms of R's columns being A's): exact, and the same for one file or many partitions.
+    Without it one huge feature value makes the SVD's rank cut-off (relative to the largest singular value)
+    drop every other column. The rank tolerance is then relative to the scaled problem, at the float32
+    precision of the rows, and the solution is checked against the normal equations before it is believed.
+    """
     r = torch.linalg.qr(torch.cat(factors), mode="r").R
     d = r.shape[1] - 1  # features + intercept
-    theta = torch.linalg.lstsq(r[:d, :d], r[:d, d:], driver="gelsd").solution.ravel()  # gelsd: rank-deficient too
-    return theta[:-1].numpy(), float(theta[-1])
+    r_a, r_y = r[:, :d], r[:, d:]
+    norms = torch.linalg.vector_norm(r_a, dim=0)
+    scale = torch.where(norms > 0, 1.0 / norms, torch.ones_like(norms))
+    rcond = d * FLOAT32_UNIT_ROUNDOFF
+    fit = torch.linalg.lstsq(r_a * scale, r_y, rcond=rcond, driver="gelsd")  # gelsd: SVD, rank-deficient too
+    theta = fit.solution.ravel() * scale
+    residual = normal_equations_residual(r_a, r_y.ravel(), theta)
+    tolerance = NORMAL_EQUATIONS_RTOL + float(fit.singular_values[int(fit.rank) :].sum())
+    problem = None
+    if not (torch.isfinite(theta).all() and residual <= tolerance):
+        problem = (
+            f"the least-squares solution fails its normal-equation check (column-relative residual "
+            f"{residual:.2e}, tolerance {tolerance:.1e})"
+        )
+    return Reference(theta[:-1].numpy(), float(theta[-1]), int(fit.rank), residual, problem)
 
 
-def evaluate(partitions: Iterable[dict], trained: dict, ols: tuple[np.ndarray, float]) -> dict:
+def normal_equations_residual(r_a: torch.Tensor, r_y: torch.Tensor, theta: torch.Tensor) -> float:
+    """max over columns i of |aᵢᵀ(Aθ − y)| / (‖aᵢ‖·(Σₖ‖aₖ‖|θₖ| + ‖y‖)), from R alone (AᵀA = RᵀR, Aᵀy = Rᵀr_y).
+
+    Scale-free per column, so a column of 1e30 and a column of 1 are held to the same standard.
+    """
+    norms = torch.linalg.vector_norm(r_a, dim=0)
+    gradient = r_a.T @ (r_a @ theta - r_y)
+    size = float(norms @ theta.abs()) + float(torch.linalg.vector_norm(r_y))
+    if not math.isfinite(size):
+        return math.inf
+    used = norms > 0
+    if size == 0 or not bool(used.any()):
+        return 0.0
+    return float((gradient[used].abs() / (norms[used] * size)).max())
+
+
+def optimality_gap(gd: Sums, ols: Sums, reference: Reference) -> tuple[float | None, float | None, str | None]:
+    """(relative gap, absolute gap, problem): gradient descent's train MSE against the least-squares one.
+
+    The relative gap is None for an exact fit (least-squares MSE about zero: a ratio of rounding errors) and
+    both are None when the reference cannot be trusted, including when its train MSE exceeds gradient
+    descent's, which no least-squares fit can do.
+    """
+    gd_mse, ols_mse = gd.sse / gd.n, ols.sse / ols.n
+    floor = EXACT_FIT_RTOL * ols.mean_square
+    problem = reference.problem
+    if problem is None and ols_mse > gd_mse * (1 + MSE_RTOL) + floor:
+        problem = (
+            f"its train MSE {ols_mse:.6g} is above gradient descent's {gd_mse:.6g}, which a least-squares fit cannot be"
+        )
+    if problem is not None:
+        return None, None, problem
+    return (None if ols_mse <= floor else (gd_mse - ols_mse) / ols_mse), gd_mse - ols_mse, None
+
+
+def evaluate(partitions: Iterable[dict], trained: dict, ols: Reference) -> dict:
     """Metrics of the gradient-descent model and of the closed-form OLS fit ``ols``, in float64, plus their gap.
 
     ``partitions`` are tensors dicts (one for a single file), read one at a time: metrics are sums over rows.
+    When the reference fails its checks, ``reference_ok`` is False, ``reference_problem`` says why and the gaps
+    are None: its numbers are still reported, but nothing is measured against them.
     """
     weights = trained["weights"].double().numpy()
     sums = {(model, part): Sums() for model in ("gd", "ols") for part in PARTS}
@@ -107,21 +205,26 @@ def evaluate(partitions: Iterable[dict], trained: dict, ols: tuple[np.ndarray, f
             x, y = tensors[f"x_{part}"], tensors[f"y_{part}"].double().numpy().ravel()
             gd = predict(x, weights, trained["bias"])
             sums["gd", part].add(y, gd)
-            sums["ols", part].add(y, predict(x, *ols))
+            sums["ols", part].add(y, predict(x, ols.weights, ols.bias))
             if part == "test":
                 actual.append(y)
                 predicted.append(gd)
     metrics = {part: sums["gd", part].metrics() for part in PARTS}
     baseline = {part: sums["ols", part].metrics() for part in PARTS}
+    gap, gap_abs, problem = optimality_gap(sums["gd", "train"], sums["ols", "train"], ols)
     features = list(trained["features"])
     return {
         "metrics": metrics,
         "baseline": baseline,
-        "optimality_gap": (metrics["train"]["mse"] - baseline["train"]["mse"]) / baseline["train"]["mse"],
+        "reference_ok": problem is None,
+        "reference_problem": problem,
+        "reference_rank": ols.rank,
+        "optimality_gap": gap,
+        "optimality_gap_abs": gap_abs,
         "weights": dict(zip(features, weights.tolist(), strict=True)),
         "bias": float(trained["bias"]),
-        "ols_weights": dict(zip(features, ols[0].tolist(), strict=True)),
-        "ols_bias": float(ols[1]),
+        "ols_weights": dict(zip(features, ols.weights.tolist(), strict=True)),
+        "ols_bias": float(ols.bias),
         "epochs_run": int(trained["epochs_run"]),
         "lr": float(trained["lr"]),
         "max_stable_lr": float(trained["max_stable_lr"]),
@@ -133,6 +236,12 @@ def evaluate(partitions: Iterable[dict], trained: dict, ols: tuple[np.ndarray, f
     }
 
 
+# r2 is null where the part's target does not vary; a fixed schema keeps it float64 even when all are null
+METRICS_SCHEMA = pa.schema(
+    [("model", pa.string()), ("part", pa.string())] + [(m, pa.float64()) for m in ("mse", "rmse", "mae", "r2")]
+)
+
+
 def metrics_table(result: dict) -> pa.Table:
     """One row per (model, part): the long table the UI and Parquet readers want."""
     rows = [
@@ -140,7 +249,7 @@ def metrics_table(result: dict) -> pa.Table:
         for model, key in (("gradient_descent", "metrics"), ("least_squares", "baseline"))
         for part in PARTS
     ]
-    return pa.Table.from_pylist(rows)
+    return pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
 
 
 def coefficients_table(result: dict) -> pa.Table:
@@ -188,12 +297,47 @@ def _write(result: dict, outputs: store.Outputs, read: str) -> dict[str, str]:
         "predictions": outputs.write_parquet(predictions, "predictions.parquet"),
         "summary": outputs.write_json(result, "evaluation.json"),
     }
-    get_run_logger().info(
-        "read %s; test MSE %.4f (least squares %.4f), optimality gap %.2e; wrote %s",
+    logger = get_run_logger()
+    logger.info(
+        "read %s; test MSE %.4f (least squares %.4f), optimality gap %s; wrote %s",
         read,
         result["metrics"]["test"]["mse"],
         result["baseline"]["test"]["mse"],
-        result["optimality_gap"],
+        describe_gap(result),
         ", ".join(store.describe(p) for p in out.values()),
     )
+    if not result["reference_ok"]:
+        logger.warning("the least-squares reference cannot be trusted: %s", result["reference_problem"])
     return out
+
+
+def describe_gap(result: dict) -> str:
+    """The optimality gap in words, for the log, the printed summary and the report: never a ratio of noise."""
+    if not result["reference_ok"]:
+        return "n/a (the least-squares reference cannot be trusted)"
+    if result["optimality_gap"] is None:
+        return f"n/a (exact fit; train MSE difference {result['optimality_gap_abs']:.3e})"
+    return f"{result['optimality_gap']:.3e}"
+
+
+def reference_notes(result: dict) -> list[str]:
+    """What a reader must know before comparing with the reference: untrusted, or not unique."""
+    notes = []
+    if not result["reference_ok"]:
+        notes.append(
+            f"WARNING: the least-squares reference cannot be trusted: {result['reference_problem']}; "
+            "its numbers are shown, but nothing is measured against them"
+        )
+    columns = len(result["weights"]) + 1
+    if result["reference_rank"] < columns:
+        notes.append(
+            f"note: the features are collinear (rank {result['reference_rank']} of {columns} columns with the "
+            "intercept, to float32 precision; e.g. a constant feature, or one a combination of others): least "
+            "squares has many solutions and the weights shown are one of them; compare the MSEs, not the weights"
+        )
+    return notes
+
+
+def format_metric(value: float | None, spec: str) -> str:
+    """A metric for people: "n/a" where it is undefined (R² of a target that does not vary)."""
+    return "n/a" if value is None else format(value, spec)

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks import store
+from tasks.evaluate import describe_gap, reference_notes
 
 METRICS_KEY = "linear-regression-metrics"
 COEFFICIENTS_KEY = "linear-regression-coefficients"
@@ -27,16 +28,24 @@ REPORT_KEY = "linear-regression-report"
 
 MODEL_LABELS = {"gradient_descent": "gradient descent", "least_squares": "least squares (closed form)"}
 METRIC_COLUMNS = (("mse", "MSE"), ("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"))
+UNTRUSTED = " — cannot be trusted"
+NOT_AVAILABLE = "n/a"  # a metric that is undefined, e.g. R² of a target that does not vary
 PLOTS = (("predicted_vs_actual", "Predicted vs actual (test set)"), ("loss_curve", "Training loss"))
 
 
-def metrics_rows(metrics: pa.Table) -> list[dict[str, Any]]:
-    """The metrics Parquet (one row per model × part) as table-artifact rows with readable labels."""
+def metrics_rows(metrics: pa.Table, reference_ok: bool = True) -> list[dict[str, Any]]:
+    """The metrics Parquet (one row per model × part) as table-artifact rows with readable labels.
+
+    An undefined metric (null) shows as "n/a"; an untrusted reference's rows say so in their label.
+    """
+    labels = dict(MODEL_LABELS)
+    if not reference_ok:
+        labels["least_squares"] += UNTRUSTED
     return [
         {
-            "model": MODEL_LABELS.get(row["model"], row["model"]),
+            "model": labels.get(row["model"], row["model"]),
             "part": row["part"],
-            **{label: float(row[name]) for name, label in METRIC_COLUMNS},
+            **{label: NOT_AVAILABLE if row[name] is None else float(row[name]) for name, label in METRIC_COLUMNS},
         }
         for row in metrics.to_pylist()
     ]
@@ -100,8 +109,8 @@ def render_report(
         "## Metrics",
         markdown_table(metrics),
         "## Fit",
-        f"- optimality gap (train MSE of gradient descent vs least squares, relative): "
-        f"**{summary['optimality_gap']:.3e}**",
+        *(f"> **{note}**" for note in reference_notes(summary)),
+        f"- optimality gap (train MSE of gradient descent vs least squares, relative): **{describe_gap(summary)}**",
         f"- {stop}; step size {summary['lr']:.4g} (largest stable {summary['max_stable_lr']:.4g})",
         "## Coefficients",
         markdown_table(coefficients),
@@ -124,7 +133,7 @@ def publish_report(parameters: dict[str, Any], artifacts: dict[str, dict[str, st
     """Read the evaluation and plot files; publish the metrics and coefficients tables and the markdown report."""
     evaluation = artifacts["evaluate"]
     summary = json.loads(Path(evaluation["summary"]).read_text())
-    metrics = metrics_rows(store.read_parquet(evaluation["metrics"]))
+    metrics = metrics_rows(store.read_parquet(evaluation["metrics"]), summary["reference_ok"])
     coefficients = coefficient_rows(store.read_parquet(evaluation["coefficients"]))
     plots = {name: Path(artifacts["plot"][name]).read_bytes() for name, _ in PLOTS}
     create_table_artifact(

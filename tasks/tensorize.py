@@ -48,6 +48,11 @@ def select_columns(table: Columns, target: str, features: list[str] | None) -> l
     chosen = [c for c in columns if c != target] if features is None else list(features)
     if not chosen:
         raise InputError(f"no feature columns besides target {target!r}; the CSV needs at least two columns")
+    repeated = sorted({name for name in chosen if chosen.count(name) > 1})
+    if repeated:
+        which = ", ".join(repr(name) for name in repeated)
+        which = f"feature column {which} is" if len(repeated) == 1 else f"feature columns {which} are"
+        raise InputError(f"{which} named more than once in --features; name each column once")
     for name in chosen:
         if name not in columns:
             raise InputError(f"feature column {name!r} not found (columns: {shown}); fix --features")

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from typing import Literal
 
@@ -30,6 +30,10 @@ Engine = Literal["auto", "rows", "stats"]
 
 RISING_EPOCHS = 5  # this many consecutive rises of the loss count as divergence
 RISE_TOLERANCE = 1e-6  # relative rise below this is float32 rounding, not a rise
+# Near an exact fit the loss is rounding noise: the stats engine's (θᵀGθ − 2θᵀc + yᵀy)/n cancels to about 1e-15
+# of mean(y²), even below zero, and float32 rows round at a similar level. Changes under this fraction of
+# mean(y²) are neither a rise (no false "diverged") nor progress (with --tol > 0, such epochs count as flat).
+LOSS_FLOOR_RTOL = 1e-11
 # The loss is float32: near the optimum it stops changing (to the last bit) while the weights still improve,
 # so one flat epoch does not mean convergence. Stop only after this many flat epochs in a row.
 FLAT_EPOCHS = 10
@@ -118,6 +122,12 @@ class Stats:
     c: torch.Tensor  # (d+1,), float64
     yy: float
     n: int
+    # Each column's and the target's smallest and largest value: "constant" is then exact, where a variance
+    # from G (E[x²] − E[x]²) cancels to rounding noise, not to zero.
+    x_min: torch.Tensor  # (d,), float64; +inf without rows
+    x_max: torch.Tensor  # (d,), float64; −inf without rows
+    y_min: float
+    y_max: float
 
     @classmethod
     def of(cls, x: torch.Tensor, y: torch.Tensor, chunk_rows: int = 1 << 20) -> Stats:
@@ -126,25 +136,51 @@ class Stats:
         g = torch.zeros(d + 1, d + 1, dtype=torch.float64)
         c = torch.zeros(d + 1, dtype=torch.float64)
         yy = 0.0
+        x_min = torch.full((d,), math.inf, dtype=torch.float64)
+        x_max = torch.full((d,), -math.inf, dtype=torch.float64)
+        y_min, y_max = math.inf, -math.inf
         for xc, yc in zip(x.split(chunk_rows), y.split(chunk_rows), strict=True):
-            a = torch.cat([xc.double().cpu(), torch.ones(len(xc), 1, dtype=torch.float64)], dim=1)
+            if len(xc) == 0:
+                continue
+            xd = xc.double().cpu()
+            a = torch.cat([xd, torch.ones(len(xc), 1, dtype=torch.float64)], dim=1)
             yd = yc.double().cpu().reshape(-1)
             g += a.T @ a
             c += a.T @ yd
             yy += float(yd @ yd)
-        return cls(g, c, yy, x.shape[0])
+            x_min, x_max = torch.minimum(x_min, xd.amin(0)), torch.maximum(x_max, xd.amax(0))
+            y_min, y_max = min(y_min, float(yd.min())), max(y_max, float(yd.max()))
+        return cls(g, c, yy, x.shape[0], x_min, x_max, y_min, y_max)
 
     @classmethod
     def total(cls, parts: list[Stats]) -> Stats:
-        """The statistics of the rows of all ``parts`` together: each one is a sum over rows."""
-        return cls(sum(p.g for p in parts), sum(p.c for p in parts), sum(p.yy for p in parts), sum(p.n for p in parts))
+        """The statistics of the rows of all ``parts`` together: each one is a sum (or a min, a max) over rows."""
+        return cls(
+            sum(p.g for p in parts),
+            sum(p.c for p in parts),
+            sum(p.yy for p in parts),
+            sum(p.n for p in parts),
+            torch.stack([p.x_min for p in parts]).amin(0),
+            torch.stack([p.x_max for p in parts]).amax(0),
+            min(p.y_min for p in parts),
+            max(p.y_max for p in parts),
+        )
 
     def as_dict(self) -> dict[str, torch.Tensor | float | int]:
-        return {"g": self.g, "c": self.c, "yy": self.yy, "n": self.n}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, saved: dict) -> Stats:
-        return cls(saved["g"], saved["c"], float(saved["yy"]), int(saved["n"]))
+        return cls(
+            saved["g"],
+            saved["c"],
+            float(saved["yy"]),
+            int(saved["n"]),
+            saved["x_min"],
+            saved["x_max"],
+            float(saved["y_min"]),
+            float(saved["y_max"]),
+        )
 
     def hessian_max_eigenvalue(self) -> float:
         """Largest eigenvalue L of the MSE's Hessian ``2G/n``: gradient descent is stable for lr < 2/L,
@@ -158,26 +194,40 @@ class Scaler:
 
     mean: torch.Tensor  # float64
     std: torch.Tensor  # float64
+    constant: torch.Tensor  # bool (d,): centred, these columns are exactly zero (std 1: nothing to scale)
 
     @classmethod
     def fit(cls, stats: Stats, enabled: bool) -> Scaler:
         d = stats.g.shape[0] - 1
         if not enabled:
-            return cls(torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64))
-        mean = stats.g[:d, d] / stats.n
-        std = (torch.diagonal(stats.g)[:d] / stats.n - mean**2).clamp_min(0).sqrt()
-        return cls(mean, torch.where(std > 0, std, torch.ones_like(std)))
+            ones = torch.ones(d, dtype=torch.float64)
+            return cls(torch.zeros(d, dtype=torch.float64), ones, torch.zeros(d, dtype=torch.bool))
+        constant = stats.x_min == stats.x_max
+        # E[x²] − E[x]² cancels where the spread is small against the mean; n values spanning a range R have a
+        # standard deviation of at least R/√(2n), so never scale by less (a noise-sized σ would blow a column up).
+        spread = (stats.x_max - stats.x_min) / math.sqrt(2 * stats.n)
+        mean = torch.where(constant, stats.x_min, stats.g[:d, d] / stats.n)
+        std = (torch.diagonal(stats.g)[:d] / stats.n - mean**2).clamp_min(0).sqrt().maximum(spread)
+        return cls(mean, torch.where(constant | ~(std > 0), torch.ones_like(std), std), constant)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x)) / self.std.to(x)
 
     def transform_stats(self, stats: Stats) -> Stats:
-        """The statistics of the standardized features: [xs 1] = [x 1]·T, so G → TᵀGT and c → Tᵀc."""
+        """The statistics of the standardized features: [xs 1] = [x 1]·T, so G → TᵀGT and c → Tᵀc.
+
+        A constant column centres to exactly zero; G's cancellation would leave rounding noise there instead.
+        """
         d = len(self.mean)
         t = torch.eye(d + 1, dtype=torch.float64)
         t[:d, :d] = torch.diag(1.0 / self.std)
         t[d, :d] = -self.mean / self.std
-        return Stats(t.T @ stats.g @ t, t.T @ stats.c, stats.yy, stats.n)
+        g, c = t.T @ stats.g @ t, t.T @ stats.c
+        zero = torch.cat([self.constant, torch.zeros(1, dtype=torch.bool)])
+        g[zero, :], g[:, zero], c[zero] = 0.0, 0.0, 0.0
+        x_min = torch.where(self.constant, 0.0, (stats.x_min - self.mean) / self.std)
+        x_max = torch.where(self.constant, 0.0, (stats.x_max - self.mean) / self.std)
+        return replace(stats, g=g, c=c, x_min=x_min, x_max=x_max)
 
     def unfold(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Weights for raw features: w·(x−μ)/σ + b = (w/σ)·x + (b − Σ wμ/σ)."""
@@ -195,10 +245,11 @@ class Monitor:
         max_stable_lr: float,
         on_progress: Progress | None = None,
         target_rms: float | None = None,
+        floor: float = 0.0,  # the loss's rounding level, absolute (see LOSS_FLOOR_RTOL)
     ):
         """``target_rms``: the target's root mean square when the loss is float32 and its squares, summed,
         overflow it (an inf loss is then the data's scale, not the step size); None otherwise."""
-        self.cfg, self.lr, self.max_stable_lr = cfg, lr, max_stable_lr
+        self.cfg, self.lr, self.max_stable_lr, self.floor = cfg, lr, max_stable_lr, floor
         self.on_progress = on_progress
         self.target_rms = target_rms
         self.every = max(1, cfg.epochs // PROGRESS_STEPS)
@@ -217,10 +268,12 @@ class Monitor:
                 raise LossOverflowError(epoch, self.target_rms)
             self._diverged(epoch, f"loss became {loss}")
         if previous is not None:
-            self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) else 0
+            self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) + self.floor else 0
             if self.rising >= RISING_EPOCHS:
                 self._diverged(epoch, f"loss rose for {RISING_EPOCHS} epochs in a row to {loss:.4g}")
-            self.flat = self.flat + 1 if abs(previous - loss) < self.cfg.tol * abs(previous) else 0
+            change = abs(previous - loss)
+            flat = change < self.cfg.tol * abs(previous) or (self.cfg.tol > 0 and change <= self.floor)
+            self.flat = self.flat + 1 if flat else 0
             self.converged = self.flat >= FLAT_EPOCHS
         done = self.converged or epoch == self.cfg.epochs
         if self.on_progress and (epoch % self.every == 0 or done):
@@ -285,7 +338,8 @@ def train_stats(stats: Stats, w, b, lr: float, epochs: int, monitor: Monitor) ->
     theta = torch.cat([w.reshape(-1), b.reshape(-1)]).double().cpu()
     for _ in range(epochs):
         g_theta = stats.g @ theta
-        loss = (theta @ g_theta - 2 * theta @ stats.c + stats.yy) / stats.n
+        # ≥ 0 as a sum of squares; the formula's cancellation can dip below zero at an exact fit
+        loss = ((theta @ g_theta - 2 * theta @ stats.c + stats.yy) / stats.n).clamp_min(0)
         grad = 2 * (g_theta - stats.c) / stats.n
         theta -= grad * lr
         if monitor(loss.item()):
@@ -326,10 +380,16 @@ def initial_params(d: int, init: Init, seed: int, device: torch.device) -> tuple
     return torch.randn(1, d, generator=gen).to(device), torch.randn(1, generator=gen).to(device)
 
 
-def fit(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, on_progress: Progress | None = None) -> Fit:
+def fit(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    on_progress: Progress | None = None,
+    names: Names | None = None,
+) -> Fit:
     """Train on (x, y) as ``cfg`` says; returns raw-unit weights, the loss history and the step size used."""
     engine = choose_engine(cfg, x.shape[0])
-    return _fit(Stats.of(x, y), cfg, engine, on_progress, rows=(x, y))
+    return _fit(Stats.of(x, y), cfg, engine, on_progress, names, rows=(x, y))
 
 
 def trains_on_stats(cfg: TrainConfig) -> bool:
@@ -337,11 +397,41 @@ def trains_on_stats(cfg: TrainConfig) -> bool:
     return cfg.method == "scratch" and cfg.engine != "rows"
 
 
-def fit_stats(stats: Stats, cfg: TrainConfig, on_progress: Progress | None = None) -> Fit:
+def fit_stats(stats: Stats, cfg: TrainConfig, on_progress: Progress | None = None, names: Names | None = None) -> Fit:
     """Train on sufficient statistics alone (a partitioned input's, summed): the stats engine, by necessity."""
     if not trains_on_stats(cfg):
         raise InputError("training on statistics needs --method scratch and --engine auto or stats")
-    return _fit(stats, cfg, "stats", on_progress)
+    return _fit(stats, cfg, "stats", on_progress, names)
+
+
+@dataclass(frozen=True)
+class Names:
+    """The columns the training rows came from, for error messages."""
+
+    features: list[str]
+    target: str
+
+
+def refuse_degenerate(stats: Stats, names: Names | None = None) -> None:
+    """Refuse a problem with no answer to find, before training: too few rows, or a target that never varies.
+
+    With fewer rows than features + 1 the fit interpolates whatever weights are chosen (least squares is exact
+    and not unique); with a constant target every model with zero weights fits exactly and R² is undefined.
+    Neither has a result that means anything, so the run stops with the reason instead of printing one.
+    """
+    d = stats.g.shape[0] - 1
+    features = f"{d} features ({', '.join(names.features)})" if names else f"{d} features"
+    target = f"target column {names.target!r}" if names else "the target"
+    if stats.n < d + 1:
+        raise InputError(
+            f"{stats.n} training rows for {features} plus an intercept: the fit is underdetermined; add rows, "
+            "lower --test-size or drop features with --features"
+        )
+    if stats.y_min == stats.y_max:
+        raise InputError(
+            f"{target} is constant ({stats.y_min:g}) over all {stats.n} training rows: nothing to regress; "
+            "pass a --target that varies"
+        )
 
 
 def _fit(
@@ -349,8 +439,10 @@ def _fit(
     cfg: TrainConfig,
     engine: Literal["rows", "stats"],
     on_progress: Progress | None,
+    names: Names | None = None,
     rows: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Fit:
+    refuse_degenerate(stats, names)
     device = resolve_device(cfg.device)
     scaler = Scaler.fit(stats, cfg.standardize)
     scaled = scaler.transform_stats(stats)
@@ -359,7 +451,10 @@ def _fit(
     # the row loop's loss is float32: a sum of squared errors beyond its range is inf from the first epoch
     overflows = engine == "rows" and stats.yy > FLOAT32_MAX / 2
     target_rms = math.sqrt(stats.yy / stats.n) if overflows else None
-    monitor = Monitor(cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress, target_rms=target_rms)
+    floor = LOSS_FLOOR_RTOL * stats.yy / stats.n
+    monitor = Monitor(
+        cfg, lr, max_stable_lr=2.0 / curvature, on_progress=on_progress, target_rms=target_rms, floor=floor
+    )
     w0, b0 = initial_params(stats.g.shape[0] - 1, cfg.init, cfg.seed, device)
     if engine == "stats":
         w, b = train_stats(scaled, w0, b0, lr, cfg.epochs, monitor)
@@ -417,7 +512,8 @@ def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str
     """Read ``tensors.pt``, train, write ``model.pt`` (weights, bias, features, loss history, config)."""
     data = store.read_pt(tensors_path)
     args = {"tensors_path": tensors_path, "cfg": cfg}
-    train = partial(fit, data["x_train"], data["y_train"], cfg)
+    names = Names(list(data["features"]), data["target"])
+    train = partial(fit, data["x_train"], data["y_train"], cfg, names=names)
     return _train_and_save(train, data, cfg, STAGE, args, root, read=tensors_path)
 
 
@@ -434,7 +530,7 @@ def train_model_on_stats(stats_paths: list[str], cfg: TrainConfig, root: str) ->
         raise InputError(f"partitions disagree on their columns ({shown}); give every file the same columns")
     stats = Stats.total([Stats.from_dict(p) for p in parts])
     args = {"stats_paths": stats_paths, "cfg": cfg}
-    train = partial(fit_stats, stats, cfg)
+    train = partial(fit_stats, stats, cfg, names=Names(list(parts[0]["features"]), parts[0]["target"]))
     read = f"{len(stats_paths)} partitions' statistics ({stats.n} training rows)"
     return _train_and_save(train, parts[0], cfg, STATS_STAGE, args, root, read=read)
 

@@ -28,7 +28,11 @@ def result() -> dict:
     return {
         "metrics": _metrics(3.0),
         "baseline": _metrics(2.0),
+        "reference_ok": True,
+        "reference_problem": None,
+        "reference_rank": 3,
         "optimality_gap": 1.25e-9,
+        "optimality_gap_abs": 2.5e-9,
         "weights": {"TV": 0.0458, "radio": 0.1885},
         "bias": 2.979,
         "ols_weights": {"TV": 0.0457, "radio": 0.1886},
