@@ -365,11 +365,18 @@ def code_digest(module: str) -> str:
     stages that can run the edited code (tests/test_code_keys.py).
     """
     digest = hashlib.sha256()
-    for name in import_closure(module):
+    with _PARSING:
+        closure = import_closure(module)
+    for name in closure:
         path = _module_file(name)
         digest.update(f"{name}\0".encode())
         digest.update(_source(path, *_stamp(path)))
     return digest.hexdigest()
+
+
+# CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch" when two threads
+# parse at once), and partitions' stages compute their keys on parallel threads.
+_PARSING = threading.Lock()
 
 
 def import_closure(module: str) -> list[str]:
