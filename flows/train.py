@@ -42,13 +42,13 @@ def linear_regression(**values: Any) -> dict[str, Any]:
         trained, evaluation = partitioned_stages(run, p, store.partition_sources(p.data), root)
     else:
         source = store.data_source(p.data)
-        raw = run(ingest.ingest_csv, ingest.STAGE, source, root)
-        clean = run(drop_index.drop_index_column, drop_index.STAGE, raw["table"], p.index_column, root)
-        parts = run(split.split_data, split.STAGE, clean["table"], p.test_size, p.seed, root)
-        tensors = run(tensorize.tensorize, tensorize.STAGE, parts["train"], parts["test"], p.target, p.features, root)
-        trained = run(train.train_model, train.STAGE, tensors["tensors"], p.training(), root)
-        evaluation = run(evaluate.evaluate_model, evaluate.STAGE, tensors["tensors"], trained["model"], root)
-    run(plot.plot_results, plot.STAGE, evaluation["predictions"], trained["model"], root)
+        raw = run(ingest.ingest_csv, source, root)
+        clean = run(drop_index.drop_index_column, raw["table"], p.index_column, root)
+        parts = run(split.split_data, clean["table"], p.test_size, p.seed, root)
+        tensors = run(tensorize.tensorize, parts["train"], parts["test"], p.target, p.features, root)
+        trained = run(train.train_model, tensors["tensors"], p.training(), root)
+        evaluation = run(evaluate.evaluate_model, tensors["tensors"], trained["model"], root)
+    run(plot.plot_results, evaluation["predictions"], trained["model"], root)
     publish_report(store.redact_all({**p.model_dump(mode="json"), "data": source, "artifacts_dir": root}), run.results)
     record = store.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
     return summarize(run.results, run.cached, record)
@@ -73,22 +73,21 @@ def partitioned_stages(
     """
     with task_runner(p) as pool:
 
-        def each(task: Task, stage: store.Stage, calls: list[tuple]) -> list[dict[str, str]]:
-            return run.map(pool, task, stage, calls, sources)
+        def each(task: Task, calls: list[tuple]) -> list[dict[str, str]]:
+            return run.map(pool, task, calls, sources)
 
-        raw = each(ingest.ingest_csv, ingest.STAGE, [(s, root) for s in sources])
+        raw = each(ingest.ingest_csv, [(s, root) for s in sources])
         calls = [(r["table"], p.index_column, root) for r in raw]
-        clean = [c["table"] for c in each(drop_index.drop_index_column, drop_index.STAGE, calls)]
+        clean = [c["table"] for c in each(drop_index.drop_index_column, calls)]
         rows = split.count_rows(clean)
         offsets = split.partition_offsets(rows)
         calls = [(t, p.test_size, p.seed, o, sum(rows), root) for t, o in zip(clean, offsets, strict=True)]
-        parts = each(split.split_partition_data, split.PARTITION_STAGE, calls)
+        parts = each(split.split_partition_data, calls)
         calls = [(s["train"], s["test"], p.target, p.features, root) for s in parts]
-        tensors = [t["tensors"] for t in each(tensorize.tensorize, tensorize.STAGE, calls)]
-        stats = [s["stats"] for s in each(accumulate.accumulate_stats, accumulate.STAGE, [(t, root) for t in tensors])]
-    trained = run(train.train_model_on_stats, train.STATS_STAGE, stats, p.training(), root)
-    stage = evaluate.PARTITIONS_STAGE
-    evaluation = run(evaluate.evaluate_model_on_partitions, stage, tensors, stats, trained["model"], root)
+        tensors = [t["tensors"] for t in each(tensorize.tensorize, calls)]
+        stats = [s["stats"] for s in each(accumulate.accumulate_stats, [(t, root) for t in tensors])]
+    trained = run(train.train_model_on_stats, stats, p.training(), root)
+    evaluation = run(evaluate.evaluate_model_on_partitions, tensors, stats, trained["model"], root)
     return trained, evaluation
 
 

@@ -14,11 +14,10 @@ from tasks import store
 from tasks.evaluate import qr_factor
 from tasks.train import Stats
 
-STAGE = store.Stage("accumulate", __name__, files=("tensors_path",))
-
 
 @task(name="accumulate_stats")
-def accumulate_stats(tensors_path: str, root: str) -> dict[str, str]:
+@store.stage("accumulate")
+def accumulate_stats(tensors_path: store.File, root: str) -> dict[str, str]:
     """Read one partition's ``tensors.pt``; write ``stats.pt`` (G = AᵀA, c = Aᵀy, yᵀy, n; A = [x 1]; R of [A y]).
 
     Also each column's and the target's min and max, which merge exactly: the training stage refuses a target
@@ -28,7 +27,7 @@ def accumulate_stats(tensors_path: str, root: str) -> dict[str, str]:
     stats = Stats.of(data["x_train"], data["y_train"])
     r = qr_factor(data["x_train"], data["y_train"])
     saved = {**stats.as_dict(), "r": r, "features": data["features"], "target": data["target"]}
-    out = STAGE.outputs(root, {"tensors_path": tensors_path}).write_pt(saved, "stats.pt")
+    out = store.outputs().write_pt(saved, "stats.pt")
     get_run_logger().info(
         "read %s; statistics of %d training rows × %d features; wrote %s",
         tensors_path,

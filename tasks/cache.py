@@ -150,14 +150,16 @@ def check_record(root: str | os.PathLike[str], stage: str, key: str) -> tuple[di
     return outputs, None
 
 
-def bind(task: Task, stage: store.Stage, root: str | os.PathLike[str], refresh: bool = False) -> Task:
-    """``task`` run through the stage cache under ``root``; ``refresh`` runs it even when a valid record exists.
+def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Task:
+    """``task`` (a function declared with `store.stage`) run through the stage cache under ``root``;
+    ``refresh`` runs it even when a valid record exists.
 
     A hit returns a Completed state named ``Cached`` (as Prefect names its own hits) carrying the recorded
     outputs, so the UI shows the stage as Cached.
     Nothing goes through Prefect's result persistence: no record is written for a failed run either.
     """
     fn, root = task.fn, str(root)
+    stage: store.Stage = fn.stage
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -226,24 +228,24 @@ class StageRunner:
         self.results: dict[str, dict[str, str]] = {}
         self.cached: dict[str, bool] = {}
 
-    def __call__(self, task: Task, stage: store.Stage, *args: Any) -> dict[str, str]:
-        state: State = bind(task, stage, self.root, self.refresh)(*args, return_state=True)
+    def __call__(self, task: Task, *args: Any) -> dict[str, str]:
+        stage = task.fn.stage
+        state: State = bind(task, self.root, self.refresh)(*args, return_state=True)
         release_memory()
         result = state.result()  # raises the task's exception if it failed
         self.results[stage.name] = result
         self.cached[stage.name] = state.name == "Cached"
         return result
 
-    def map(
-        self, pool: TaskRunner, task: Task, stage: store.Stage, calls: list[tuple], sources: list[str]
-    ) -> list[dict[str, str]]:
+    def map(self, pool: TaskRunner, task: Task, calls: list[tuple], sources: list[str]) -> list[dict[str, str]]:
         """Run ``task`` once per partition on ``pool`` (threads or Dask), one argument tuple per call.
 
         The stage's artifacts are recorded as ``name[i]`` for partition i; it counts as cached when every call
         was. Once all calls have finished, the first failure is raised; a user's error names its partition's
         source file, since the stage itself only sees intermediate files.
         """
-        bound = bind(task, stage, self.root, self.refresh)
+        stage = task.fn.stage
+        bound = bind(task, self.root, self.refresh)
         names = list(inspect.signature(task.fn).parameters)
         futures = [pool.submit(bound, dict(zip(names, args, strict=True))) for args in calls]
         wait(futures)

@@ -11,7 +11,6 @@ from tasks import store
 from tasks.errors import InputError
 
 _PANDAS_UNNAMED = re.compile(r"Unnamed: (\d+)")
-STAGE = store.Stage("drop_index", __name__, params=("column",), files=("table_path",))
 
 
 def resolve_column(table: pa.Table, name: str) -> str:
@@ -38,12 +37,12 @@ def drop_index(table: pa.Table, column: str | None) -> pa.Table:
 
 
 @task(name="drop_index_column")
-def drop_index_column(table_path: str, column: str | None, root: str) -> dict[str, str]:
+@store.stage("drop_index")
+def drop_index_column(table_path: store.File, column: str | None, root: str) -> dict[str, str]:
     """Read the raw table, drop its index column, write ``clean.parquet``."""
     table = store.read_parquet(table_path)
     clean = drop_index(table, column)
-    outputs = STAGE.outputs(root, {"table_path": table_path, "column": column})
-    out = outputs.write_parquet(clean, "clean.parquet")
+    out = store.outputs().write_parquet(clean, "clean.parquet")
     get_run_logger().info(
         "read %s; dropped %s; wrote %d rows × %d columns to %s",
         table_path,

@@ -19,7 +19,6 @@ from prefect import get_run_logger, task
 from tasks import store
 
 PARTS = ("train", "test")
-STAGE = store.Stage("evaluate", __name__, files=("tensors_path", "model_path"))
 
 
 CHUNK_ROWS = 1 << 18  # rows per float64 chunk: bounds the temporaries of predict, QR and metrics
@@ -264,29 +263,26 @@ def coefficients_table(result: dict) -> pa.Table:
 
 
 @task(name="evaluate_model")
-def evaluate_model(tensors_path: str, model_path: str, root: str) -> dict[str, str]:
+@store.stage("evaluate")
+def evaluate_model(tensors_path: store.File, model_path: store.File, root: str) -> dict[str, str]:
     """Read tensors and model; write metrics, coefficients and test predictions (Parquet) and a JSON summary."""
     tensors = store.read_pt(tensors_path)
     ols = least_squares([qr_factor(tensors["x_train"], tensors["y_train"])])
     result = evaluate([tensors], store.read_pt(model_path), ols)
-    args = {"tensors_path": tensors_path, "model_path": model_path}
-    return _write(result, STAGE.outputs(root, args), read=f"{tensors_path} and {model_path}")
-
-
-PARTITIONS_STAGE = store.Stage("evaluate", __name__, files=("tensors_paths", "stats_paths", "model_path"))
+    return _write(result, store.outputs(), read=f"{tensors_path} and {model_path}")
 
 
 @task(name="evaluate_partitions")
+@store.stage("evaluate")
 def evaluate_model_on_partitions(
-    tensors_paths: list[str], stats_paths: list[str], model_path: str, root: str
+    tensors_paths: store.Files, stats_paths: store.Files, model_path: store.File, root: str
 ) -> dict[str, str]:
     """`evaluate_model` for a partitioned input: OLS from the partitions' QR factors, tensors read one at a time."""
     ols = least_squares([store.read_pt(path)["r"] for path in stats_paths])
     partitions = (store.read_pt(path) for path in tensors_paths)
     result = evaluate(partitions, store.read_pt(model_path), ols)
-    args = {"tensors_paths": tensors_paths, "stats_paths": stats_paths, "model_path": model_path}
     read = f"{len(tensors_paths)} partitions' tensors and {model_path}"
-    return _write(result, PARTITIONS_STAGE.outputs(root, args), read=read)
+    return _write(result, store.outputs(), read=read)
 
 
 def _write(result: dict, outputs: store.Outputs, read: str) -> dict[str, str]:

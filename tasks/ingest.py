@@ -36,7 +36,6 @@ DELIMITERS = (",", ";", "\t", "|")  # the ones a header line is searched for, in
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}  # suffixes pyarrow decompresses too (by the file's name)
 _QUOTED = re.compile(r'"[^"]*"')
-STAGE = store.Stage("ingest", __name__, files=("source",))
 BLOCK_BYTES = 16 << 20  # one Parquet row group per 16 MB of CSV (64 MB blocks peaked 60 MB higher at 2M rows)
 
 
@@ -224,12 +223,13 @@ def _stream(path: Path, out: Path, parse: pacsv.ParseOptions, source: str) -> tu
 
 
 @task(name="ingest_csv")
-def ingest_csv(source: str, root: str) -> dict[str, str]:
+@store.stage("ingest")
+def ingest_csv(source: store.File, root: str) -> dict[str, str]:
     """Read ``source`` (CSV, or Parquet by its suffix) and write ``raw.parquet``: column names and types kept."""
     label = store.redact(source)  # what messages and logs name: a URL without its secrets
     with local_copy(source) as path:
         # keyed on the bytes read: for a URL, those of the download
-        outputs = STAGE.outputs(root, {"source": source}, digests={"source": store.sha256_file(path)})
+        outputs = store.outputs(digests={"source": store.sha256_file(path)})
         out = outputs.folder / "raw.parquet"
         had_manifest = store.manifest_path(out).exists()  # an earlier run's complete output, not ours to remove
         delimiter = None

@@ -7,7 +7,6 @@ from prefect import get_run_logger, task
 
 from tasks import store
 
-STAGE = store.Stage("plot", __name__, files=("predictions_path", "model_path"))
 MAX_POINTS = 5000  # a scatter of more points is a blob that takes seconds to draw
 
 
@@ -45,11 +44,12 @@ def loss_curve(history: np.ndarray) -> bytes:
 
 
 @task(name="plot_results")
-def plot_results(predictions_path: str, model_path: str, root: str) -> dict[str, str]:
+@store.stage("plot")
+def plot_results(predictions_path: store.File, model_path: store.File, root: str) -> dict[str, str]:
     """Read test predictions and the loss history; write ``predicted_vs_actual.png`` and ``loss_curve.png``."""
     predictions = store.read_parquet(predictions_path)
     trained = store.read_pt(model_path)
-    outputs = STAGE.outputs(root, {"predictions_path": predictions_path, "model_path": model_path})
+    outputs = store.outputs()
     out = {
         "predicted_vs_actual": outputs.write_png(
             predicted_vs_actual(

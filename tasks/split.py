@@ -14,7 +14,6 @@ from prefect.cache_policies import NO_CACHE
 from tasks import store
 from tasks.errors import InputError
 
-STAGE = store.Stage("split", __name__, params=("test_size", "seed"), files=("table_path",))
 MIN_ROWS_PER_PART = 2  # R² on the test part, and a loss to descend on the train part, need two rows each
 
 
@@ -64,10 +63,11 @@ def partition_offsets(rows: list[int]) -> list[int]:
 
 
 @task(name="split_data")
-def split_data(table_path: str, test_size: float, seed: int, root: str) -> dict[str, str]:
+@store.stage("split")
+def split_data(table_path: store.File, test_size: float, seed: int, root: str) -> dict[str, str]:
     """Read the clean table, write ``train.parquet`` and ``test.parquet``."""
     train, test = split_table(store.read_parquet(table_path), test_size, seed)
-    outputs = STAGE.outputs(root, {"table_path": table_path, "test_size": test_size, "seed": seed})
+    outputs = store.outputs()
     out = {
         "train": outputs.write_parquet(train, "train.parquet"),
         "test": outputs.write_parquet(test, "test.parquet"),
@@ -86,17 +86,14 @@ def split_data(table_path: str, test_size: float, seed: int, root: str) -> dict[
     return out
 
 
-PARTITION_STAGE = store.Stage("split", __name__, params=("test_size", "seed", "offset", "total"), files=("table_path",))
-
-
 @task(name="split_partition")
+@store.stage("split")
 def split_partition_data(
-    table_path: str, test_size: float, seed: int, offset: int, total: int, root: str
+    table_path: store.File, test_size: float, seed: int, offset: int, total: int, root: str
 ) -> dict[str, str]:
     """Read one partition's clean table, write its ``train.parquet`` and ``test.parquet``."""
     train, test = split_partition(store.read_parquet(table_path), test_size, seed, offset, total)
-    args = {"table_path": table_path, "test_size": test_size, "seed": seed, "offset": offset, "total": total}
-    outputs = PARTITION_STAGE.outputs(root, args)
+    outputs = store.outputs()
     out = {
         "train": outputs.write_parquet(train, "train.parquet"),
         "test": outputs.write_parquet(test, "test.parquet"),

@@ -14,10 +14,12 @@ same folder and are renamed into place, so a crash never leaves a half-written f
 from __future__ import annotations
 
 import ast
+import contextvars
 import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import inspect
 import io
 import itertools
 import json
@@ -30,6 +32,7 @@ import stat
 import struct
 import tempfile
 import threading
+import typing
 import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -37,7 +40,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,6 +62,7 @@ MANIFEST_VERSION = 1
 PACKAGES = ("torch", "pyarrow", "numpy", "pandas", "scikit-learn", "matplotlib", "prefect")
 
 _CHUNK = 1 << 20
+R = TypeVar("R")
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"  # in temporary files' names, with the pid
 _TEMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -480,12 +484,70 @@ def _listed(name: str, paths: Iterable[str]) -> dict[str, str]:
     return {f"{name}[{i}]": str(path) for i, path in enumerate(paths)}
 
 
+FILE, FILES = "linreg:file", "linreg:files"
+File = Annotated[str, FILE]  # a stage argument that is an input file: keyed by its content, not its path
+Files = Annotated[list[str], FILES]  # a list of input files (one per partition)
+ROOT_ARGUMENT = "root"  # where the store is: not part of what a stage computes
+
+
+def stage(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Declare a stage function once, by its typed signature: ``File``/``Files`` arguments are inputs keyed by
+    content, every other argument but ``root`` is a parameter in the key. Nothing is listed by hand.
+
+    Inside the function, `outputs` gives the writer for this very call's folder, so the arguments are never
+    written out again either. The declaration is the function's ``.stage`` (and its Prefect task's
+    ``.fn.stage``), which the cache keys on (tasks/cache.py).
+    """
+
+    def declare(fn: Callable[..., R]) -> Callable[..., R]:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        signature = inspect.signature(fn)
+        if ROOT_ARGUMENT not in signature.parameters:
+            raise TypeError(f"stage {name}: {fn.__qualname__} needs a `root: str` argument (the store)")
+        files = tuple(p for p in signature.parameters if _is_file_argument(hints.get(p)))
+        params = tuple(p for p in signature.parameters if p not in files and p != ROOT_ARGUMENT)
+        declared = Stage(name, fn.__module__, params=params, files=files)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            token = _CALL.set((declared, dict(bound.arguments)))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _CALL.reset(token)
+
+        call.stage = declared  # type: ignore[attr-defined]
+        return call
+
+    return declare
+
+
+def _is_file_argument(hint: Any) -> bool:
+    return any(marker in getattr(hint, "__metadata__", ()) for marker in (FILE, FILES))
+
+
+_CALL: contextvars.ContextVar[tuple[Stage, dict[str, Any]]] = contextvars.ContextVar("linreg_stage_call")
+
+
+def outputs(digests: Mapping[str, str] | None = None) -> Outputs:
+    """The writer for the running stage call's outputs: ``<root>/<stage>/<key>/``, keyed on this call's
+    arguments (``digests``: the sha256 of an input already hashed, e.g. a download)."""
+    try:
+        declared, args = _CALL.get()
+    except LookupError:
+        raise RuntimeError("store.outputs() is for the body of a function declared with @store.stage") from None
+    return declared.outputs(args[ROOT_ARGUMENT], args, digests)
+
+
 @dataclass(frozen=True)
 class Stage:
     """What decides one stage's output: which of its arguments are parameters and which are input files.
 
-    The task and the cache policy both derive the stage's key from the task's arguments through this one
-    description, so the folder a task writes to and the cache record that points at it always agree.
+    Made by `stage` from the function's signature. The task and the cache both derive the stage's key from
+    the call's arguments through this one description, so the folder a task writes to and the cache record
+    that points at it always agree.
     """
 
     name: str

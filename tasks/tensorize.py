@@ -13,8 +13,6 @@ from prefect import get_run_logger, task
 from tasks import store
 from tasks.errors import InputError
 
-STAGE = store.Stage("tensorize", __name__, params=("target", "features"), files=("train_path", "test_path"))
-
 
 class Columns(Protocol):
     """What `to_tensors` reads from a table: a pa.Table has it, and so has `ParquetColumns`."""
@@ -108,12 +106,14 @@ def to_tensors(train: Columns, test: Columns, target: str, features: list[str] |
 
 
 @task(name="tensorize")
-def tensorize(train_path: str, test_path: str, target: str, features: list[str] | None, root: str) -> dict[str, str]:
+@store.stage("tensorize")
+def tensorize(
+    train_path: store.File, test_path: store.File, target: str, features: list[str] | None, root: str
+) -> dict[str, str]:
     """Read the split tables, write ``tensors.pt`` (float32 tensors + feature names)."""
     train, test = ParquetColumns(store.open_parquet(train_path)), ParquetColumns(store.open_parquet(test_path))
     tensors = to_tensors(train, test, target, features)
-    args = {"train_path": train_path, "test_path": test_path, "target": target, "features": features}
-    out = STAGE.outputs(root, args).write_pt(tensors, "tensors.pt")
+    out = store.outputs().write_pt(tensors, "tensors.pt")
     get_run_logger().info(
         "read %s and %s; features %s, target %r; x_train %s, x_test %s (float32); wrote %s",
         train_path,

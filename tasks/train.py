@@ -38,7 +38,6 @@ LOSS_FLOOR_RTOL = 1e-11
 # so one flat epoch does not mean convergence. Stop only after this many flat epochs in a row.
 FLAT_EPOCHS = 10
 PROGRESS_STEPS = 20  # report progress every 5% of the epochs
-STAGE = store.Stage("train", __name__, params=("cfg",), files=("tensors_path",))
 
 
 @dataclass(frozen=True)
@@ -508,20 +507,18 @@ class LatestProgress:
 
 
 @task(name="train_model")
-def train_model(tensors_path: str, cfg: TrainConfig, root: str) -> dict[str, str]:
+@store.stage("train")
+def train_model(tensors_path: store.File, cfg: TrainConfig, root: str) -> dict[str, str]:
     """Read ``tensors.pt``, train, write ``model.pt`` (weights, bias, features, loss history, config)."""
     data = store.read_pt(tensors_path)
-    args = {"tensors_path": tensors_path, "cfg": cfg}
     names = Names(list(data["features"]), data["target"])
     train = partial(fit, data["x_train"], data["y_train"], cfg, names=names)
-    return _train_and_save(train, data, cfg, STAGE, args, root, read=tensors_path)
-
-
-STATS_STAGE = store.Stage("train", __name__, params=("cfg",), files=("stats_paths",))
+    return _train_and_save(train, data, cfg, read=tensors_path)
 
 
 @task(name="train_model_on_stats")
-def train_model_on_stats(stats_paths: list[str], cfg: TrainConfig, root: str) -> dict[str, str]:
+@store.stage("train")
+def train_model_on_stats(stats_paths: store.Files, cfg: TrainConfig, root: str) -> dict[str, str]:
     """Read every partition's ``stats.pt``, add them up, train on the sum, write ``model.pt``."""
     parts = [store.read_pt(path) for path in stats_paths]
     names = {(tuple(p["features"]), p["target"]) for p in parts}
@@ -529,15 +526,12 @@ def train_model_on_stats(stats_paths: list[str], cfg: TrainConfig, root: str) ->
         shown = "; ".join(f"{list(f)} → {t!r}" for f, t in sorted(names))
         raise InputError(f"partitions disagree on their columns ({shown}); give every file the same columns")
     stats = Stats.total([Stats.from_dict(p) for p in parts])
-    args = {"stats_paths": stats_paths, "cfg": cfg}
     train = partial(fit_stats, stats, cfg, names=Names(list(parts[0]["features"]), parts[0]["target"]))
     read = f"{len(stats_paths)} partitions' statistics ({stats.n} training rows)"
-    return _train_and_save(train, parts[0], cfg, STATS_STAGE, args, root, read=read)
+    return _train_and_save(train, parts[0], cfg, read=read)
 
 
-def _train_and_save(
-    train: Callable[[Progress], Fit], data: dict, cfg: TrainConfig, stage: store.Stage, args: dict, root: str, read: str
-) -> dict[str, str]:
+def _train_and_save(train: Callable[[Progress], Fit], data: dict, cfg: TrainConfig, read: str) -> dict[str, str]:
     """Run ``train`` with progress in the UI and the log, then write ``model.pt`` (``read``: what, for the log)."""
     logger = get_run_logger()
     progress = create_progress_artifact(progress=0.0, key="linear-regression-training", description="epochs done, %")
@@ -568,7 +562,7 @@ def _train_and_save(
         "train_seconds": seconds,
         "config": asdict(cfg),
     }
-    out = stage.outputs(root, args).write_pt(saved, "model.pt")
+    out = store.outputs().write_pt(saved, "model.pt")
     logger.info(
         "read %s; %s training (%s engine) ran %d epochs in %.2f s at lr %.4g (%s); final train loss %.6g; wrote %s",
         read,
