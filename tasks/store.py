@@ -510,18 +510,24 @@ def stage(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> R:
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            token = _CALL.set((declared, dict(bound.arguments)))
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                _CALL.reset(token)
+            return _call_declared(declared, fn, args, kwargs)
 
         call.stage = declared  # type: ignore[attr-defined]
         return call
 
     return declare
+
+
+def _call_declared(declared: Stage, fn: Callable[..., R], args: tuple, kwargs: dict) -> R:
+    """Run a declared stage function with its call's arguments known to `outputs`. At module level, so a
+    stage shipped to a Dask worker pickles this by reference (a ContextVar cannot be pickled by value)."""
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    token = _CALL.set((declared, dict(bound.arguments)))
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _CALL.reset(token)
 
 
 def _is_file_argument(hint: Any) -> bool:
