@@ -13,7 +13,6 @@ from pydantic.fields import FieldInfo
 
 from tasks import store
 from tasks.errors import InputError
-from tasks.ingest import check_regular
 from tasks.train import Device, Engine, Init, Method, TrainConfig, check_config, trains_on_stats
 
 TaskRunnerName = Literal["threads", "dask"]
@@ -117,7 +116,7 @@ class Params(BaseModel):
             return
         path = Path(self.data).expanduser()
         if path.exists():
-            check_regular(path, self.data)
+            store.check_regular(path, self.data)
 
     def training(self) -> TrainConfig:
         """The training stage's config: explicit parameters first, then the preset's values."""

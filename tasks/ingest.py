@@ -14,7 +14,6 @@ import codecs
 import gzip
 import re
 import shutil
-import stat
 import tempfile
 import urllib.parse
 import urllib.request
@@ -65,23 +64,13 @@ def check_file(source: str) -> Path:
         raise InputError(f"{source}: file not found; pass --data with the path of a CSV file")
     if path.is_dir():
         raise InputError(f"{source}: is a folder, not a CSV file; pass --data with a file")
-    check_regular(path, source)
+    store.check_regular(path, source)
     try:
         with open(path, "rb"):
             pass
     except OSError as exc:
         raise InputError(f"{source}: cannot be read ({exc.strerror}); check its permissions") from None
     return path
-
-
-def check_regular(path: Path, source: str) -> None:
-    """Refuse a device, FIFO or socket before anything reads it: /dev/zero never ends, a FIFO blocks forever."""
-    mode = path.stat().st_mode
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-        raise InputError(
-            f"{source}: is not a regular file (a device, FIFO or socket, which may never end); "
-            "pass --data with a CSV or Parquet file, a folder or a glob"
-        )
 
 
 def read_head(path: Path, source: str) -> bytes:

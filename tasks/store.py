@@ -132,7 +132,8 @@ def _marker_ok(marker: Path) -> bool:
     return isinstance(content, dict) and content.get("store") == STORE_NAME
 
 
-_KEY_FOLDER = re.compile(r"[0-9a-f]{16}(\.\d+)?")
+_KEY = r"[0-9a-f]{16}"  # a stage key, as `stage_key` writes it
+_KEY_FOLDER = re.compile(rf"{_KEY}(\.\d+)?")
 _TEMPORARY = re.compile(r"\..+\.tmp")
 
 
@@ -190,7 +191,7 @@ def _artifact_files(folder: Path) -> list[Path]:
 
 def _cache_file(name: str) -> bool:
     stem = name.split(".", 1)[0]
-    return bool(re.fullmatch(r"[0-9a-f]{16}", stem)) and name[len(stem) :] in ("", ".json", ".lock")
+    return bool(re.fullmatch(_KEY, stem)) and name[len(stem) :] in ("", ".json", ".lock")
 
 
 def _delete_files(folder: Path, files: Iterable[Path]) -> int:
@@ -226,8 +227,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # someone else's process: alive
+        pass
     return True
 
 
@@ -326,8 +327,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with open(fd, "rb") as fh:
         before = os.fstat(fd)
-        if not stat.S_ISREG(before.st_mode):
-            raise InputError(f"{path}: not a regular file; pass --data with a CSV or Parquet file")
+        refuse_special(before.st_mode, path)  # a folder then fails to read (IsADirectoryError)
         ident = _identity(before)
         with _DIGESTS_LOCK:
             known = _DIGESTS.get(ident)
@@ -346,6 +346,20 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
                 _DIGESTS.clear()
             _DIGESTS[ident] = digest.hexdigest()
     return digest.hexdigest()
+
+
+def check_regular(path: Path, label: str | os.PathLike[str]) -> None:
+    """Refuse a device, FIFO or socket before anything opens it: /dev/zero never ends, a FIFO blocks forever."""
+    refuse_special(path.stat().st_mode, label)
+
+
+def refuse_special(mode: int, label: str | os.PathLike[str]) -> None:
+    """The one rule for what may be read as data: a regular file (or a folder of them), nothing else."""
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise InputError(
+            f"{label}: is not a regular file (a device, FIFO or socket, which may never end); "
+            "pass --data with a CSV or Parquet file, a folder or a glob"
+        )
 
 
 def _identity(info: os.stat_result) -> tuple[int, ...]:
