@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import stagecore as core
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -26,8 +28,7 @@ def _start_server_if_needed() -> Callable[[], None]:
     """Point Prefect at a server before it is imported; return how to stop the one we started."""
     if os.environ.get("PREFECT_API_URL"):
         return lambda: None
-    sys.path.insert(0, str(REPO / "tests"))
-    from prefect_server import isolated_env, start_server
+    from flows.local_server import isolated_env, start_server
 
     home = Path(tempfile.mkdtemp(prefix="linreg-bench-"))
     server = start_server(home / "server")
@@ -45,18 +46,18 @@ def _timed(fn: Callable[[], object], runs: int) -> list[float]:
     return times
 
 
-def _hashing(store, run: Callable[[], dict]) -> dict[str, int]:
+def _hashing(run: Callable[[], dict]) -> dict[str, int]:
     """sha256 work of one flow run, started with no digest remembered (as a new process would be), against the
     bytes of the files the run's stages read and wrote (for a fully cached run: those its stages would have)."""
-    store._DIGESTS.clear()
-    before = dict(store.HASHING)
+    core.hashing._DIGESTS.clear()
+    before = dict(core.HASHING)
     summary = run()
     files = {Path(p) for stage in summary["artifacts"].values() for p in stage.values()}
-    inputs = {Path(i["path"]) for f in files for i in store.read_manifest(f)["inputs"] if Path(i["path"]).exists()}
+    inputs = {Path(i["path"]) for f in files for i in core.read_manifest(f)["inputs"] if Path(i["path"]).exists()}
     io = sum(f.stat().st_size for f in files) + sum(f.stat().st_size for f in inputs)
     return {
-        "hashed": store.HASHING["bytes"] - before["bytes"],
-        "files": store.HASHING["files"] - before["files"],
+        "hashed": core.HASHING["bytes"] - before["bytes"],
+        "files": core.HASHING["files"] - before["files"],
         "io": io,
     }
 
@@ -71,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         from prefect import flow, task
 
         from flows.train import STAGES, linear_regression
-        from tasks import store
 
         @task
         def noop(value: dict) -> dict:
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"warm run was not fully cached: {summary['cached']}")
             warm = _timed(lambda: linear_regression(artifacts_dir=warm_root), args.runs)
             hashing = {
-                "cold": _hashing(store, lambda: linear_regression(artifacts_dir=str(Path(tmp) / "hash-cold"))),
-                "warm": _hashing(store, lambda: linear_regression(artifacts_dir=warm_root)),
+                "cold": _hashing(lambda: linear_regression(artifacts_dir=str(Path(tmp) / "hash-cold"))),
+                "warm": _hashing(lambda: linear_regression(artifacts_dir=warm_root)),
             }
         floor = _timed(seven_noops, args.runs)
     finally:

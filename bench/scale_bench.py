@@ -26,13 +26,12 @@ from pathlib import Path
 
 import torch
 
+import stagecore as core
 from bench.make_data import make_csv, split_csv
-from tasks import store
+from flows.local_server import isolated_env, start_server
 from tasks.train import initial_params, train_scratch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from prefect_server import isolated_env, start_server  # noqa: E402
 
 DATA_DIR = ROOT / "bench" / "data"  # git-ignored
 
@@ -56,7 +55,7 @@ def last_json(stdout: str) -> dict:
 
 def float64_trajectory(tensors_path: str, epochs: int, lr: float, seed: int) -> list[float]:
     """The textbook loop (`train_scratch`) on the flow's training split, in float64, from the same start."""
-    data = store.read_pt(tensors_path)
+    data = core.read_pt(tensors_path)
     x, y = data["x_train"].double(), data["y_train"].double()
     w0, b0 = initial_params(x.shape[1], "randn", seed, torch.device("cpu"))
     history: list[float] = []
@@ -91,7 +90,7 @@ def bench_size(
                 summary = last_json(out)
                 results[label].append((wall, rss, summary))
                 if label == "seed" and trajectory and last_summary is None:
-                    trained = store.read_pt(summary["artifacts"]["train"]["model"])
+                    trained = core.read_pt(summary["artifacts"]["train"]["model"])
                     reference = float64_trajectory(summary["artifacts"]["tensorize"]["tensors"], 1000, 1e-5, 0)
                     got = trained["loss_history"]
                     rel = ((got - torch.tensor(reference)).abs() / torch.tensor(reference).abs()).max().item()

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks import store
-from tasks.errors import InputError
+import stagecore as core
+from stagecore.errors import InputError
 
 
 def _is_path(value: Any) -> bool:
@@ -33,9 +33,9 @@ def _exists(path: str) -> bool:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """``store.read_manifest``, plus the shape this walk relies on; IntegrityError naming what is malformed."""
-    manifest = store.read_manifest(path)
-    name = store.manifest_path(path).name
+    """``core.read_manifest``, plus the shape this walk relies on; IntegrityError naming what is malformed."""
+    manifest = core.read_manifest(path)
+    name = core.manifest_path(path).name
     problems = []
     if not isinstance(manifest["sha256"], str):
         problems.append("sha256 is not a string")
@@ -50,7 +50,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     ):
         problems.append("inputs is not a list of {path, sha256} objects")
     if problems:
-        raise store.IntegrityError(f"{path}: manifest {name} is malformed ({'; '.join(problems)})")
+        raise core.IntegrityError(f"{path}: manifest {name} is malformed ({'; '.join(problems)})")
     return manifest
 
 
@@ -67,8 +67,8 @@ def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> di
         return {"path": path, "see_above": True, "ok": seen[path]["ok"]}
     try:
         manifest = read_manifest(path)
-    except store.IntegrityError as exc:
-        if not _exists(str(store.manifest_path(path))):
+    except core.IntegrityError as exc:
+        if not _exists(str(core.manifest_path(path))):
             return _source(path)
         seen[path] = {"path": path, "stage": None, "broken": True, "ok": False, "problem": str(exc), "inputs": []}
         return seen[path]
@@ -81,9 +81,9 @@ def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> di
         "created": manifest.get("created"),
     }
     try:
-        store.verify(path, key=manifest.get("key"))
+        core.verify(path, key=manifest.get("key"))
         node["ok"], node["problem"] = True, None
-    except store.IntegrityError as exc:
+    except core.IntegrityError as exc:
         node["ok"], node["problem"] = False, str(exc)
     seen[path] = node
     node["inputs"] = []
@@ -101,10 +101,10 @@ def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> di
 def _source(path: str) -> dict[str, Any]:
     """A file without a manifest: the CSV the ingest stage read (or an artifact whose manifest is gone)."""
     node: dict[str, Any] = {"path": path, "stage": None, "source": True}
-    if store.is_url(path):
+    if core.is_url(path):
         node.update(sha256=None, ok=True, problem=None)
     elif _is_file(path):
-        node.update(sha256=store.sha256_file(path), ok=True, problem=None)
+        node.update(sha256=core.sha256_file(path), ok=True, problem=None)
     else:
         node.update(sha256=None, ok=False, problem=f"{path}: no longer exists")
     return node
@@ -140,7 +140,7 @@ def explain(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise InputError(f"{path}: no such file; pass an artifact or a run record")
-    if path.suffix == ".json" and path.parent.name == store.RUNS_DIR:
+    if path.suffix == ".json" and path.parent.name == core.RUNS_DIR:
         record, paths = read_run_record(path)
         traces = [trace(p) for p in paths]
         found = {s["path"]: s for t in traces for s in sources(t)}
@@ -156,10 +156,10 @@ def explain(path: str | Path) -> dict[str, Any]:
             "parameters": params,  # the record lists stages in order
             "artifacts": traces,
         }
-    if not _exists(str(store.manifest_path(path))):
+    if not _exists(str(core.manifest_path(path))):
         raise InputError(
-            f"{path}: no manifest ({store.manifest_path(path).name} is missing); lineage needs a stage artifact "
-            f"(or a run record under {store.RUNS_DIR}/)"
+            f"{path}: no manifest ({core.manifest_path(path).name} is missing); lineage needs a stage artifact "
+            f"(or a run record under {core.RUNS_DIR}/)"
         )
     node = trace(path)  # a manifest that is there but malformed: reported as not verifying (exit 1)
     return {

@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 from pydantic.fields import FieldInfo
 
-from tasks import store
-from tasks.errors import InputError
+import stagecore as core
+from stagecore.errors import InputError
 from tasks.train import Device, Engine, Init, Method, TrainConfig, check_config, trains_on_stats
 
 TaskRunnerName = Literal["threads", "dask"]
@@ -79,7 +79,7 @@ class Params(BaseModel):
             name = "--" + "-".join(str(part) for part in err["loc"][:1]).replace("_", "-")
             raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
         check_config(params.training())  # rules between training settings, before the first stage runs
-        if store.is_partitioned(params.data) and not trains_on_stats(params.training()):
+        if core.is_partitioned(params.data) and not trains_on_stats(params.training()):
             raise InputError(
                 f"--data {params.data} is a folder or glob, which trains on per-partition statistics: "
                 "pass --method scratch and --engine auto or stats, or a single file"
@@ -109,14 +109,14 @@ class Params(BaseModel):
 
         A path that does not exist is left to the ingest stage, which says so in its own words.
         """
-        if self.data is None or store.is_url(self.data):
+        if self.data is None or core.is_url(self.data):
             return
-        if store.is_partitioned(self.data):
-            store.partition_sources(self.data)  # a one-line error when it holds no data file
+        if core.is_partitioned(self.data):
+            core.partition_sources(self.data)  # a one-line error when it holds no data file
             return
         path = Path(self.data).expanduser()
         if path.exists():
-            store.check_regular(path, self.data)
+            core.check_regular(path, self.data)
 
     def training(self) -> TrainConfig:
         """The training stage's config: explicit parameters first, then the preset's values."""

@@ -20,8 +20,8 @@ from prefect.client.orchestration import get_client
 from prefect.schedules import Cron, Schedule
 from prefect.settings import PREFECT_API_URL
 
-from tasks.errors import InputError
-from tasks.store import PROJECT_ROOT
+from stagecore.errors import InputError
+from stagecore.project import PROJECT_ROOT
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 SCHEDULED_DEPLOYMENT = "daily"

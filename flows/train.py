@@ -16,10 +16,11 @@ from prefect import Task, flow, get_client
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+import stagecore as core
 from flows.params import PRESETS, Params
-from tasks import accumulate, drop_index, evaluate, ingest, plot, split, store, tensorize, train
-from tasks.cache import StageRunner
-from tasks.errors import InputError
+from stagecore.cache import StageRunner
+from stagecore.errors import InputError
+from tasks import accumulate, drop_index, evaluate, ingest, plot, split, tensorize, train
 from tasks.report import publish_report
 
 PRESET_KNOBS = set(PRESETS["default"])  # parameters whose default comes from the preset
@@ -35,13 +36,13 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     regardless. Then ``publish_report`` turns the files into UI artifacts; it is not a stage and is never cached.
     """
     p = Params.parse(**values)
-    root = str(store.prepare_root(p.artifacts_dir))
+    root = str(core.prepare_root(p.artifacts_dir))
     run = StageRunner(root, refresh=p.refresh)
-    if store.is_partitioned(p.data):
+    if core.is_partitioned(p.data):
         source = p.data
-        trained, evaluation = partitioned_stages(run, p, store.partition_sources(p.data), root)
+        trained, evaluation = partitioned_stages(run, p, core.partition_sources(p.data), root)
     else:
-        source = store.data_source(p.data)
+        source = core.data_source(p.data)
         raw = run(ingest.ingest_csv, source, root)
         clean = run(drop_index.drop_index_column, raw["table"], p.index_column, root)
         parts = run(split.split_data, clean["table"], p.test_size, p.seed, root)
@@ -49,8 +50,8 @@ def linear_regression(**values: Any) -> dict[str, Any]:
         trained = run(train.train_model, tensors["tensors"], p.training(), root)
         evaluation = run(evaluate.evaluate_model, tensors["tensors"], trained["model"], root)
     run(plot.plot_results, evaluation["predictions"], trained["model"], root)
-    publish_report(store.redact_all({**p.model_dump(mode="json"), "data": source, "artifacts_dir": root}), run.results)
-    record = store.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
+    publish_report(core.redact_all({**p.model_dump(mode="json"), "data": source, "artifacts_dir": root}), run.results)
+    record = core.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
     return summarize(run.results, run.cached, record)
 
 
@@ -109,7 +110,7 @@ def task_runner(p: Params) -> TaskRunner:
 
 def summarize(artifacts: dict[str, dict[str, str]], cached: dict[str, bool], record: str) -> dict[str, Any]:
     """The run's result: the evaluation summary, where every artifact is, which stages were cached."""
-    summary = store.read_json(artifacts["evaluate"]["summary"])
+    summary = core.read_json(artifacts["evaluate"]["summary"])
     return {**summary, "artifacts": artifacts, "cached": dict(cached), "run_record": record}
 
 
@@ -208,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     clean = args.pop("clean_artifacts", False)
     try:
         if clean:
-            root, count = store.clear(args.get("artifacts_dir"))
+            root, count = core.clear(args.get("artifacts_dir"))
             kept = " (files the store did not write were kept, and so was the folder)" if root.exists() else ""
             print(f"deleted {count} files the store wrote under {root}{kept}")
             return 0
         p = Params.parse(**args)  # fail on bad parameters (and a --data that is none) before starting Prefect
-        store.prepare_root(p.artifacts_dir)  # and on an artifacts folder that cannot be written
+        core.prepare_root(p.artifacts_dir)  # and on an artifacts folder that cannot be written
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

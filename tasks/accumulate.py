@@ -10,29 +10,29 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from tasks import store
+import stagecore as core
 from tasks.evaluate import qr_factor
 from tasks.train import Stats
 
 
 @task(name="accumulate_stats")
-@store.stage("accumulate")
-def accumulate_stats(tensors_path: store.File, root: str) -> dict[str, str]:
+@core.stage("accumulate")
+def accumulate_stats(tensors_path: core.File, root: str) -> dict[str, str]:
     """Read one partition's ``tensors.pt``; write ``stats.pt`` (G = AᵀA, c = Aᵀy, yᵀy, n; A = [x 1]; R of [A y]).
 
     Also each column's and the target's min and max, which merge exactly: the training stage refuses a target
     that is constant over all partitions and standardizes a constant feature to exactly zero.
     """
-    data = store.read_pt(tensors_path)
+    data = core.read_pt(tensors_path)
     stats = Stats.of(data["x_train"], data["y_train"])
     r = qr_factor(data["x_train"], data["y_train"])
     saved = {**stats.as_dict(), "r": r, "features": data["features"], "target": data["target"]}
-    out = store.outputs().write_pt(saved, "stats.pt")
+    out = core.outputs().write_pt(saved, "stats.pt")
     get_run_logger().info(
         "read %s; statistics of %d training rows × %d features; wrote %s",
         tensors_path,
         stats.n,
         len(data["features"]),
-        store.describe(out),
+        core.describe(out),
     )
     return {"stats": out}

@@ -7,8 +7,8 @@ import re
 import pyarrow as pa
 from prefect import get_run_logger, task
 
-from tasks import store
-from tasks.errors import InputError
+import stagecore as core
+from stagecore.errors import InputError
 
 _PANDAS_UNNAMED = re.compile(r"Unnamed: (\d+)")
 
@@ -37,18 +37,18 @@ def drop_index(table: pa.Table, column: str | None) -> pa.Table:
 
 
 @task(name="drop_index_column")
-@store.stage("drop_index")
-def drop_index_column(table_path: store.File, column: str | None, root: str) -> dict[str, str]:
+@core.stage("drop_index")
+def drop_index_column(table_path: core.File, column: str | None, root: str) -> dict[str, str]:
     """Read the raw table, drop its index column, write ``clean.parquet``."""
-    table = store.read_parquet(table_path)
+    table = core.read_parquet(table_path)
     clean = drop_index(table, column)
-    out = store.outputs().write_parquet(clean, "clean.parquet")
+    out = core.outputs().write_parquet(clean, "clean.parquet")
     get_run_logger().info(
         "read %s; dropped %s; wrote %d rows × %d columns to %s",
         table_path,
         repr(column) if column is not None else "no column",
         clean.num_rows,
         clean.num_columns,
-        store.describe(out),
+        core.describe(out),
     )
     return {"table": out}

@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 from prefect import get_run_logger, task
 
-from tasks import store
+import stagecore as core
 
 PARTS = ("train", "test")
 
@@ -263,29 +263,29 @@ def coefficients_table(result: dict) -> pa.Table:
 
 
 @task(name="evaluate_model")
-@store.stage("evaluate")
-def evaluate_model(tensors_path: store.File, model_path: store.File, root: str) -> dict[str, str]:
+@core.stage("evaluate")
+def evaluate_model(tensors_path: core.File, model_path: core.File, root: str) -> dict[str, str]:
     """Read tensors and model; write metrics, coefficients and test predictions (Parquet) and a JSON summary."""
-    tensors = store.read_pt(tensors_path)
+    tensors = core.read_pt(tensors_path)
     ols = least_squares([qr_factor(tensors["x_train"], tensors["y_train"])])
-    result = evaluate([tensors], store.read_pt(model_path), ols)
-    return _write(result, store.outputs(), read=f"{tensors_path} and {model_path}")
+    result = evaluate([tensors], core.read_pt(model_path), ols)
+    return _write(result, core.outputs(), read=f"{tensors_path} and {model_path}")
 
 
 @task(name="evaluate_partitions")
-@store.stage("evaluate")
+@core.stage("evaluate")
 def evaluate_model_on_partitions(
-    tensors_paths: store.Files, stats_paths: store.Files, model_path: store.File, root: str
+    tensors_paths: core.Files, stats_paths: core.Files, model_path: core.File, root: str
 ) -> dict[str, str]:
     """`evaluate_model` for a partitioned input: OLS from the partitions' QR factors, tensors read one at a time."""
-    ols = least_squares([store.read_pt(path)["r"] for path in stats_paths])
-    partitions = (store.read_pt(path) for path in tensors_paths)
-    result = evaluate(partitions, store.read_pt(model_path), ols)
+    ols = least_squares([core.read_pt(path)["r"] for path in stats_paths])
+    partitions = (core.read_pt(path) for path in tensors_paths)
+    result = evaluate(partitions, core.read_pt(model_path), ols)
     read = f"{len(tensors_paths)} partitions' tensors and {model_path}"
-    return _write(result, store.outputs(), read=read)
+    return _write(result, core.outputs(), read=read)
 
 
-def _write(result: dict, outputs: store.Outputs, read: str) -> dict[str, str]:
+def _write(result: dict, outputs: core.Outputs, read: str) -> dict[str, str]:
     predictions = pa.table(result.pop("test_predictions"))
     out = {
         "metrics": outputs.write_parquet(metrics_table(result), "metrics.parquet"),
@@ -300,7 +300,7 @@ def _write(result: dict, outputs: store.Outputs, read: str) -> dict[str, str]:
         result["metrics"]["test"]["mse"],
         result["baseline"]["test"]["mse"],
         describe_gap(result),
-        ", ".join(store.describe(p) for p in out.values()),
+        ", ".join(core.describe(p) for p in out.values()),
     )
     if not result["reference_ok"]:
         logger.warning("the least-squares reference cannot be trusted: %s", result["reference_problem"])

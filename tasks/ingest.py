@@ -27,8 +27,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 
-from tasks import store
-from tasks.errors import InputError
+import stagecore as core
+from stagecore.errors import InputError
 
 _SNIFF_BYTES = 8192
 DELIMITERS = (",", ";", "\t", "|")  # the ones a header line is searched for, in order of preference
@@ -41,7 +41,7 @@ BLOCK_BYTES = 16 << 20  # one Parquet row group per 16 MB of CSV (64 MB blocks p
 @contextmanager
 def local_copy(source: str) -> Iterator[Path]:
     """A local path for ``source``: the file itself, or a URL downloaded (streamed) to a temporary file."""
-    if not store.is_url(source):
+    if not core.is_url(source):
         yield check_file(source)
         return
     with tempfile.TemporaryDirectory(prefix="linreg-download-") as folder:
@@ -52,7 +52,7 @@ def local_copy(source: str) -> Iterator[Path]:
             with urllib.request.urlopen(source, timeout=60) as response, open(path, "wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
         except OSError as exc:
-            shown = store.redact(source)
+            shown = core.redact(source)
             raise InputError(f"{shown}: cannot download ({exc}); check the URL passed to --data") from None
         yield path
 
@@ -64,7 +64,7 @@ def check_file(source: str) -> Path:
         raise InputError(f"{source}: file not found; pass --data with the path of a CSV file")
     if path.is_dir():
         raise InputError(f"{source}: is a folder, not a CSV file; pass --data with a file")
-    store.check_regular(path, source)
+    core.check_regular(path, source)
     try:
         with open(path, "rb"):
             pass
@@ -160,7 +160,7 @@ def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None =
         delimiter = sniff_csv(path, source)
     parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
-        with store.atomic_path(final) as tmp:
+        with core.atomic_path(final) as tmp:
             rows, schema = _stream(path, tmp, parse, source)
             if rows == 0:
                 raise InputError(f"{source}: has a header but no data rows; add rows or pass another --data")
@@ -173,14 +173,14 @@ def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None =
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc2:
             raise _parse_error(exc2, source) from None
         check_schema(table.schema, source)  # a later block's invalid UTF-8 turns its column binary
-        with store.atomic_path(final) as tmp:
+        with core.atomic_path(final) as tmp:
             pq.write_table(table, tmp)
         schema = table.schema
     return schema
 
 
 def is_parquet(source: str) -> bool:
-    return Path(source).suffix.lower() in store.PARQUET_SUFFIXES
+    return Path(source).suffix.lower() in core.PARQUET_SUFFIXES
 
 
 def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
@@ -188,7 +188,7 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     try:
         reader = pq.ParquetFile(path)
         check_header(reader.schema_arrow.names, source)
-        with store.atomic_path(final) as tmp:
+        with core.atomic_path(final) as tmp:
             with pq.ParquetWriter(tmp, reader.schema_arrow) as writer:
                 for group in range(reader.num_row_groups):
                     writer.write_table(reader.read_row_group(group))
@@ -212,15 +212,15 @@ def _stream(path: Path, out: Path, parse: pacsv.ParseOptions, source: str) -> tu
 
 
 @task(name="ingest_csv")
-@store.stage("ingest")
-def ingest_csv(source: store.File, root: str) -> dict[str, str]:
+@core.stage("ingest")
+def ingest_csv(source: core.File, root: str) -> dict[str, str]:
     """Read ``source`` (CSV, or Parquet by its suffix) and write ``raw.parquet``: column names and types kept."""
-    label = store.redact(source)  # what messages and logs name: a URL without its secrets
+    label = core.redact(source)  # what messages and logs name: a URL without its secrets
     with local_copy(source) as path:
         # keyed on the bytes read: for a URL, those of the download
-        outputs = store.outputs(digests={"source": store.sha256_file(path)})
+        outputs = core.outputs(digests={"source": core.sha256_file(path)})
         out = outputs.folder / "raw.parquet"
-        had_manifest = store.manifest_path(out).exists()  # an earlier run's complete output, not ours to remove
+        had_manifest = core.manifest_path(out).exists()  # an earlier run's complete output, not ours to remove
         delimiter = None
         try:
             if is_parquet(source):
@@ -233,14 +233,14 @@ def ingest_csv(source: store.File, root: str) -> dict[str, str]:
             # a refused input leaves nothing behind: no file without its manifest, not even a folder
             if not had_manifest:
                 out.unlink(missing_ok=True)
-                store.manifest_path(out).unlink(missing_ok=True)
-            store.discard_if_empty(outputs.folder)
+                core.manifest_path(out).unlink(missing_ok=True)
+            core.discard_if_empty(outputs.folder)
             if isinstance(exc, pa.ArrowInvalid):  # e.g. "Empty CSV file" from open_csv
                 raise _parse_error(exc, label) from None
             raise
     rows = pq.ParquetFile(out).metadata.num_rows
     read = f"{label} ({delimiter_name(delimiter)}-delimited)" if delimiter else label
     get_run_logger().info(
-        "read %s: %d rows × %d columns %s; wrote %s", read, rows, len(schema), schema.names, store.describe(out)
+        "read %s: %d rows × %d columns %s; wrote %s", read, rows, len(schema), schema.names, core.describe(out)
     )
     return {"table": str(out)}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
 import numpy as np
 from prefect import get_run_logger, task
 
-from tasks import store
+import stagecore as core
 
 MAX_POINTS = 5000  # a scatter of more points is a blob that takes seconds to draw
 
@@ -20,6 +23,13 @@ def figure(width: float, height: float):
     return Figure(figsize=(width, height))
 
 
+def png_bytes(figure: Any) -> bytes:
+    """Render a matplotlib figure to PNG bytes (kept in memory so the write stays atomic)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
 def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, target: str) -> bytes:
     fig = figure(5, 5)
     ax = fig.subplots()
@@ -30,7 +40,7 @@ def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, target: str) 
     ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
     ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title="Predicted vs actual (test set)")
     ax.legend()
-    return store.png_bytes(fig)
+    return png_bytes(fig)
 
 
 def loss_curve(history: np.ndarray) -> bytes:
@@ -40,16 +50,16 @@ def loss_curve(history: np.ndarray) -> bytes:
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="training MSE (log scale)", title=f"Training loss ({len(history)} epochs)")
     ax.grid(True, which="both", alpha=0.3)
-    return store.png_bytes(fig)
+    return png_bytes(fig)
 
 
 @task(name="plot_results")
-@store.stage("plot")
-def plot_results(predictions_path: store.File, model_path: store.File, root: str) -> dict[str, str]:
+@core.stage("plot")
+def plot_results(predictions_path: core.File, model_path: core.File, root: str) -> dict[str, str]:
     """Read test predictions and the loss history; write ``predicted_vs_actual.png`` and ``loss_curve.png``."""
-    predictions = store.read_parquet(predictions_path)
-    trained = store.read_pt(model_path)
-    outputs = store.outputs()
+    predictions = core.read_parquet(predictions_path)
+    trained = core.read_pt(model_path)
+    outputs = core.outputs()
     out = {
         "predicted_vs_actual": outputs.write_png(
             predicted_vs_actual(
@@ -65,6 +75,6 @@ def plot_results(predictions_path: store.File, model_path: store.File, root: str
         "read %s and %s; wrote %s",
         predictions_path,
         model_path,
-        ", ".join(store.describe(p) for p in out.values()),
+        ", ".join(core.describe(p) for p in out.values()),
     )
     return out

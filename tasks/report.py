@@ -19,7 +19,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import store
+import stagecore as core
 from tasks.evaluate import describe_gap, reference_notes
 
 METRICS_KEY = "linear-regression-metrics"
@@ -133,8 +133,8 @@ def publish_report(parameters: dict[str, Any], artifacts: dict[str, dict[str, st
     """Read the evaluation and plot files; publish the metrics and coefficients tables and the markdown report."""
     evaluation = artifacts["evaluate"]
     summary = json.loads(Path(evaluation["summary"]).read_text())
-    metrics = metrics_rows(store.read_parquet(evaluation["metrics"]), summary["reference_ok"])
-    coefficients = coefficient_rows(store.read_parquet(evaluation["coefficients"]))
+    metrics = metrics_rows(core.read_parquet(evaluation["metrics"]), summary["reference_ok"])
+    coefficients = coefficient_rows(core.read_parquet(evaluation["coefficients"]))
     plots = {name: Path(artifacts["plot"][name]).read_bytes() for name, _ in PLOTS}
     create_table_artifact(
         metrics, key=METRICS_KEY, description="Train/test MSE, RMSE, MAE and R² of gradient descent and least squares"

@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import store
-from tasks.errors import InputError
+import stagecore as core
+from stagecore.errors import InputError
 
 MIN_ROWS_PER_PART = 2  # R² on the test part, and a loss to descend on the train part, need two rows each
 
@@ -63,11 +63,11 @@ def partition_offsets(rows: list[int]) -> list[int]:
 
 
 @task(name="split_data")
-@store.stage("split")
-def split_data(table_path: store.File, test_size: float, seed: int, root: str) -> dict[str, str]:
+@core.stage("split")
+def split_data(table_path: core.File, test_size: float, seed: int, root: str) -> dict[str, str]:
     """Read the clean table, write ``train.parquet`` and ``test.parquet``."""
-    train, test = split_table(store.read_parquet(table_path), test_size, seed)
-    outputs = store.outputs()
+    train, test = split_table(core.read_parquet(table_path), test_size, seed)
+    outputs = core.outputs()
     out = {
         "train": outputs.write_parquet(train, "train.parquet"),
         "test": outputs.write_parquet(test, "test.parquet"),
@@ -80,20 +80,20 @@ def split_data(table_path: store.File, test_size: float, seed: int, root: str) -
         test.num_rows,
         test_size,
         seed,
-        store.describe(out["train"]),
-        store.describe(out["test"]),
+        core.describe(out["train"]),
+        core.describe(out["test"]),
     )
     return out
 
 
 @task(name="split_partition")
-@store.stage("split")
+@core.stage("split")
 def split_partition_data(
-    table_path: store.File, test_size: float, seed: int, offset: int, total: int, root: str
+    table_path: core.File, test_size: float, seed: int, offset: int, total: int, root: str
 ) -> dict[str, str]:
     """Read one partition's clean table, write its ``train.parquet`` and ``test.parquet``."""
-    train, test = split_partition(store.read_parquet(table_path), test_size, seed, offset, total)
-    outputs = store.outputs()
+    train, test = split_partition(core.read_parquet(table_path), test_size, seed, offset, total)
+    outputs = core.outputs()
     out = {
         "train": outputs.write_parquet(train, "train.parquet"),
         "test": outputs.write_parquet(test, "test.parquet"),
@@ -106,8 +106,8 @@ def split_partition_data(
         total,
         train.num_rows,
         test.num_rows,
-        store.describe(out["train"]),
-        store.describe(out["test"]),
+        core.describe(out["train"]),
+        core.describe(out["test"]),
     )
     return out
 
@@ -116,4 +116,4 @@ def split_partition_data(
 def count_rows(table_paths: list[str]) -> list[int]:
     """Rows per partition, for the partitions' offsets: read from the manifests, without hashing every file
     once more (each split task verifies its file when it reads it, so a file that disagrees stops the run)."""
-    return [int(store.read_manifest(path)["schema"]["rows"]) for path in table_paths]
+    return [int(core.read_manifest(path)["schema"]["rows"]) for path in table_paths]

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import torch
 from prefect import get_run_logger, task
 
-from tasks import store
-from tasks.errors import InputError
+import stagecore as core
+from stagecore.errors import InputError
 
 
 class Columns(Protocol):
@@ -106,14 +106,14 @@ def to_tensors(train: Columns, test: Columns, target: str, features: list[str] |
 
 
 @task(name="tensorize")
-@store.stage("tensorize")
+@core.stage("tensorize")
 def tensorize(
-    train_path: store.File, test_path: store.File, target: str, features: list[str] | None, root: str
+    train_path: core.File, test_path: core.File, target: str, features: list[str] | None, root: str
 ) -> dict[str, str]:
     """Read the split tables, write ``tensors.pt`` (float32 tensors + feature names)."""
-    train, test = ParquetColumns(store.open_parquet(train_path)), ParquetColumns(store.open_parquet(test_path))
+    train, test = ParquetColumns(core.open_parquet(train_path)), ParquetColumns(core.open_parquet(test_path))
     tensors = to_tensors(train, test, target, features)
-    out = store.outputs().write_pt(tensors, "tensors.pt")
+    out = core.outputs().write_pt(tensors, "tensors.pt")
     get_run_logger().info(
         "read %s and %s; features %s, target %r; x_train %s, x_test %s (float32); wrote %s",
         train_path,
@@ -122,6 +122,6 @@ def tensorize(
         target,
         tuple(tensors["x_train"].shape),
         tuple(tensors["x_test"].shape),
-        store.describe(out),
+        core.describe(out),
     )
     return {"tensors": out}

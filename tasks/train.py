@@ -20,8 +20,8 @@ import torch
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks import store
-from tasks.errors import InputError
+import stagecore as core
+from stagecore.errors import InputError
 
 Method = Literal["scratch", "builtins"]
 Init = Literal["zeros", "randn"]
@@ -507,20 +507,20 @@ class LatestProgress:
 
 
 @task(name="train_model")
-@store.stage("train")
-def train_model(tensors_path: store.File, cfg: TrainConfig, root: str) -> dict[str, str]:
+@core.stage("train")
+def train_model(tensors_path: core.File, cfg: TrainConfig, root: str) -> dict[str, str]:
     """Read ``tensors.pt``, train, write ``model.pt`` (weights, bias, features, loss history, config)."""
-    data = store.read_pt(tensors_path)
+    data = core.read_pt(tensors_path)
     names = Names(list(data["features"]), data["target"])
     train = partial(fit, data["x_train"], data["y_train"], cfg, names=names)
     return _train_and_save(train, data, cfg, read=tensors_path)
 
 
 @task(name="train_model_on_stats")
-@store.stage("train")
-def train_model_on_stats(stats_paths: store.Files, cfg: TrainConfig, root: str) -> dict[str, str]:
+@core.stage("train")
+def train_model_on_stats(stats_paths: core.Files, cfg: TrainConfig, root: str) -> dict[str, str]:
     """Read every partition's ``stats.pt``, add them up, train on the sum, write ``model.pt``."""
-    parts = [store.read_pt(path) for path in stats_paths]
+    parts = [core.read_pt(path) for path in stats_paths]
     names = {(tuple(p["features"]), p["target"]) for p in parts}
     if len(names) != 1:
         shown = "; ".join(f"{list(f)} → {t!r}" for f, t in sorted(names))
@@ -562,7 +562,7 @@ def _train_and_save(train: Callable[[Progress], Fit], data: dict, cfg: TrainConf
         "train_seconds": seconds,
         "config": asdict(cfg),
     }
-    out = store.outputs().write_pt(saved, "model.pt")
+    out = core.outputs().write_pt(saved, "model.pt")
     logger.info(
         "read %s; %s training (%s engine) ran %d epochs in %.2f s at lr %.4g (%s); final train loss %.6g; wrote %s",
         read,
@@ -573,6 +573,6 @@ def _train_and_save(train: Callable[[Progress], Fit], data: dict, cfg: TrainConf
         result.lr,
         "converged" if result.converged else "epoch cap reached",
         result.history[-1],
-        store.describe(out),
+        core.describe(out),
     )
     return {"model": out}

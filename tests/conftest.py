@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_server import isolated_env, start_server
+from flows.local_server import isolated_env, start_server
 
 # A shell that runs the tests in the background (`bash .ci/run &`) starts them with SIGINT ignored, and every
 # process a test starts would inherit that: a Ctrl-C sent to `serve` would do nothing. A handler, unlike

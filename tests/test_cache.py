@@ -12,11 +12,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+import stagecore as core
 from conftest import ADVERTISING
 from flows.lineage import main as lineage_main
 from flows.train import STAGES, build_parser, linear_regression, main
-from tasks import store
-from tasks.cache import read_record
+from stagecore.cache import read_record
 from tasks.train import DivergenceError
 
 ALL_CACHED = dict.fromkeys(STAGES, True)
@@ -91,12 +91,12 @@ def test_second_identical_run_is_cached_in_prefect_and_returns_the_same_files(ar
     assert task_run_states(second, "Cached") == dict.fromkeys(STAGE_TASKS, "Cached")
     assert task_run_states(first, "Completed") == dict.fromkeys(STAGE_TASKS, "Completed")
     # records live beside the artifacts, one per stage, each holding the stage's files (and nothing else)
-    records = [p for p in (artifacts / store.CACHE_DIR).rglob("*") if p.is_file() and p.suffix != ".lock"]
+    records = [p for p in (artifacts / core.CACHE_DIR).rglob("*") if p.is_file() and p.suffix != ".lock"]
     assert len(records) == len(STAGES)
     assert all(p.suffix == ".json" for p in records)
     [ingest] = [p for p in records if p.parent.name == "ingest"]
     assert read_record(artifacts, "ingest", ingest.stem) == first["artifacts"]["ingest"]
-    assert len(list((artifacts / store.RUNS_DIR).glob("*.json"))) == 2
+    assert len(list((artifacts / core.RUNS_DIR).glob("*.json"))) == 2
 
 
 def test_epochs_rerun_training_onwards_and_test_size_reruns_split_onwards(artifacts: Path):
@@ -130,7 +130,7 @@ def test_refresh_runs_every_stage_and_leaves_a_valid_cache(artifacts: Path, caps
     refreshed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert refreshed["cached"] == NONE_CACHED
     for path in files_of(refreshed):
-        store.verify(path)
+        core.verify(path)
     assert run(artifacts)["cached"] == ALL_CACHED
 
 
@@ -145,12 +145,12 @@ def test_damaged_artifacts_and_records_are_cache_misses_that_rebuild(artifacts: 
     first = run(artifacts)
     a = first["artifacts"]
     train_table = Path(a["split"]["train"])
-    good_table = store.sha256_file(train_table)
+    good_table = core.sha256_file(train_table)
     flip_bytes(train_table)  # a Parquet file with bytes flipped
     summary = Path(a["evaluate"]["summary"])
     summary.write_bytes(summary.read_bytes()[:50])  # truncated
     Path(a["plot"]["loss_curve"]).unlink()  # missing
-    drop_record = next((artifacts / store.CACHE_DIR / "drop_index").glob("*.json"))
+    drop_record = next((artifacts / core.CACHE_DIR / "drop_index").glob("*.json"))
     drop_record.write_text('{"record_version": ')  # a cache record cut short
 
     second = run(artifacts)
@@ -165,10 +165,10 @@ def test_damaged_artifacts_and_records_are_cache_misses_that_rebuild(artifacts: 
             else:
                 assert Path(path) == before
     for path in files_of(second):
-        store.verify(path)
+        core.verify(path)
     # rebuilt byte for byte, so tensorize kept its key and stayed cached; the damaged file was left as it was
-    assert store.sha256_file(second["artifacts"]["split"]["train"]) == good_table
-    assert store.sha256_file(train_table) != good_table
+    assert core.sha256_file(second["artifacts"]["split"]["train"]) == good_table
+    assert core.sha256_file(train_table) != good_table
     warnings = [m for m in task_log if "running the stage again" in m]
     assert any("drop_index" in m and "record unreadable" in m for m in warnings), warnings
     assert any("train.parquet" in m and "sha256" in m for m in warnings), warnings
@@ -183,7 +183,7 @@ def test_damaged_artifacts_and_records_are_cache_misses_that_rebuild(artifacts: 
     third = run(artifacts)
     assert third["cached"] == cached_from(train=False, evaluate=False, plot=False)
     assert Path(third["artifacts"]["train"]["model"]).parent == model.parent.with_name(model.parent.name + ".1")
-    store.verify(third["artifacts"]["train"]["model"])
+    core.verify(third["artifacts"]["train"]["model"])
     assert any("model.pt" in m and "does not match its manifest" in m for m in task_log)
 
 
@@ -191,15 +191,15 @@ def test_a_damaged_input_is_refused_on_read_with_one_line(artifacts: Path):
     first = run(artifacts)
     tensors = Path(first["artifacts"]["tensorize"]["tensors"])
     flip_bytes(tensors)
-    with pytest.raises(store.IntegrityError, match=r"tensors\.pt: sha256 .* does not match its manifest"):
-        store.read_pt(tensors)
+    with pytest.raises(core.IntegrityError, match=r"tensors\.pt: sha256 .* does not match its manifest"):
+        core.read_pt(tensors)
 
 
 def test_diverging_training_fails_clearly_and_does_not_poison_the_cache(artifacts: Path, capsys):
     diverging = {"preset": "seed", "lr": 1.0}
     with pytest.raises(DivergenceError, match="training diverged at epoch"):
         run(artifacts, **diverging)
-    train_records = [p for p in (artifacts / store.CACHE_DIR / "train").glob("*") if p.suffix != ".lock"]
+    train_records = [p for p in (artifacts / core.CACHE_DIR / "train").glob("*") if p.suffix != ".lock"]
     assert train_records == []
     assert not list((artifacts / "train").rglob("model.pt"))
     # the same parameters again: training runs again (nothing cached), fails the same way, one line on the CLI
@@ -233,7 +233,7 @@ def test_lineage_names_the_csv_and_parameters_of_a_model(artifacts: Path, capsys
     assert lineage_main([model, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [s["path"] for s in report["sources"]] == [str(ADVERTISING)]
-    assert report["sources"][0]["recorded_sha256"] == store.sha256_file(ADVERTISING)
+    assert report["sources"][0]["recorded_sha256"] == core.sha256_file(ADVERTISING)
     assert report["parameters"]["split"] == {"test_size": 0.25, "seed": 0}
     assert report["parameters"]["train"]["cfg"]["epochs"] == 700
     assert list(report["parameters"]) == ["ingest", "drop_index", "split", "tensorize", "train"]

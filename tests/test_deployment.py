@@ -20,9 +20,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
 
 from conftest import ROOT
+from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.params import Params
 from flows.train import STAGES
-from prefect_server import PREFECT, isolated_env, start_process, stop_process
 from tasks.drop_index import drop_index_column
 from tasks.evaluate import evaluate_model
 from tasks.ingest import ingest_csv

@@ -23,14 +23,15 @@ import pytest
 import torch
 from test_bad_input import assert_one_line_error, run_cli
 
+import stagecore as core
 from conftest import ADVERTISING, ROOT
 from flows import lineage
+from flows.local_server import isolated_env
 from flows.params import SEED_MAX, Params
 from flows.train import STAGES, main
-from prefect_server import isolated_env
-from tasks import ingest, store
+from stagecore.errors import InputError
+from tasks import ingest
 from tasks.drop_index import drop_index_column
-from tasks.errors import InputError
 from tasks.ingest import check_file, csv_to_parquet, ingest_csv, parquet_to_parquet
 from tasks.tensorize import to_tensors
 from tasks.train import DivergenceError, LossOverflowError, fit
@@ -41,7 +42,7 @@ ROWS = "a,b,sales\n1,2,3\n2,1,4\n3,5,6\n4,4,7\n5,3,8\n6,2,9\n"
 def unmanifested(root: Path) -> list[Path]:
     """Files in the stage folders under ``root`` that no manifest describes (a temp file counts)."""
     files = [p for stage in STAGES for p in (root / stage).rglob("*") if p.is_file()]
-    return [p for p in files if not p.name.endswith(store.MANIFEST_SUFFIX) and not store.manifest_path(p).exists()]
+    return [p for p in files if not p.name.endswith(core.MANIFEST_SUFFIX) and not core.manifest_path(p).exists()]
 
 
 # --- 1. a header that repeats a column name --------------------------------------------------------
@@ -190,9 +191,9 @@ def test_lineage_on_malformed_manifests_never_gives_a_traceback(chain, capsys):
     rng = random.Random(0)
     assert lineage.main([str(chain)]) == 0
     capsys.readouterr()
-    raw = Path(json.loads(store.manifest_path(chain).read_text())["inputs"][0]["path"])
+    raw = Path(json.loads(core.manifest_path(chain).read_text())["inputs"][0]["path"])
     for target in (chain, raw):  # the artifact asked about, and an input found on the way
-        mpath = store.manifest_path(target)
+        mpath = core.manifest_path(target)
         original = mpath.read_text()
         for mutation in mutations(json.loads(original), rng):
             mpath.write_text(mutation if isinstance(mutation, str) else json.dumps(mutation))
@@ -209,10 +210,10 @@ def test_lineage_on_malformed_manifests_never_gives_a_traceback(chain, capsys):
 
 
 def test_lineage_reports_a_malformed_manifest_as_not_verifying(chain, capsys):
-    store.manifest_path(chain).write_text(json.dumps({"sha256": "ab", "inputs": "not a list"}))
+    core.manifest_path(chain).write_text(json.dumps({"sha256": "ab", "inputs": "not a list"}))
     assert lineage.main([str(chain)]) == 1
     assert "manifest clean.parquet.manifest.json is malformed (inputs is not a list" in capsys.readouterr().out
-    store.manifest_path(chain).write_text("{not json")
+    core.manifest_path(chain).write_text("{not json")
     assert lineage.main([str(chain)]) == 1
     assert "is unreadable" in capsys.readouterr().out
 
@@ -221,7 +222,7 @@ def test_lineage_reports_a_malformed_manifest_as_not_verifying(chain, capsys):
     "record", ["{", "[]", '{"stages": []}', '{"stages": {"a": 1}}', '{"stages": {"a": {"artifacts": {"x": {}}}}}']
 )
 def test_lineage_on_a_malformed_run_record_is_one_line(record, tmp_path, capsys):
-    path = tmp_path / store.RUNS_DIR / "r.json"
+    path = tmp_path / core.RUNS_DIR / "r.json"
     path.parent.mkdir()
     path.write_text(record)
     assert lineage.main([str(path)]) == 2

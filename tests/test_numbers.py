@@ -16,13 +16,13 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 
+import stagecore as core
 from conftest import ADVERTISING
 from flows.params import Params
 from flows.train import format_summary, linear_regression, main
+from stagecore.errors import InputError
 from tasks import evaluate as evaluate_module
-from tasks import store
 from tasks.drop_index import drop_index
-from tasks.errors import InputError
 from tasks.evaluate import (
     FLOAT32_UNIT_ROUNDOFF,
     NORMAL_EQUATIONS_RTOL,
@@ -184,7 +184,7 @@ def test_a_reference_that_fails_its_check_is_reported_untrusted(huge_tv, caplog,
     assert "cannot be trusted: the normal-equation check failed" in report
     # and the stage logs a WARNING
     monkeypatch.setattr(evaluate_module, "get_run_logger", lambda: logging.getLogger("test-evaluate"))
-    outputs = store.Stage("evaluate", "tasks.evaluate").outputs(tmp_path, {})
+    outputs = core.Stage("evaluate", "tasks.evaluate").outputs(tmp_path, {})
     with caplog.at_level(logging.WARNING, logger="test-evaluate"):
         evaluate_module._write(dict(result), outputs, read="test rows")
     assert any(r.levelno == logging.WARNING and "cannot be trusted" in r.getMessage() for r in caplog.records)
@@ -384,7 +384,7 @@ def test_a_1e30_feature_on_two_partitions_equals_the_single_file(tmp_path, artif
     whole, parts = write_whole_and_parts(frame, tmp_path)
     single = linear_regression(data=whole, engine="stats", artifacts_dir=str(artifacts))
     split = linear_regression(data=parts, artifacts_dir=str(artifacts))
-    tensors = store.read_pt(single["artifacts"]["tensorize"]["tensors"])
+    tensors = core.read_pt(single["artifacts"]["tensorize"]["tensors"])
     x, y = tensors["x_train"], tensors["y_train"]
     assert float(x[:, 0].max()) == pytest.approx(HUGE, rel=1e-7)
     weights, bias = numpy_lstsq(x, y)

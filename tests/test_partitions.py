@@ -18,12 +18,12 @@ import torch
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
+import stagecore as core
 from bench.make_data import make_csv
 from conftest import ADVERTISING
 from flows.params import Params
 from flows.train import linear_regression, main
-from tasks import store
-from tasks.errors import InputError
+from stagecore.errors import InputError
 from tasks.evaluate import Sums, least_squares, qr_factor, regression_metrics
 from tasks.ingest import parquet_to_parquet
 from tasks.split import partition_offsets, split_partition, split_table
@@ -107,17 +107,17 @@ def test_partition_sources_lists_a_folder_or_a_glob_sorted(tmp_path):
     for name in ("b.csv", "a.parquet", "c.CSV", "notes.txt"):
         (tmp_path / name).write_text("x\n1\n")
     (tmp_path / "sub.csv").mkdir()
-    assert store.is_partitioned(str(tmp_path)) and store.is_partitioned(str(tmp_path / "*.csv"))
-    assert not store.is_partitioned(str(tmp_path / "b.csv")) and not store.is_partitioned(None)
-    names = [p.rsplit("/", 1)[1] for p in store.partition_sources(str(tmp_path))]
+    assert core.is_partitioned(str(tmp_path)) and core.is_partitioned(str(tmp_path / "*.csv"))
+    assert not core.is_partitioned(str(tmp_path / "b.csv")) and not core.is_partitioned(None)
+    names = [p.rsplit("/", 1)[1] for p in core.partition_sources(str(tmp_path))]
     assert names == ["a.parquet", "b.csv", "c.CSV"]
-    assert [p.rsplit("/", 1)[1] for p in store.partition_sources(str(tmp_path / "[ab].*"))] == ["a.parquet", "b.csv"]
+    assert [p.rsplit("/", 1)[1] for p in core.partition_sources(str(tmp_path / "[ab].*"))] == ["a.parquet", "b.csv"]
     with pytest.raises(InputError, match=r"matches no data files"):
-        store.partition_sources(str(tmp_path / "*.json"))
+        core.partition_sources(str(tmp_path / "*.json"))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match=rf"folder {empty} matches no data files"):
-        store.partition_sources(str(empty))
+        core.partition_sources(str(empty))
 
 
 def test_parquet_input_is_copied_unchanged_and_garbage_is_refused(tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from prefect_server import free_port, isolated_env, start_server
+from flows.local_server import free_port, isolated_env, start_server
 
 EPOCHS = 15
 

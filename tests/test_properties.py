@@ -22,8 +22,8 @@ import torch
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
+import stagecore as core
 from flows.train import main
-from tasks import store
 
 EXAMPLES = 200  # about 1 s each against the session's server; Hypothesis keeps the failing ones in its database
 
@@ -110,9 +110,9 @@ def assert_store_holds_only_manifested_files(root: Path) -> None:
             continue
         assert not path.name.endswith(".tmp"), f"temporary file left: {path}"
         top = path.relative_to(root).parts[0]
-        if top in (store.CACHE_DIR, store.RUNS_DIR, store.MARKER) or path.name.endswith(store.MANIFEST_SUFFIX):
+        if top in (core.CACHE_DIR, core.RUNS_DIR, core.MARKER) or path.name.endswith(core.MANIFEST_SUFFIX):
             continue
-        store.verify(path)  # an artifact with a manifest that holds
+        core.verify(path)  # an artifact with a manifest that holds
 
 
 def reference_mse(tensors_path: str) -> float:

@@ -16,8 +16,8 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from conftest import ROOT
+from flows.local_server import free_port, isolated_env, start_process, stop_process
 from flows.serve import SERVED_NAME, daily_schedule, main
-from prefect_server import free_port, isolated_env, start_process, stop_process
 
 DEPLOYMENT = f"linear-regression/{SERVED_NAME}"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prefect import Task
 
+import stagecore as core
 import tasks
-from tasks import store
 
 
 def stage_tasks() -> list[Task]:
@@ -44,7 +44,7 @@ def test_every_stage_of_the_pipeline_is_declared_by_signature():
 @pytest.mark.parametrize("task", stage_tasks(), ids=lambda t: t.name)
 def test_every_argument_but_root_changes_the_key(task: Task, tmp_path: Path):
     stage = task.fn.stage
-    arguments = set(inspect.signature(task.fn).parameters) - {store.ROOT_ARGUMENT}
+    arguments = set(inspect.signature(task.fn).parameters) - {core.ROOT_ARGUMENT}
     assert set(stage.params) | set(stage.files) == arguments and not set(stage.params) & set(stage.files)
 
     def file(name: str, content: str) -> str:
@@ -53,7 +53,7 @@ def test_every_argument_but_root_changes_the_key(task: Task, tmp_path: Path):
         return str(path)
 
     def args(changed: str | None = None) -> dict:
-        out = {store.ROOT_ARGUMENT: str(tmp_path / "root")}
+        out = {core.ROOT_ARGUMENT: str(tmp_path / "root")}
         for name in stage.files:
             content = "other bytes" if name == changed else "bytes"
             hint = inspect.signature(task.fn).parameters[name].annotation
@@ -66,13 +66,13 @@ def test_every_argument_but_root_changes_the_key(task: Task, tmp_path: Path):
     for name in arguments:
         assert stage.key(args(changed=name)) != base, f"{task.name}: {name} does not reach the key"
     moved = args()
-    moved[store.ROOT_ARGUMENT] = str(tmp_path / "elsewhere")
+    moved[core.ROOT_ARGUMENT] = str(tmp_path / "elsewhere")
     assert stage.key(moved) == base  # where the store is does not change what a stage computes
 
 
 def test_a_stage_needs_a_root_argument():
     with pytest.raises(TypeError, match="needs a `root: str` argument"):
 
-        @store.stage("nowhere")
-        def nowhere(x: store.File) -> dict[str, str]:
+        @core.stage("nowhere")
+        def nowhere(x: core.File) -> dict[str, str]:
             return {}

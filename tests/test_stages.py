@@ -16,10 +16,11 @@ import pytest
 import torch
 from sklearn.model_selection import train_test_split
 
+import stagecore as core
 from conftest import ADVERTISING
-from tasks import ingest, store
+from stagecore.errors import InputError
+from tasks import ingest
 from tasks.drop_index import drop_index, drop_index_column
-from tasks.errors import InputError
 from tasks.evaluate import evaluate, least_squares, qr_factor, regression_metrics
 from tasks.ingest import check_file, csv_to_parquet, ingest_csv
 from tasks.plot import loss_curve, predicted_vs_actual
@@ -72,7 +73,7 @@ def test_csv_to_parquet_widens_a_type_contradicted_by_a_later_block(tmp_path, mo
 @pytest.mark.usefixtures("no_run_logger")
 def test_ingest_task_writes_parquet_unchanged(write_csv, artifacts):
     out = ingest_csv.fn(write_csv(SMALL), str(artifacts))
-    assert store.read_parquet(out["table"]).equals(small_table())
+    assert core.read_parquet(out["table"]).equals(small_table())
     assert Path(out["table"]).name == "raw.parquet"
 
 
@@ -85,7 +86,7 @@ def test_ingest_reads_an_http_url(tmp_path, artifacts):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/d.csv"
         out = ingest_csv.fn(url, str(artifacts))
-        assert store.read_parquet(out["table"]).equals(small_table())
+        assert core.read_parquet(out["table"]).equals(small_table())
         with pytest.raises(InputError, match="cannot download"):
             ingest_csv.fn(url.replace("d.csv", "missing.csv"), str(artifacts))
     finally:
@@ -133,9 +134,9 @@ def test_drop_index_names_the_missing_column():
 
 @pytest.mark.usefixtures("no_run_logger")
 def test_drop_index_task(artifacts):
-    raw = store.Stage("t", "tasks.store").outputs(artifacts, {}).write_parquet(small_table(), "r.parquet")
+    raw = core.Stage("t", "stagecore.declare").outputs(artifacts, {}).write_parquet(small_table(), "r.parquet")
     out = drop_index_column.fn(raw, "Unnamed: 0", str(artifacts))
-    assert store.read_parquet(out["table"]).column_names == ["x1", "x2", "y"]
+    assert core.read_parquet(out["table"]).column_names == ["x1", "x2", "y"]
 
 
 # --- split ----------------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ import torch
 from prefect.results import ResultRecord, ResultRecordMetadata
 from prefect.serializers import JSONSerializer, PickleSerializer
 
+import stagecore as core
 from conftest import ADVERTISING, ROOT
 from flows.lineage import main as lineage_main
 from flows.train import STAGES, linear_regression, main
-from tasks import store
-from tasks.cache import read_record
+from stagecore.cache import read_record
 
 ALL_CACHED = dict.fromkeys(STAGES, True)
 
@@ -51,15 +51,15 @@ def pickled_payload(flag: Path) -> bytes:
 
 
 def record_of(artifacts: Path, stage: str) -> Path:
-    [record] = (artifacts / store.CACHE_DIR / stage).glob("*.json")
+    [record] = (artifacts / core.CACHE_DIR / stage).glob("*.json")
     return record
 
 
 def match_manifest(path: Path) -> None:
     """Make ``path``'s manifest agree with its (replaced) bytes, as an attacker with write access could."""
-    manifest_file = store.manifest_path(path)
+    manifest_file = core.manifest_path(path)
     manifest = json.loads(manifest_file.read_text())
-    manifest.update(sha256=store.sha256_file(path), size=path.stat().st_size)
+    manifest.update(sha256=core.sha256_file(path), size=path.stat().st_size)
     manifest_file.write_text(json.dumps(manifest))
 
 
@@ -122,8 +122,8 @@ def test_pt_files_whose_manifest_was_made_to_match_are_rebuilt_not_loaded(artifa
     tensors.write_bytes(pickled_payload(flag))  # a bare pickle, not even a torch archive
     match_manifest(tensors)
 
-    with pytest.raises(store.IntegrityError, match="torch refuses to load it under weights_only"):
-        store.read_pt(model)
+    with pytest.raises(core.IntegrityError, match="torch refuses to load it under weights_only"):
+        core.read_pt(model)
     second = run(artifacts)
 
     assert not flag.exists()
@@ -137,8 +137,8 @@ def test_planted_manifests_markers_and_run_records_are_plain_data(artifacts: Pat
     flag = tmp_path / "pwned-json"
     payload = pickled_payload(flag)
     clean = Path(first["artifacts"]["drop_index"]["table"])
-    store.manifest_path(clean).write_bytes(payload)  # a manifest that is a pickle
-    (artifacts / store.MARKER).write_bytes(payload)  # a marker that is a pickle
+    core.manifest_path(clean).write_bytes(payload)  # a manifest that is a pickle
+    (artifacts / core.MARKER).write_bytes(payload)  # a marker that is a pickle
     run_record = Path(first["run_record"])
     run_record.write_bytes(payload)  # a run record that is a pickle
 
@@ -167,10 +167,10 @@ def test_a_users_non_empty_folder_is_never_adopted_and_clean_deletes_only_store_
 
     # A folder an older version marked (an empty marker, the user's files beside the store's): still no adoption
     # of the user's files by clean. Everything the store wrote goes; the user's files, and so the folder, stay.
-    (mine / store.MARKER).write_text("")
-    with pytest.raises(store.InputError, match="already holds files the store did not write"):
-        store.prepare_root(mine)
-    (mine / store.MARKER).write_text(json.dumps({"store": store.STORE_NAME, "version": 1}))
+    (mine / core.MARKER).write_text("")
+    with pytest.raises(core.InputError, match="already holds files the store did not write"):
+        core.prepare_root(mine)
+    (mine / core.MARKER).write_text(json.dumps({"store": core.STORE_NAME, "version": 1}))
     summary = run(mine)
     (mine / "train").mkdir(exist_ok=True)
     (Path(summary["artifacts"]["train"]["model"]).parent / "my-notes.txt").write_text("mine too")
@@ -197,11 +197,11 @@ def test_clean_artifacts_on_a_file_or_a_missing_folder_is_one_line(tmp_path: Pat
 def test_refresh_writes_new_files_and_earlier_run_records_still_verify(artifacts: Path, capsys):
     first = run(artifacts)
     model = Path(first["artifacts"]["train"]["model"])
-    model_sha = store.sha256_file(model)
+    model_sha = core.sha256_file(model)
     second = run(artifacts, refresh=True)
     assert second["cached"] == dict.fromkeys(STAGES, False)
     assert Path(second["artifacts"]["train"]["model"]) != model
-    assert store.sha256_file(model) == model_sha  # written once, never replaced
+    assert core.sha256_file(model) == model_sha  # written once, never replaced
     assert lineage_main([first["run_record"]]) == 0
     assert lineage_main([second["run_record"]]) == 0
     assert "all files verify" in capsys.readouterr().out
@@ -211,24 +211,24 @@ def test_refresh_writes_new_files_and_earlier_run_records_still_verify(artifacts
 def test_temporary_files_of_dead_writers_are_swept(artifacts: Path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    store.prepare_root(artifacts)
+    core.prepare_root(artifacts)
     folder = artifacts / "ingest" / "0123456789abcdef"
     folder.mkdir(parents=True)
-    host = store._HOST
+    host = core.atomic._HOST
     orphan = folder / f".raw.parquet.{host}-{dead_pid}.abc123.tmp"
     live = folder / f".raw.parquet.{host}-{os.getpid()}.def456.tmp"
     other_host = folder / f".raw.parquet.elsewhere-{dead_pid}.ghi789.tmp"
     for path in (orphan, live, other_host):
         path.write_bytes(b"half a file")
-    store.prepare_root(artifacts)
+    core.prepare_root(artifacts)
     assert not orphan.exists()
     assert live.exists() and other_host.exists()
 
 
 def test_failed_runs_leave_no_records(artifacts: Path):
-    with pytest.raises(store.InputError):
+    with pytest.raises(core.InputError):
         run(artifacts, preset="seed", lr=1.0)
-    files = [p for p in (artifacts / store.CACHE_DIR).rglob("*") if p.is_file()]
+    files = [p for p in (artifacts / core.CACHE_DIR).rglob("*") if p.is_file()]
     assert files and all(p.suffix in (".lock", ".json") for p in files)
     for record in (p for p in files if p.suffix == ".json"):
         assert read_record(artifacts, record.parent.name, record.stem)
@@ -245,7 +245,7 @@ def test_failed_runs_leave_no_records(artifacts: Path):
     ],
 )
 def test_redact(url: str, recorded: str):
-    assert store.redact(url) == recorded
+    assert core.redact(url) == recorded
 
 
 @pytest.fixture
@@ -267,7 +267,7 @@ def test_secrets_in_a_url_are_not_written_into_the_store(artifacts: Path, http_s
     assert summary["metrics"]["test"]["mse"] == pytest.approx(4.402119, rel=1e-4)
     leaked = [p for p in artifacts.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaked == []
-    manifest = store.read_manifest(summary["artifacts"]["ingest"]["table"])
+    manifest = core.read_manifest(summary["artifacts"]["ingest"]["table"])
     assert manifest["inputs"][0]["path"] == f"{http_server}/ads.csv?token=REDACTED&sig=REDACTED"
 
 
@@ -287,5 +287,5 @@ def test_sha256_refuses_what_is_not_a_regular_file(tmp_path: Path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     for path in (fifo, Path("/dev/zero"), tmp_path):
-        with pytest.raises((store.InputError, IsADirectoryError)):
-            store.sha256_file(path)
+        with pytest.raises((core.InputError, IsADirectoryError)):
+            core.sha256_file(path)

@@ -10,8 +10,8 @@ import torch
 
 from conftest import ADVERTISING
 from flows.params import Params
+from stagecore.errors import InputError
 from tasks.drop_index import drop_index
-from tasks.errors import InputError
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
 from tasks.train import DivergenceError, Monitor, Scaler, Stats, fit, initial_params, mse, train_scratch

@@ -1,4 +1,4 @@
-"""Start and stop a real ``prefect server`` for tests: own PREFECT_HOME, free loopback port, killed by PID."""
+"""Start and stop a real ``prefect server`` (tests, benchmarks): own PREFECT_HOME, free loopback port, killed by PID."""
 
 from __future__ import annotations
 

@@ -23,3 +23,7 @@ class NoTracebackForInputErrors(logging.Filter):
 # that runs a stage (the flow's, a worker's, a Dask worker's) keeps user errors to one line.
 for _name in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_name).addFilter(NoTracebackForInputErrors())
+
+
+class IntegrityError(InputError):
+    """An artifact is missing, or does not match its manifest (truncated, altered, or never finished)."""

@@ -2,7 +2,7 @@
 
 Prefect's default policy never hits across flow runs (it includes the run id) and its ``INPUTS`` policy hashes
 the path strings a task receives, not the files behind them. Here each stage is keyed on exactly what
-`tasks.store.Stage.key` hashes (the sha256 of its input files, its parameters, its code, library versions), so
+`stagecore.declare.Stage.key` hashes (the sha256 of its input files, its parameters, its code, library versions), so
 an unchanged stage is *Cached* in Prefect (and the UI), across runs and processes, and any change re-runs the
 stages it affects.
 
@@ -41,8 +41,11 @@ from prefect.futures import wait
 from prefect.states import Completed, State
 from prefect.task_runners import TaskRunner
 
-from tasks import store
-from tasks.errors import InputError
+from stagecore.atomic import write_json
+from stagecore.declare import Stage
+from stagecore.errors import InputError, IntegrityError
+from stagecore.manifest import verify
+from stagecore.root import CACHE_DIR
 
 RECORD_VERSION = 1
 RECORD_SUFFIX = ".json"
@@ -51,7 +54,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])?")
 
 
 def records_dir(root: str | os.PathLike[str]) -> Path:
-    return Path(root) / store.CACHE_DIR
+    return Path(root) / CACHE_DIR
 
 
 def record_path(root: str | os.PathLike[str], stage: str, key: str) -> Path:
@@ -79,7 +82,7 @@ def key_lock(root: str | os.PathLike[str], stage: str, key: str) -> Iterator[Non
 
 
 def write_record(root: str | os.PathLike[str], stage: str, key: str, outputs: dict[str, str]) -> Path:
-    """Record that ``stage`` under ``key`` wrote ``outputs`` (name → path): paths stored relative to the store."""
+    """Record that ``stage`` under ``key`` wrote ``outputs`` (name → path): paths stored relative to the"""
     base = Path(root).resolve()
     files = {}
     for name, path in outputs.items():
@@ -88,7 +91,7 @@ def write_record(root: str | os.PathLike[str], stage: str, key: str, outputs: di
     record = {"record_version": RECORD_VERSION, "stage": stage, "key": key, "outputs": files}
     final = record_path(root, stage, key)
     final.parent.mkdir(parents=True, exist_ok=True)
-    store.write_json(record, final)
+    write_json(record, final)
     return final
 
 
@@ -143,15 +146,15 @@ def check_record(root: str | os.PathLike[str], stage: str, key: str) -> tuple[di
         if outputs is None:
             return None, None
         for artifact in outputs.values():
-            store.verify(artifact, key=key, load=True)
-    except (ValueError, store.IntegrityError) as exc:
+            verify(artifact, key=key, load=True)
+    except (ValueError, IntegrityError) as exc:
         record_path(root, stage, key).unlink(missing_ok=True)
         return None, str(exc)
     return outputs, None
 
 
 def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Task:
-    """``task`` (a function declared with `store.stage`) run through the stage cache under ``root``;
+    """``task`` (a function declared with `stagecore.stage`) run through the stage cache under ``root``;
     ``refresh`` runs it even when a valid record exists.
 
     A hit returns a Completed state named ``Cached`` (as Prefect names its own hits) carrying the recorded
@@ -159,7 +162,7 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
     Nothing goes through Prefect's result persistence: no record is written for a failed run either.
     """
     fn, root = task.fn, str(root)
-    stage: store.Stage = fn.stage
+    stage: Stage = fn.stage
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -168,7 +171,7 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
         logger = get_run_logger()
         try:
             key = stage.key(call)
-        except (OSError, store.IntegrityError) as exc:
+        except (OSError, IntegrityError) as exc:
             logger.warning("%s: not cached, its inputs cannot be hashed (%s)", stage.name, exc)
             return fn(**call)
         if key is None:

@@ -1,0 +1,113 @@
+"""The stage core: how a stage is declared, keyed, stored, verified, cached and recorded.
+
+Stages import this package as ``core`` and use what it exports; each submodule does one job (see docs/architecture.md).
+"""
+
+from stagecore.atomic import atomic_path, sweep_temporary_files, write_bytes, write_json
+from stagecore.declare import ROOT_ARGUMENT, File, Files, Outputs, Stage, discard_if_empty, new_folder, outputs, stage
+from stagecore.errors import InputError, IntegrityError
+from stagecore.hashing import HASHING, check_regular, refuse_special, sha256_file
+from stagecore.keys import code_digest, import_closure, library_versions, stage_key
+from stagecore.manifest import (
+    MANIFEST_SUFFIX,
+    MANIFEST_VERSION,
+    PACKAGES,
+    describe,
+    describe_pt,
+    describe_schema,
+    manifest_path,
+    open_parquet,
+    read_json,
+    read_manifest,
+    read_parquet,
+    read_pt,
+    verify,
+    versions,
+)
+from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
+from stagecore.root import (
+    CACHE_DIR,
+    MARKER,
+    ROOT_ENV,
+    RUNS_DIR,
+    STORE_NAME,
+    STORE_VERSION,
+    artifacts_root,
+    clear,
+    prepare_root,
+)
+from stagecore.runs import write_run_record
+from stagecore.sources import (
+    PARQUET_SUFFIXES,
+    PARTITION_SUFFIXES,
+    REDACTED,
+    data_source,
+    is_partitioned,
+    is_url,
+    partition_sources,
+    redact,
+    redact_all,
+)
+
+__all__ = [
+    "CACHE_DIR",
+    "DEFAULT_DATA",
+    "DEFAULT_ROOT",
+    "HASHING",
+    "MANIFEST_SUFFIX",
+    "MANIFEST_VERSION",
+    "MARKER",
+    "PACKAGES",
+    "PARQUET_SUFFIXES",
+    "PARTITION_SUFFIXES",
+    "PROJECT_PACKAGES",
+    "PROJECT_ROOT",
+    "REDACTED",
+    "ROOT_ARGUMENT",
+    "ROOT_ENV",
+    "RUNS_DIR",
+    "STORE_NAME",
+    "STORE_VERSION",
+    "File",
+    "Files",
+    "InputError",
+    "IntegrityError",
+    "Outputs",
+    "Stage",
+    "artifacts_root",
+    "atomic_path",
+    "check_regular",
+    "clear",
+    "code_digest",
+    "data_source",
+    "describe",
+    "describe_pt",
+    "describe_schema",
+    "discard_if_empty",
+    "import_closure",
+    "is_partitioned",
+    "is_url",
+    "library_versions",
+    "manifest_path",
+    "new_folder",
+    "open_parquet",
+    "outputs",
+    "partition_sources",
+    "prepare_root",
+    "read_json",
+    "read_manifest",
+    "read_parquet",
+    "read_pt",
+    "redact",
+    "redact_all",
+    "refuse_special",
+    "sha256_file",
+    "stage",
+    "stage_key",
+    "sweep_temporary_files",
+    "verify",
+    "versions",
+    "write_bytes",
+    "write_json",
+    "write_run_record",
+]

@@ -1,0 +1,262 @@
+"""How a stage is declared once, by its typed signature, and how it writes its outputs.
+
+``@stage("name")`` reads the function's signature: ``File``/``Files`` arguments are inputs keyed by content,
+every other argument but ``root`` is a parameter in the key. ``outputs()`` inside the function is the writer
+for this very call's ``<root>/<stage>/<key>/`` folder: atomic, write-once, a manifest beside each file.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import functools
+import inspect
+import io
+import itertools
+import json
+import os
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from stagecore.atomic import atomic_path, write_json
+from stagecore.errors import InputError
+from stagecore.hashing import sha256_file
+from stagecore.keys import code_digest, plain, stage_key
+from stagecore.manifest import MANIFEST_VERSION, describe_pt, describe_schema, manifest_path, versions
+from stagecore.sources import is_url, redact
+
+R = TypeVar("R")
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _listed(name: str, paths: Iterable[str]) -> dict[str, str]:
+    """A list of input files (one per partition) as ``{"name[0]": path, ...}``."""
+    return {f"{name}[{i}]": str(path) for i, path in enumerate(paths)}
+
+
+FILE, FILES = "linreg:file", "linreg:files"
+
+
+File = Annotated[str, FILE]  # a stage argument that is an input file: keyed by its content, not its path
+
+
+Files = Annotated[list[str], FILES]  # a list of input files (one per partition)
+
+
+ROOT_ARGUMENT = "root"  # where the store is: not part of what a stage computes
+
+
+def stage(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Declare a stage function once, by its typed signature: ``File``/``Files`` arguments are inputs keyed by
+    content, every other argument but ``root`` is a parameter in the key. Nothing is listed by hand.
+
+    Inside the function, `outputs` gives the writer for this very call's folder, so the arguments are never
+    written out again either. The declaration is the function's ``.stage`` (and its Prefect task's
+    ``.fn.stage``), which the cache keys on (tasks/cache.py).
+    """
+
+    def declare(fn: Callable[..., R]) -> Callable[..., R]:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        signature = inspect.signature(fn)
+        if ROOT_ARGUMENT not in signature.parameters:
+            raise TypeError(f"stage {name}: {fn.__qualname__} needs a `root: str` argument (the store)")
+        files = tuple(p for p in signature.parameters if _is_file_argument(hints.get(p)))
+        params = tuple(p for p in signature.parameters if p not in files and p != ROOT_ARGUMENT)
+        declared = Stage(name, fn.__module__, params=params, files=files)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> R:
+            return _call_declared(declared, fn, args, kwargs)
+
+        call.stage = declared  # type: ignore[attr-defined]
+        return call
+
+    return declare
+
+
+def _call_declared(declared: Stage, fn: Callable[..., R], args: tuple, kwargs: dict) -> R:
+    """Run a declared stage function with its call's arguments known to `outputs`. At module level, so a
+    stage shipped to a Dask worker pickles this by reference (a ContextVar cannot be pickled by value)."""
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    token = _CALL.set((declared, dict(bound.arguments)))
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _CALL.reset(token)
+
+
+def _is_file_argument(hint: Any) -> bool:
+    return any(marker in getattr(hint, "__metadata__", ()) for marker in (FILE, FILES))
+
+
+_CALL: contextvars.ContextVar[tuple[Stage, dict[str, Any]]] = contextvars.ContextVar("linreg_stage_call")
+
+
+def outputs(digests: Mapping[str, str] | None = None) -> Outputs:
+    """The writer for the running stage call's outputs: ``<root>/<stage>/<key>/``, keyed on this call's
+    arguments (``digests``: the sha256 of an input already hashed, e.g. a download)."""
+    try:
+        declared, args = _CALL.get()
+    except LookupError:
+        raise RuntimeError("store.outputs() is for the body of a function declared with @store.stage") from None
+    return declared.outputs(args[ROOT_ARGUMENT], args, digests)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What decides one stage's output: which of its arguments are parameters and which are input files.
+
+    Made by `stage` from the function's signature. The task and the cache both derive the stage's key from
+    the call's arguments through this one description, so the folder a task writes to and the cache record
+    that points at it always agree.
+    """
+
+    name: str
+    module: str  # the stage module, whose source is part of the key
+    params: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()  # arguments that are input file paths (or lists of them), keyed by content
+
+    names: ClassVar[set[str]] = set()  # every stage's name: the top-level folders a store may hold
+
+    def __post_init__(self) -> None:
+        Stage.names.add(self.name)
+
+    def parameters(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        return {name: plain(args[name]) for name in self.params}
+
+    def inputs(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> list[dict[str, str]] | None:
+        """``[{name, path, sha256}]`` for the input files; None when one is a URL (unknown until downloaded)."""
+        out = []
+        for name in self.files:
+            value = args[name]
+            paths = {name: str(value)} if isinstance(value, str | os.PathLike) else _listed(name, value)
+            for label, path in paths.items():
+                if digests and label in digests:
+                    sha = digests[label]
+                elif is_url(path):
+                    return None
+                else:
+                    sha = sha256_file(path)
+                out.append({"name": label, "path": redact(path), "sha256": sha})
+        return out
+
+    def key(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> str | None:
+        """The stage's content key for these task arguments (None when an input is a URL)."""
+        inputs = self.inputs(args, digests)
+        if inputs is None:
+            return None
+        return self._key(self.parameters(args), inputs)
+
+    def _key(self, params: Mapping[str, Any], inputs: list[dict[str, str]]) -> str:
+        code = code_digest(self.module)
+        return stage_key(self.name, params, [i["sha256"] for i in inputs], code)
+
+    def outputs(
+        self, root: str | os.PathLike[str], args: Mapping[str, Any], digests: Mapping[str, str] | None = None
+    ) -> Outputs:
+        """The writer for this stage's outputs under ``<root>/<stage>/<key>/``, folder created on demand."""
+        params = self.parameters(args)
+        inputs = self.inputs(args, digests)
+        if inputs is None:
+            raise ValueError(f"stage {self.name}: pass the digest of every URL input")
+        key = self._key(params, inputs)
+        try:
+            folder = new_folder(Path(root) / self.name / key)
+        except OSError as exc:
+            raise InputError(
+                f"artifacts folder {Path(root)} is not writable ({exc.strerror}); pass --artifacts-dir"
+            ) from None
+        return Outputs(folder, self.name, key, params, inputs)
+
+
+def new_folder(base: Path) -> Path:
+    """An empty folder for one run of a stage: ``<key>``, or ``<key>.1``, ``<key>.2``… when it is taken.
+
+    Artifacts are written once and never replaced: a rebuild (``--refresh``, a damaged file, a lost record)
+    goes to a new folder, so a run record or a concurrent run that uses the earlier files still finds them as
+    they were. An empty folder is one a failed run left, and is reused.
+    """
+    for n in itertools.count():
+        folder = base if n == 0 else base.with_name(f"{base.name}.{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            if folder.is_dir() and not any(folder.iterdir()):
+                return folder
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Writes one stage's artifacts, each atomically and with its manifest beside it."""
+
+    folder: Path
+    stage: str
+    key: str
+    params: dict[str, Any]
+    inputs: list[dict[str, str]]
+
+    def write_parquet(self, table: pa.Table, name: str) -> str:
+        return self._write(name, "parquet", lambda tmp: pq.write_table(table, tmp))
+
+    def write_pt(self, obj: Mapping[str, Any], name: str) -> str:
+        # Saved through memory: torch.save to a path names the archive's folder after the (random) temp file,
+        # so the same tensors would give different bytes, and a rebuild a different key downstream.
+        buffer = io.BytesIO()
+        torch.save(dict(obj), buffer)
+        return self._write(name, "pt", lambda tmp: tmp.write_bytes(buffer.getvalue()), schema=describe_pt(obj))
+
+    def write_json(self, obj: Any, name: str) -> str:
+        return self._write(name, "json", lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+    def write_png(self, data: bytes, name: str) -> str:
+        if not data.startswith(_PNG_SIGNATURE):
+            raise ValueError(f"{name}: not PNG bytes")
+        return self._write(name, "png", lambda tmp: tmp.write_bytes(data))
+
+    def _write(self, name: str, fmt: str, writer: Callable[[Path], None], schema: dict | None = None) -> str:
+        with atomic_path(self.folder / name) as tmp:
+            writer(tmp)
+        return self.record(name, fmt, schema)
+
+    def record(self, name: str, fmt: str, schema: dict[str, Any] | None = None) -> str:
+        """Write the manifest of ``name``, a file this stage has just put (atomically) into its folder.
+
+        The artifact lands first and its manifest second: a crash in between leaves an artifact without a
+        manifest, which every read and every cache check treats as missing, so the stage runs again.
+        """
+        final = self.folder / name
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "file": name,
+            "sha256": sha256_file(final),
+            "size": final.stat().st_size,
+            "format": fmt,
+            "schema": schema if schema is not None else describe_schema(final, fmt),
+            "stage": self.stage,
+            "key": self.key,
+            "params": self.params,
+            "inputs": self.inputs,
+            "versions": versions(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        write_json(manifest, manifest_path(final))
+        return str(final)
+
+
+def discard_if_empty(folder: Path) -> None:
+    """Remove a stage folder that a failed stage created but never wrote to."""
+    with suppress(OSError):  # not empty (an earlier run's complete output) or already gone
+        folder.rmdir()

@@ -1,0 +1,167 @@
+"""Manifests beside every artifact (sha256, size, format, schema, and what produced it), and the verified reads
+that check a file against its manifest before anyone uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import platform
+import struct
+import zipfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from stagecore.errors import IntegrityError
+from stagecore.hashing import sha256_file
+
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+MANIFEST_VERSION = 1
+
+
+# Packages whose versions a manifest records: those that write the bytes, and those that compute them.
+PACKAGES = ("torch", "pyarrow", "numpy", "pandas", "scikit-learn", "matplotlib", "prefect")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def describe_schema(path: Path, fmt: str) -> dict[str, Any]:
+    """What a reader can rely on: Parquet columns and dtypes, tensor names/shapes/dtypes, PNG size, JSON keys."""
+    if fmt == "parquet":
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+        return {"rows": meta.num_rows, "columns": [{"name": f.name, "type": str(f.type)} for f in schema]}
+    if fmt == "pt":
+        return describe_pt(torch.load(path, map_location="cpu", weights_only=True))
+    if fmt == "png":
+        head = path.read_bytes()[:24]
+        width, height = struct.unpack(">II", head[16:24])
+        return {"width": width, "height": height}
+    if fmt == "json":
+        obj = json.loads(path.read_text())
+        return {"keys": sorted(obj)} if isinstance(obj, dict) else {"type": type(obj).__name__}
+    raise ValueError(f"unknown artifact format {fmt!r}")
+
+
+def describe_pt(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Entry names of a ``.pt`` dict, with shape and dtype for tensors and the type of anything else."""
+    out: dict[str, Any] = {}
+    for name, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            out[name] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+        else:
+            out[name] = {"type": type(value).__name__}
+    return {"entries": out}
+
+
+def manifest_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + MANIFEST_SUFFIX)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of ``path`` (an artifact); IntegrityError when it is missing or unreadable."""
+    mpath = manifest_path(path)
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise IntegrityError(f"{path}: no manifest ({mpath.name} is missing)") from None
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path}: manifest {mpath.name} is unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), str):
+        raise IntegrityError(f"{path}: manifest {mpath.name} has no sha256")
+    return manifest
+
+
+def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = False) -> dict[str, Any]:
+    """Check ``path`` against its manifest (and, if given, that it was produced under ``key``); its manifest.
+
+    Raises IntegrityError saying what is wrong: missing file, missing manifest, size or sha256 mismatch. With
+    ``load``, a ``.pt`` must also load under ``weights_only`` with the entries its manifest lists: a file whose
+    manifest was made to match is still refused if torch would refuse it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(f"{path}: file is missing")
+    manifest = read_manifest(path)
+    if key is not None and manifest.get("key") != key:
+        raise IntegrityError(f"{path}: was produced under key {manifest.get('key')}, not {key}")
+    size = path.stat().st_size
+    if size != manifest.get("size"):
+        raise IntegrityError(f"{path}: size {size} bytes, manifest says {manifest.get('size')} (truncated?)")
+    actual = sha256_file(path)
+    if actual != manifest["sha256"]:
+        raise IntegrityError(f"{path}: sha256 {actual[:12]}… does not match its manifest ({manifest['sha256'][:12]}…)")
+    if load and manifest.get("format") == "pt":
+        schema = describe_pt(_load_pt(path, mmap=True))
+        if schema != manifest.get("schema"):
+            raise IntegrityError(f"{path}: its entries do not match its manifest's schema")
+    return manifest
+
+
+def _load_pt(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only`` (never unpickles arbitrary objects); a refused file is an
+    IntegrityError. ``mmap`` maps the tensors instead of reading them, for a cheap check."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IntegrityError(f"{path}: torch refuses to load it under weights_only ({reason[:200]})") from None
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
+    return obj
+
+
+def _verified(path: str | os.PathLike[str]) -> None:
+    try:
+        verify(path)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}; run the flow again to rebuild it (--refresh rebuilds every stage)") from None
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
+    _verified(path)
+    return pq.read_table(path)
+
+
+def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
+    """A verified Parquet file, for readers that take one column or row group at a time."""
+    _verified(path)
+    return pq.ParquetFile(path)
+
+
+def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a stage's ``.pt`` file, verified, without unpickling arbitrary objects."""
+    _verified(path)
+    try:
+        return _load_pt(path)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}; run the flow again with --refresh to rebuild it") from None
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    _verified(path)
+    return json.loads(Path(path).read_text())
+
+
+def describe(path: str | os.PathLike[str]) -> str:
+    """``path (12.3 kB)`` for log lines."""
+    size = Path(path).stat().st_size
+    return f"{path} ({size / 1000:.1f} kB)"

@@ -1,0 +1,44 @@
+"""Run records: one JSON file per flow run naming every stage's key and verified artifacts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stagecore.atomic import write_json
+from stagecore.manifest import verify, versions
+from stagecore.root import RUNS_DIR
+from stagecore.sources import redact_all
+
+
+def write_run_record(
+    root: str | os.PathLike[str],
+    run_id: str,
+    params: Mapping[str, Any],
+    artifacts: Mapping[str, Mapping[str, str]],
+    cached: Mapping[str, bool],
+) -> str:
+    """``<root>/runs/<time>-<run id>.json``: the run's parameters and, per stage, its key and verified artifacts."""
+    stages: dict[str, Any] = {}
+    for stage, files in artifacts.items():
+        entries = {}
+        key = None
+        for name, path in files.items():
+            manifest = verify(path)
+            key = manifest["key"]
+            entries[name] = {"path": str(path), "sha256": manifest["sha256"], "size": manifest["size"]}
+        stages[stage] = {"key": key, "cached": bool(cached.get(stage, False)), "artifacts": entries}
+    now = dt.datetime.now(dt.UTC)
+    record = {
+        "run_id": run_id,
+        "finished": now.isoformat(timespec="seconds"),
+        "params": redact_all(dict(params)),
+        "stages": stages,
+        "versions": versions(),
+    }
+    folder = Path(root) / RUNS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_json(record, folder / f"{now:%Y%m%dT%H%M%S}-{run_id}.json")

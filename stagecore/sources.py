@@ -1,0 +1,99 @@
+"""The data a run reads: the default file, a path, a URL (recorded only redacted), or a folder/glob of partitions."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from stagecore.errors import InputError
+from stagecore.project import DEFAULT_DATA
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+REDACTED = "REDACTED"
+
+
+def redact(value: str) -> str:
+    """A URL fit to record: the password of ``user:password@`` and every query value replaced by REDACTED.
+
+    Signed URLs and tokens travel in the query (``?token=…``, ``X-Amz-Signature=…``) or the userinfo; none of
+    it is needed to trace a run, which records the content's sha256. Anything that is not a URL is unchanged.
+    """
+    if "://" not in value:
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
+    query = "&".join(f"{name}={REDACTED}" for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    if parts.query and not query:
+        query = REDACTED
+    fragment = REDACTED if parts.fragment else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def redact_all(obj: Any) -> Any:
+    """``obj`` (parameters, a record) with every string in it passed through `redact`."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, Mapping):
+        return {k: redact_all(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact_all(v) for v in obj]
+    return obj
+
+
+def data_source(data: str | None) -> str:
+    """The CSV to read: a URL as given, a local path made absolute, or the shipped Advertising file."""
+    if data is None:
+        return str(DEFAULT_DATA)
+    if is_url(data):
+        return data
+    return str(Path(data).expanduser().resolve())
+
+
+PARQUET_SUFFIXES = (".parquet", ".pq")  # read as Parquet; anything else as CSV
+
+
+PARTITION_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", *PARQUET_SUFFIXES)  # the files a partitioned folder contributes
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def is_partitioned(data: str | None) -> bool:
+    """Whether ``data`` names several files: a folder, or a glob pattern (``*``, ``?``, ``[...]``)."""
+    if data is None or is_url(data):
+        return False
+    return bool(_GLOB_CHARS.search(data)) or Path(data).expanduser().is_dir()
+
+
+def partition_sources(data: str) -> list[str]:
+    """The files of a partitioned input, as sorted absolute paths: a folder's CSV and Parquet files, or a glob's.
+
+    Sorted by path, so the partitions (and the global row order the split relies on) are the same every run.
+    """
+    path = Path(data).expanduser()
+    if path.is_dir():
+        found = [p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(PARTITION_SUFFIXES)]
+        where = f"folder {data}"
+    else:
+        anchor = Path(path.anchor) if path.is_absolute() else Path.cwd()
+        pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else str(path)
+        found = [p for p in anchor.glob(pattern) if p.is_file()]
+        where = f"pattern {data}"
+    if not found:
+        kinds = ", ".join(PARTITION_SUFFIXES)
+        raise InputError(f"{where} matches no data files ({kinds}); pass --data with a CSV, a folder or a glob")
+    return sorted(str(p.resolve()) for p in found)
