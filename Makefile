@@ -32,7 +32,7 @@ run: $(STAMP) ## run the default job (Advertising); pass options with ARGS="--pr
 test: $(STAMP) ## run the test suite against a real Prefect server
 	$(PY) -m pytest $(ARGS)
 
-bench: $(STAMP) ## cold vs warm (cached) run vs a flow of seven no-op tasks; pass ARGS="--runs 9"
+bench: $(STAMP) ## cold vs warm (cached) run vs a flow of one no-op task per stage; pass ARGS="--runs 9"
 	$(PY) -m bench.cache_bench $(ARGS)
 
 bench-scale: $(STAMP) ## flow vs the plain script at 200 and 2M rows; ARGS="--rows 20000000 --repeats 1"

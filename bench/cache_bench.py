@@ -1,4 +1,4 @@
-"""Cold run vs warm (all stages cached) run vs Prefect's floor: a flow of seven no-op tasks. One process.
+"""Cold run vs warm (all stages cached) run vs Prefect's floor: a flow of one no-op task per stage. One process.
 
     python -m bench.cache_bench [--runs 5] [--json]
 
@@ -33,7 +33,7 @@ def _start_server_if_needed() -> Callable[[], None]:
     home = Path(tempfile.mkdtemp(prefix="linreg-bench-"))
     server = start_server(home / "server")
     os.environ.update(isolated_env(home / "client", PREFECT_API_URL=server.url))
-    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # the figures, not seven log lines per run
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"  # the figures, not a log line per stage and run
     return server.stop
 
 
@@ -77,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         def noop(value: dict) -> dict:
             return value
 
-        @flow(name="seven-noop-tasks")
-        def seven_noops() -> dict:
+        @flow(name="noop-task-per-stage")
+        def noop_stages() -> dict:
             value: dict = {}
             for _ in STAGES:
                 value = noop(value)
             return value
 
-        seven_noops()  # untimed: the first flow run of a process sets up the client and the loggers
+        noop_stages()  # untimed: the first flow run of a process sets up the client and the loggers
         with tempfile.TemporaryDirectory(prefix="linreg-bench-artifacts-") as tmp:
             cold_roots = iter(str(Path(tmp) / f"cold-{i}") for i in range(args.runs))
             cold = _timed(lambda: linear_regression(artifacts_dir=next(cold_roots)), args.runs)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cold": _hashing(lambda: linear_regression(artifacts_dir=str(Path(tmp) / "hash-cold"))),
                 "warm": _hashing(lambda: linear_regression(artifacts_dir=warm_root)),
             }
-        floor = _timed(seven_noops, args.runs)
+        floor = _timed(noop_stages, args.runs)
     finally:
         stop()
 
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     figures["warm_over_floor"] = figures["warm_s"] / figures["noop_floor_s"]
     figures["cold_over_warm"] = figures["cold_s"] / figures["warm_s"]
-    print(f"median of {args.runs} flow runs each, one process, seven tasks per flow:")
+    print(f"median of {args.runs} flow runs each, one process, {len(STAGES)} tasks per flow:")
     print(f"  cold run (empty artifacts folder)     {figures['cold_s']:7.3f} s")
-    print(f"  warm run (all seven stages Cached)    {figures['warm_s']:7.3f} s")
-    print(f"  floor: flow of seven no-op tasks      {figures['noop_floor_s']:7.3f} s")
+    print(f"  warm run (all stages Cached)          {figures['warm_s']:7.3f} s")
+    print(f"  floor: flow of a no-op task per stage {figures['noop_floor_s']:7.3f} s")
     print(f"  warm / floor  {figures['warm_over_floor']:.2f}x    cold / warm  {figures['cold_over_warm']:.2f}x")
     for run, h in hashing.items():
         figures[f"{run}_hashed_bytes"] = h["hashed"]

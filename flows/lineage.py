@@ -126,12 +126,12 @@ def sources(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def parameters(node: dict[str, Any], out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stage → the parameters it ran with, along the whole chain."""
+    """Stage → the parameters it ran with, along the whole chain, upstream first (as people read a pipeline)."""
     out = {} if out is None else out
-    if node.get("stage") and not node.get("see_above"):
-        out.setdefault(node["stage"], node["params"])
     for child in node.get("inputs", []):
         parameters(child, out)
+    if node.get("stage") and not node.get("see_above"):
+        out.setdefault(node["stage"], node["params"])
     return out
 
 
@@ -153,7 +153,7 @@ def explain(path: str | Path) -> dict[str, Any]:
             "run_params": record.get("params"),
             "ok": all(t["ok"] for t in traces),
             "sources": list(found.values()),
-            "parameters": params,  # the record lists stages in order
+            "parameters": params,
             "artifacts": traces,
         }
     if not _exists(str(core.manifest_path(path))):
@@ -165,7 +165,7 @@ def explain(path: str | Path) -> dict[str, Any]:
     return {
         "ok": node["ok"],
         "sources": sources(node),
-        "parameters": _upstream_first(parameters(node)),
+        "parameters": parameters(node),
         "artifact": node,
     }
 
@@ -187,11 +187,6 @@ def read_run_record(path: Path) -> tuple[dict[str, Any], list[str]]:
             f"{path}: not a readable run record (its stages are not {{stage: {{artifacts: {{name: {{path}}}}}}}})"
         )
     return record, [entry["path"] for stage in stages.values() for entry in stage["artifacts"].values()]
-
-
-def _upstream_first(params: dict[str, Any]) -> dict[str, Any]:
-    """The walk meets the last stage first; people read a pipeline from its source."""
-    return dict(reversed(list(params.items())))
 
 
 def format_tree(node: dict[str, Any], depth: int = 0) -> list[str]:

@@ -1,4 +1,4 @@
-"""The linear-regression flow: seven stages, in order, each handing the next a file.
+"""The linear-regression flow: eight stages, in order, each handing the next a file.
 
 Run it with ``python -m flows.train`` (``--help`` lists the options) or as a Prefect deployment.
 """
@@ -24,11 +24,17 @@ from tasks import accumulate, drop_index, evaluate, ingest, plot, split, tensori
 from tasks.report import publish_report
 
 PRESET_KNOBS = set(PRESETS["default"])  # parameters whose default comes from the preset
-STAGES = ("ingest", "drop_index", "split", "tensorize", "train", "evaluate", "plot")
+STAGES = ("ingest", "drop_index", "split", "tensorize", "accumulate", "train", "evaluate", "plot")
 
 
 def linear_regression(**values: Any) -> dict[str, Any]:
-    """Ingest → drop index → split → tensorize → train → evaluate → plot; returns the run's summary.
+    """Ingest → drop index → split → tensorize → accumulate → train → evaluate → plot; returns the run's summary.
+
+    One pipeline for one file or many: a folder or glob of files is read as partitions, each partition's first
+    five stages run on the task runner (threads, or Dask), and a single file is the one-partition case. The
+    split draws one permutation over all rows (by each partition's offset), so the rows a model trains and is
+    tested on do not depend on how the input is cut into files. train adds the partitions' statistics (and
+    joins their rows for the textbook row loop); evaluate reads the partitions one at a time.
 
     The parameters are `flows.params.Params`' fields (its ``signature``): each one's type, default, valid range
     and description is defined there once. Each stage is cached on the content of its inputs, its parameters
@@ -38,19 +44,28 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     p = Params.parse(**values)
     root = str(core.prepare_root(p.artifacts_dir))
     run = StageRunner(root, refresh=p.refresh)
-    if core.is_partitioned(p.data):
-        source = p.data
-        trained, evaluation = partitioned_stages(run, p, core.partition_sources(p.data), root)
-    else:
-        source = core.data_source(p.data)
-        raw = run(ingest.ingest_csv, source, root)
-        clean = run(drop_index.drop_index_column, raw["table"], p.index_column, root)
-        parts = run(split.split_data, clean["table"], p.test_size, p.seed, root)
-        tensors = run(tensorize.tensorize, parts["train"], parts["test"], p.target, p.features, root)
-        trained = run(train.train_model, tensors["tensors"], p.training(), root)
-        evaluation = run(evaluate.evaluate_model, tensors["tensors"], trained["model"], root)
+    sources = core.partition_sources(p.data) if core.is_partitioned(p.data) else [core.data_source(p.data)]
+    with task_runner(p) as pool:
+
+        def each(task: Task, calls: list[tuple]) -> list[dict[str, str]]:
+            return run.map(pool, task, calls, sources)
+
+        raw = each(ingest.ingest_csv, [(s, root) for s in sources])
+        clean = [
+            c["table"] for c in each(drop_index.drop_index_column, [(r["table"], p.index_column, root) for r in raw])
+        ]
+        rows = split.count_rows(clean)
+        offsets = split.partition_offsets(rows)
+        calls = [(t, p.test_size, p.seed, o, sum(rows), root) for t, o in zip(clean, offsets, strict=True)]
+        parts = each(split.split_data, calls)
+        calls = [(s["train"], s["test"], p.target, p.features, root) for s in parts]
+        tensors = [t["tensors"] for t in each(tensorize.tensorize, calls)]
+        stats = [s["stats"] for s in each(accumulate.accumulate_stats, [(t, root) for t in tensors])]
+    trained = run(train.train_model, tensors, stats, p.training(), root)
+    evaluation = run(evaluate.evaluate_model, tensors, stats, trained["model"], root)
     run(plot.plot_results, evaluation["predictions"], trained["model"], root)
-    publish_report(core.redact_all({**p.model_dump(mode="json"), "data": source, "artifacts_dir": root}), run.results)
+    data = p.data if len(sources) > 1 else sources[0]
+    publish_report(core.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root}), run.results)
     record = core.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
     return summarize(run.results, run.cached, record)
 
@@ -60,36 +75,6 @@ linear_regression = flow(
     name="linear-regression",
     description="Train a linear regression from scratch with PyTorch, stage by stage.",
 )(linear_regression)
-
-
-def partitioned_stages(
-    run: StageRunner, p: Params, sources: list[str], root: str
-) -> tuple[dict[str, str], dict[str, str]]:
-    """A folder or glob of files: each partition's stages run on the task runner, training on summed statistics.
-
-    ingest, drop_index, split, tensorize and accumulate run once per file, in parallel; the split draws the
-    single-file run's permutation over all rows (by each partition's offset), so the train and test rows are
-    the same as for the files concatenated. train adds the partitions' statistics; evaluate reads the
-    partitions one at a time.
-    """
-    with task_runner(p) as pool:
-
-        def each(task: Task, calls: list[tuple]) -> list[dict[str, str]]:
-            return run.map(pool, task, calls, sources)
-
-        raw = each(ingest.ingest_csv, [(s, root) for s in sources])
-        calls = [(r["table"], p.index_column, root) for r in raw]
-        clean = [c["table"] for c in each(drop_index.drop_index_column, calls)]
-        rows = split.count_rows(clean)
-        offsets = split.partition_offsets(rows)
-        calls = [(t, p.test_size, p.seed, o, sum(rows), root) for t, o in zip(clean, offsets, strict=True)]
-        parts = each(split.split_partition_data, calls)
-        calls = [(s["train"], s["test"], p.target, p.features, root) for s in parts]
-        tensors = [t["tensors"] for t in each(tensorize.tensorize, calls)]
-        stats = [s["stats"] for s in each(accumulate.accumulate_stats, [(t, root) for t in tensors])]
-    trained = run(train.train_model_on_stats, stats, p.training(), root)
-    evaluation = run(evaluate.evaluate_model_on_partitions, tensors, stats, trained["model"], root)
-    return trained, evaluation
 
 
 def task_runner(p: Params) -> TaskRunner:

@@ -243,9 +243,9 @@ class StageRunner:
     def map(self, pool: TaskRunner, task: Task, calls: list[tuple], sources: list[str]) -> list[dict[str, str]]:
         """Run ``task`` once per partition on ``pool`` (threads or Dask), one argument tuple per call.
 
-        The stage's artifacts are recorded as ``name[i]`` for partition i; it counts as cached when every call
-        was. Once all calls have finished, the first failure is raised; a user's error names its partition's
-        source file, since the stage itself only sees intermediate files.
+        The stage's artifacts are recorded as ``name[i]`` for partition i (plain ``name`` for a single file);
+        it counts as cached when every call was. Once all calls have finished, the first failure is raised; a
+        user's error names its partition's source file, since the stage itself only sees intermediate files.
         """
         stage = task.fn.stage
         bound = bind(task, self.root, self.refresh)
@@ -259,10 +259,13 @@ class StageRunner:
                 try:
                     state.result()
                 except InputError as exc:
-                    if source in str(exc):
+                    if len(sources) == 1 or source in str(exc):  # a single file's errors are as they are
                         raise
                     raise type(exc)(f"{source}: {exc}") from None
         results = [state.result() for state in states]
-        self.results[stage.name] = {f"{name}[{i}]": path for i, r in enumerate(results) for name, path in r.items()}
+        if len(results) == 1:  # a single file: its artifacts keep their plain names
+            self.results[stage.name] = dict(results[0])
+        else:
+            self.results[stage.name] = {f"{n}[{i}]": path for i, r in enumerate(results) for n, path in r.items()}
         self.cached[stage.name] = all(state.name == "Cached" for state in states)
         return results

@@ -264,24 +264,18 @@ def coefficients_table(result: dict) -> pa.Table:
 
 @task(name="evaluate_model")
 @core.stage("evaluate")
-def evaluate_model(tensors_path: core.File, model_path: core.File, root: str) -> dict[str, str]:
-    """Read tensors and model; write metrics, coefficients and test predictions (Parquet) and a JSON summary."""
-    tensors = core.read_pt(tensors_path)
-    ols = least_squares([qr_factor(tensors["x_train"], tensors["y_train"])])
-    result = evaluate([tensors], core.read_pt(model_path), ols)
-    return _write(result, core.outputs(), read=f"{tensors_path} and {model_path}")
-
-
-@task(name="evaluate_partitions")
-@core.stage("evaluate")
-def evaluate_model_on_partitions(
+def evaluate_model(
     tensors_paths: core.Files, stats_paths: core.Files, model_path: core.File, root: str
 ) -> dict[str, str]:
-    """`evaluate_model` for a partitioned input: OLS from the partitions' QR factors, tensors read one at a time."""
+    """Score the model and the least-squares fit on every partition (a single file is the one partition); write
+    metrics, coefficients and test predictions (Parquet) and a JSON summary.
+
+    The reference merges the partitions' QR factors (from ``stats.pt``); the tensors are read one at a time.
+    """
     ols = least_squares([core.read_pt(path)["r"] for path in stats_paths])
     partitions = (core.read_pt(path) for path in tensors_paths)
     result = evaluate(partitions, core.read_pt(model_path), ols)
-    read = f"{len(tensors_paths)} partitions' tensors and {model_path}"
+    read = f"{len(tensors_paths)} partition(s)' tensors and {model_path}"
     return _write(result, core.outputs(), read=read)
 
 

@@ -7,9 +7,7 @@ from itertools import accumulate
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
 from stagecore.errors import InputError
@@ -18,14 +16,9 @@ MIN_ROWS_PER_PART = 2  # R² on the test part, and a loss to descend on the trai
 
 
 def split_table(table: pa.Table, test_size: float, seed: int) -> tuple[pa.Table, pa.Table]:
-    """(train, test) with the very rows, in the very order, that ``train_test_split(random_state=seed)`` gives.
-
-    scikit-learn's ShuffleSplit takes ``RandomState(seed).permutation(n)``: its first ``ceil(test_size·n)``
-    indices are the test rows, the rest the train rows. Doing the same here (tests check it against
-    scikit-learn) keeps that guarantee without importing scikit-learn or copying the table through pandas.
-    """
-    permutation, n_test = shuffle(table.num_rows, test_size, seed)
-    return table.take(permutation[n_test:]), table.take(permutation[:n_test])
+    """(train, test) with the very rows, in the very order, that ``train_test_split(random_state=seed)`` gives:
+    a whole table is the one-partition case of `split_partition`."""
+    return split_partition(table, test_size, seed, 0, table.num_rows)
 
 
 def shuffle(n: int, test_size: float, seed: int) -> tuple[np.ndarray, int]:
@@ -44,17 +37,20 @@ def shuffle(n: int, test_size: float, seed: int) -> tuple[np.ndarray, int]:
 def split_partition(table: pa.Table, test_size: float, seed: int, offset: int, total: int) -> tuple[pa.Table, pa.Table]:
     """(train, test) of one partition, holding rows ``offset … offset+len`` of a ``total``-row input.
 
-    A row is a test row exactly when it is one in `split_table` of all partitions concatenated in order, so
-    the partitioned run trains and tests on the very rows of the single-file run (within a partition the rows
-    keep their file order: sums, and so the sufficient statistics and metrics, do not depend on order).
+    scikit-learn's ShuffleSplit takes ``RandomState(seed).permutation(total)``: its first ``ceil(test_size·n)``
+    indices are the test rows, the rest the train rows (tests check this against scikit-learn). A partition
+    keeps the entries of that permutation that fall in its rows, in the permutation's order. So one partition
+    holding all rows gets exactly ``train_test_split``'s rows in its order, and many partitions together get
+    the same rows (sums, and so the statistics and metrics, do not depend on their order).
     """
     if offset < 0 or offset + table.num_rows > total:
         raise ValueError(f"partition rows {offset}…{offset + table.num_rows} lie outside the {total} rows")
     permutation, n_test = shuffle(total, test_size, seed)
-    is_test = np.zeros(total, dtype=bool)
-    is_test[permutation[:n_test]] = True
-    mine = pa.array(is_test[offset : offset + table.num_rows])
-    return table.filter(pc.invert(mine)), table.filter(mine)
+
+    def mine(rows: np.ndarray) -> pa.Table:
+        return table.take(rows[(rows >= offset) & (rows < offset + table.num_rows)] - offset)
+
+    return mine(permutation[n_test:]), mine(permutation[:n_test])
 
 
 def partition_offsets(rows: list[int]) -> list[int]:
@@ -64,18 +60,23 @@ def partition_offsets(rows: list[int]) -> list[int]:
 
 @task(name="split_data")
 @core.stage("split")
-def split_data(table_path: core.File, test_size: float, seed: int, root: str) -> dict[str, str]:
-    """Read the clean table, write ``train.parquet`` and ``test.parquet``."""
-    train, test = split_table(core.read_parquet(table_path), test_size, seed)
+def split_data(
+    table_path: core.File, test_size: float, seed: int, offset: int, total: int, root: str
+) -> dict[str, str]:
+    """Read one partition's clean table (a single file is the one partition), write ``train.parquet`` and
+    ``test.parquet``: its rows ``offset … offset+len`` of the ``total`` rows of the input."""
+    train, test = split_partition(core.read_parquet(table_path), test_size, seed, offset, total)
     outputs = core.outputs()
     out = {
         "train": outputs.write_parquet(train, "train.parquet"),
         "test": outputs.write_parquet(test, "test.parquet"),
     }
     get_run_logger().info(
-        "read %s; split %d rows into %d train / %d test (test_size=%s, seed=%d); wrote %s and %s",
+        "read %s (rows %d…%d of %d); %d train / %d test rows (test_size=%s, seed=%d); wrote %s and %s",
         table_path,
-        train.num_rows + test.num_rows,
+        offset,
+        offset + train.num_rows + test.num_rows,
+        total,
         train.num_rows,
         test.num_rows,
         test_size,
@@ -86,34 +87,8 @@ def split_data(table_path: core.File, test_size: float, seed: int, root: str) ->
     return out
 
 
-@task(name="split_partition")
-@core.stage("split")
-def split_partition_data(
-    table_path: core.File, test_size: float, seed: int, offset: int, total: int, root: str
-) -> dict[str, str]:
-    """Read one partition's clean table, write its ``train.parquet`` and ``test.parquet``."""
-    train, test = split_partition(core.read_parquet(table_path), test_size, seed, offset, total)
-    outputs = core.outputs()
-    out = {
-        "train": outputs.write_parquet(train, "train.parquet"),
-        "test": outputs.write_parquet(test, "test.parquet"),
-    }
-    get_run_logger().info(
-        "read %s (rows %d…%d of %d); %d train / %d test rows; wrote %s and %s",
-        table_path,
-        offset,
-        offset + train.num_rows + test.num_rows,
-        total,
-        train.num_rows,
-        test.num_rows,
-        core.describe(out["train"]),
-        core.describe(out["test"]),
-    )
-    return out
-
-
-@task(name="count_rows", cache_policy=NO_CACHE, persist_result=False)
 def count_rows(table_paths: list[str]) -> list[int]:
     """Rows per partition, for the partitions' offsets: read from the manifests, without hashing every file
-    once more (each split task verifies its file when it reads it, so a file that disagrees stops the run)."""
+    once more (each split task verifies its file when it reads it, so a file that disagrees stops the run).
+    Not a task: a few small reads, which a task run would cost more than."""
     return [int(core.read_manifest(path)["schema"]["rows"]) for path in table_paths]

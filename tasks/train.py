@@ -508,27 +508,32 @@ class LatestProgress:
 
 @task(name="train_model")
 @core.stage("train")
-def train_model(tensors_path: core.File, cfg: TrainConfig, root: str) -> dict[str, str]:
-    """Read ``tensors.pt``, train, write ``model.pt`` (weights, bias, features, loss history, config)."""
-    data = core.read_pt(tensors_path)
-    names = Names(list(data["features"]), data["target"])
-    train = partial(fit, data["x_train"], data["y_train"], cfg, names=names)
-    return _train_and_save(train, data, cfg, read=tensors_path)
+def train_model(tensors_paths: core.Files, stats_paths: core.Files, cfg: TrainConfig, root: str) -> dict[str, str]:
+    """Train on every partition's training rows (a single file is the one partition); write ``model.pt``.
 
-
-@task(name="train_model_on_stats")
-@core.stage("train")
-def train_model_on_stats(stats_paths: core.Files, cfg: TrainConfig, root: str) -> dict[str, str]:
-    """Read every partition's ``stats.pt``, add them up, train on the sum, write ``model.pt``."""
+    The partitions' ``stats.pt`` are added up first: they decide the engine (by the number of rows) and are all
+    the stats engine needs. The rows engine, the textbook loop, reads the partitions' tensors and joins them.
+    """
     parts = [core.read_pt(path) for path in stats_paths]
-    names = {(tuple(p["features"]), p["target"]) for p in parts}
-    if len(names) != 1:
-        shown = "; ".join(f"{list(f)} → {t!r}" for f, t in sorted(names))
+    columns = {(tuple(p["features"]), p["target"]) for p in parts}
+    if len(columns) != 1:
+        shown = "; ".join(f"{list(f)} → {t!r}" for f, t in sorted(columns))
         raise InputError(f"partitions disagree on their columns ({shown}); give every file the same columns")
     stats = Stats.total([Stats.from_dict(p) for p in parts])
-    train = partial(fit_stats, stats, cfg, names=Names(list(parts[0]["features"]), parts[0]["target"]))
-    read = f"{len(stats_paths)} partitions' statistics ({stats.n} training rows)"
+    names = Names(list(parts[0]["features"]), parts[0]["target"])
+    engine = choose_engine(cfg, stats.n)
+    rows = _training_rows(tensors_paths) if engine == "rows" else None
+    train = partial(_fit, stats, cfg, engine, names=names, rows=rows)
+    read = f"{len(stats_paths)} partition(s)' statistics ({stats.n} training rows)"
     return _train_and_save(train, parts[0], cfg, read=read)
+
+
+def _training_rows(tensors_paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training rows of all partitions, joined (a single file's are returned as they are)."""
+    parts = [core.read_pt(path) for path in tensors_paths]
+    if len(parts) == 1:
+        return parts[0]["x_train"], parts[0]["y_train"]
+    return torch.cat([p["x_train"] for p in parts]), torch.cat([p["y_train"] for p in parts])
 
 
 def _train_and_save(train: Callable[[Progress], Fit], data: dict, cfg: TrainConfig, read: str) -> dict[str, str]:
@@ -543,7 +548,7 @@ def _train_and_save(train: Callable[[Progress], Fit], data: dict, cfg: TrainConf
 
         started = time.perf_counter()
         try:
-            result = train(report)
+            result = train(on_progress=report)
         except LossOverflowError as exc:
             raise exc.naming(data["target"]) from None
         seconds = time.perf_counter() - started

@@ -40,6 +40,7 @@ STAGE_TASKS = (
     "drop_index_column",
     "split_data",
     "tensorize",
+    "accumulate_stats",
     "train_model",
     "evaluate_model",
     "plot_results",
@@ -107,7 +108,9 @@ def test_epochs_rerun_training_onwards_and_test_size_reruns_split_onwards(artifa
     assert epochs["artifacts"]["tensorize"] == base["artifacts"]["tensorize"]
     assert epochs["artifacts"]["train"] != base["artifacts"]["train"]
     test_size = run(artifacts, epochs=500, test_size=0.3)
-    assert test_size["cached"] == cached_from(split=False, tensorize=False, train=False, evaluate=False, plot=False)
+    assert test_size["cached"] == cached_from(
+        split=False, tensorize=False, accumulate=False, train=False, evaluate=False, plot=False
+    )
     # and back: every earlier result is still there, still valid
     assert run(artifacts)["cached"] == ALL_CACHED
 
@@ -234,9 +237,9 @@ def test_lineage_names_the_csv_and_parameters_of_a_model(artifacts: Path, capsys
     report = json.loads(capsys.readouterr().out)
     assert [s["path"] for s in report["sources"]] == [str(ADVERTISING)]
     assert report["sources"][0]["recorded_sha256"] == core.sha256_file(ADVERTISING)
-    assert report["parameters"]["split"] == {"test_size": 0.25, "seed": 0}
+    assert report["parameters"]["split"] == {"test_size": 0.25, "seed": 0, "offset": 0, "total": 200}
     assert report["parameters"]["train"]["cfg"]["epochs"] == 700
-    assert list(report["parameters"]) == ["ingest", "drop_index", "split", "tensorize", "train"]
+    assert list(report["parameters"]) == ["ingest", "drop_index", "split", "tensorize", "accumulate", "train"]
 
     assert lineage_main([summary["run_record"]]) == 0
     text = capsys.readouterr().out

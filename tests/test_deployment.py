@@ -23,6 +23,7 @@ from conftest import ROOT
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.params import Params
 from flows.train import STAGES
+from tasks.accumulate import accumulate_stats
 from tasks.drop_index import drop_index_column
 from tasks.evaluate import evaluate_model
 from tasks.ingest import ingest_csv
@@ -35,7 +36,16 @@ from tasks.train import train_model
 STAGE_TASKS = dict(
     zip(
         STAGES,
-        (ingest_csv, drop_index_column, split_data, tensorize, train_model, evaluate_model, plot_results),
+        (
+            ingest_csv,
+            drop_index_column,
+            split_data,
+            tensorize,
+            accumulate_stats,
+            train_model,
+            evaluate_model,
+            plot_results,
+        ),
         strict=True,
     )
 )

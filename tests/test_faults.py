@@ -88,13 +88,14 @@ def test_kill_9_mid_training_leaves_only_whole_artifacts_and_the_next_run_reuses
     assert proc.returncode == -signal.SIGKILL
 
     files = assert_every_artifact_verifies(artifacts)
-    assert {p.parent.parent.name for p in files} == {"ingest", "drop_index", "split", "tensorize"}
+    assert {p.parent.parent.name for p in files} == {"ingest", "drop_index", "split", "tensorize", "accumulate"}
     assert records(artifacts, "train") == []
 
     # the dead process's lock died with it: the next run (in this process) does not wait, and reuses the
-    # four finished stages
+    # five finished stages
     summary = linear_regression(artifacts_dir=str(artifacts), preset="seed", epochs=300)
-    assert summary["cached"] == {stage: stage in ("ingest", "drop_index", "split", "tensorize") for stage in STAGES}
+    finished = ("ingest", "drop_index", "split", "tensorize", "accumulate")
+    assert summary["cached"] == {stage: stage in finished for stage in STAGES}
     assert summary["epochs_run"] == 300
     assert_every_artifact_verifies(artifacts)
 

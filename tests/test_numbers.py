@@ -383,7 +383,7 @@ def test_a_1e30_feature_on_two_partitions_equals_the_single_file(tmp_path, artif
     frame.loc[first_training_row(len(frame)), "TV"] = HUGE
     whole, parts = write_whole_and_parts(frame, tmp_path)
     single = linear_regression(data=whole, engine="stats", artifacts_dir=str(artifacts))
-    split = linear_regression(data=parts, artifacts_dir=str(artifacts))
+    split = linear_regression(data=parts, engine="stats", artifacts_dir=str(artifacts))
     tensors = core.read_pt(single["artifacts"]["tensorize"]["tensors"])
     x, y = tensors["x_train"], tensors["y_train"]
     assert float(x[:, 0].max()) == pytest.approx(HUGE, rel=1e-7)

@@ -168,21 +168,24 @@ def assert_same_fit(got: dict, want: dict) -> None:
 def test_partitioned_run_with_threads_equals_the_single_file_run(partitioned, artifacts):
     whole, parts = partitioned
     single = linear_regression(data=str(whole), engine="stats", artifacts_dir=str(artifacts))
-    split = linear_regression(data=str(parts), artifacts_dir=str(artifacts))  # auto: the stats engine
-    assert split["engine"] == "stats"
+    split = linear_regression(data=str(parts), engine="stats", artifacts_dir=str(artifacts))
     assert_same_fit(split, single)
     stages = ["ingest", "drop_index", "split", "tensorize", "accumulate", "train", "evaluate", "plot"]
     assert list(split["artifacts"]) == stages
     assert sorted(split["artifacts"]["ingest"]) == ["table[0]", "table[1]", "table[2]"]
     rows = [pq.read_metadata(p).num_rows for p in split["artifacts"]["split"].values()]
     assert sum(rows) == 3000
-    # same bytes in, same keys: a second run is cached throughout, a changed partition re-runs only its own stages
-    again = linear_regression(data=str(parts / "part-*"), artifacts_dir=str(artifacts))
+    # same bytes in, same keys: a second run is cached throughout
+    again = linear_regression(data=str(parts / "part-*"), engine="stats", artifacts_dir=str(artifacts))
     assert all(again["cached"].values())
-    # also the single-file run's own (rows) engine: gradient descent in float32, so equal to 1e-5
+    # the engine is chosen by the number of rows, however they are cut into files: 3000 rows take the row loop,
+    # gradient descent in float32 over the partitions' joined rows, so equal to the single file's to 1e-5
     rows_engine = linear_regression(data=str(whole), engine="rows", artifacts_dir=str(artifacts))
+    auto = linear_regression(data=str(parts), artifacts_dir=str(artifacts))
+    assert auto["engine"] == rows_engine["engine"] == "rows"
     for name, weight in rows_engine["weights"].items():
         assert split["weights"][name] == pytest.approx(weight, rel=1e-5), name
+        assert auto["weights"][name] == pytest.approx(weight, rel=1e-5), name
 
 
 def test_partitioned_run_on_a_loopback_dask_cluster_equals_the_single_file_run(partitioned, artifacts, capsys):
@@ -193,11 +196,11 @@ def test_partitioned_run_on_a_loopback_dask_cluster_equals_the_single_file_run(p
         n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
     ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        dask = ["--task-runner", "dask", "--dask-address", cluster.scheduler_address]
+        dask = ["--task-runner", "dask", "--dask-address", cluster.scheduler_address, "--engine", "stats"]
         code = main(["--data", str(parts), *dask, "--artifacts-dir", str(artifacts / "dask"), "--json"])
         assert code == 0
         ran = set(cluster.scheduler.task_prefixes)  # Dask names a task after its function
-        assert {"ingest_csv", "drop_index_column", "split_partition_data", "tensorize", "accumulate_stats"} <= ran, ran
+        assert {"ingest_csv", "drop_index_column", "split_data", "tensorize", "accumulate_stats"} <= ran, ran
         with distributed.Client(cluster) as client:
             ran_on = client.run(lambda: os.getpid())  # the workers are other processes
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

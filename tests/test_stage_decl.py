@@ -30,13 +30,10 @@ def test_every_stage_of_the_pipeline_is_declared_by_signature():
         "ingest_csv",
         "drop_index_column",
         "split_data",
-        "split_partition",
         "tensorize",
         "accumulate_stats",
         "train_model",
-        "train_model_on_stats",
         "evaluate_model",
-        "evaluate_partitions",
         "plot_results",
     }
 
