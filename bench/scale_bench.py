@@ -76,13 +76,15 @@ def bench_size(
         "threads": (parted, ["--preset", "seed", "--engine", "stats"], server_env),
         "dask": (parted, ["--preset", "seed", "--engine", "stats", "--task-runner", "dask"], server_env),
     }
-    results: dict[str, list] = {k: [] for k in ("plain", "imports", *runs)}
+    results: dict[str, list] = {k: [] for k in ("plain", "imports", "floor", *runs)}
     last_summary = None
     for _ in range(repeats):
         wall, rss, out = measured([py, "-m", "bench.plain_script", str(path)], server_env)
         results["plain"].append((wall, rss, last_json(out)))
         wall, rss, _ = measured([py, "-c", "import flows.train"], server_env)
         results["imports"].append((wall, rss, {}))
+        wall, rss, out = measured([py, "-m", "bench.floor", str(path)], server_env)
+        results["floor"].append((wall, rss, last_json(out)))
         for label, (data, args, env) in runs.items():
             with tempfile.TemporaryDirectory(prefix="linreg-bench-") as artifacts:
                 cmd = [py, "-m", "flows.train", "--data", str(data), "--json", "--artifacts-dir", artifacts, *args]
@@ -110,6 +112,7 @@ def bench_size(
     )
     return {
         "imports_wall": med("imports", 0),
+        "floor_wall": med("floor", 0),
         "imports_rss": med("imports", 1),
         "threads_wall": med("threads", 0),
         "threads_rss": med("threads", 1),
@@ -168,6 +171,16 @@ def main() -> None:
             f"{r['rows']:>10,} {r['imports_wall']:>8.2f} {r['imports_rss']:>9.0f} {r['partitions']:>5} "
             f"{r['threads_wall']:>9.2f} {r['threads_wall'] / r['plain_wall']:>6.3f} {r['threads_rss']:>6.0f} "
             f"{r['dask_wall']:>7.2f} {r['dask_wall'] / r['plain_wall']:>6.3f}"
+        )
+    print(
+        f"\n{'rows':>10} {'floor s':>8} {'flow s':>8} {'÷ floor':>8} {'default s':>9} {'÷ floor':>8}  "
+        "(floor: bench/floor.py, one process: import the flow, a flow of one no-op task per stage, one pyarrow "
+        "read and one sha256 of the CSV)"
+    )
+    for r in rows:
+        print(
+            f"{r['rows']:>10,} {r['floor_wall']:>8.2f} {r['seed_wall']:>8.2f} {r['seed_wall'] / r['floor_wall']:>8.2f} "
+            f"{r['default_wall']:>9.2f} {r['default_wall'] / r['floor_wall']:>8.2f}"
         )
     for r in rows:
         print(

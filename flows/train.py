@@ -42,6 +42,7 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     regardless. Then ``publish_report`` turns the files into UI artifacts; it is not a stage and is never cached.
     """
     p = Params.parse(**values)
+    plot.preload()
     root = str(core.prepare_root(p.artifacts_dir))
     run = StageRunner(root, refresh=p.refresh)
     sources = core.partition_sources(p.data) if core.is_partitioned(p.data) else [core.data_source(p.data)]
