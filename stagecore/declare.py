@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, BinaryIO, ClassVar, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,7 +28,7 @@ import torch
 
 from stagecore.atomic import atomic_path, write_json
 from stagecore.errors import InputError
-from stagecore.hashing import sha256_file
+from stagecore.hashing import HashingWriter, remember, sha256_file
 from stagecore.keys import code_digest, plain, stage_key
 from stagecore.manifest import MANIFEST_VERSION, describe_pt, describe_schema, manifest_path, versions
 from stagecore.sources import is_url, redact
@@ -209,26 +209,31 @@ class Outputs:
     inputs: list[dict[str, str]]
 
     def write_parquet(self, table: pa.Table, name: str) -> str:
-        return self._write(name, "parquet", lambda tmp: pq.write_table(table, tmp))
+        return self._write(name, "parquet", lambda sink: pq.write_table(table, sink))
 
     def write_pt(self, obj: Mapping[str, Any], name: str) -> str:
         # Saved through memory: torch.save to a path names the archive's folder after the (random) temp file,
         # so the same tensors would give different bytes, and a rebuild a different key downstream.
         buffer = io.BytesIO()
         torch.save(dict(obj), buffer)
-        return self._write(name, "pt", lambda tmp: tmp.write_bytes(buffer.getvalue()), schema=describe_pt(obj))
+        return self._write(name, "pt", lambda sink: sink.write(buffer.getbuffer()), schema=describe_pt(obj))
 
     def write_json(self, obj: Any, name: str) -> str:
-        return self._write(name, "json", lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+        return self._write(name, "json", lambda sink: sink.write((json.dumps(obj, indent=2) + "\n").encode()))
 
     def write_png(self, data: bytes, name: str) -> str:
         if not data.startswith(_PNG_SIGNATURE):
             raise ValueError(f"{name}: not PNG bytes")
-        return self._write(name, "png", lambda tmp: tmp.write_bytes(data))
+        return self._write(name, "png", lambda sink: sink.write(data))
 
-    def _write(self, name: str, fmt: str, writer: Callable[[Path], None], schema: dict | None = None) -> str:
-        with atomic_path(self.folder / name) as tmp:
-            writer(tmp)
+    def _write(self, name: str, fmt: str, writer: Callable[[BinaryIO], Any], schema: dict | None = None) -> str:
+        """Write ``name`` atomically through ``writer``, hashed as it is written: its manifest's digest costs no
+        second read of the file."""
+        final = self.folder / name
+        with atomic_path(final) as tmp, open(tmp, "wb") as raw:
+            sink = HashingWriter(raw)
+            writer(sink)
+        remember(final, sink.sha256.hexdigest(), sink.size)
         return self.record(name, fmt, schema)
 
     def record(self, name: str, fmt: str, schema: dict[str, Any] | None = None) -> str:

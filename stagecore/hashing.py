@@ -1,12 +1,15 @@
-"""sha256 of files, once per process per state of a file; the one rule for what may be read as data."""
+"""sha256 of files: as they are written, or once per process per state of a file; the one rule for what may
+be read as data."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from stagecore.errors import InputError
 
@@ -46,6 +49,43 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+class HashingWriter(io.RawIOBase):
+    """A write-only file that hashes what passes through it into ``raw``: a file is hashed as it is written,
+    never read back for its digest (pyarrow and torch write to any such file object)."""
+
+    def __init__(self, raw: BinaryIO):
+        super().__init__()
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.raw.write(view)
+        self.sha256.update(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def close(self) -> None:  # the owner of ``raw`` closes it; a writer closing its sink must not
+        super().close()
+
+
+def remember(path: str | os.PathLike[str], digest: str, size: int) -> None:
+    """Record the digest of a file just written (hashed while written), so `sha256_file` never reads it back."""
+    ident = _identity(os.stat(path))
+    if ident[2] != size:
+        return  # not the bytes that were hashed: leave it to sha256_file
+    with _DIGESTS_LOCK:
+        HASHING["streamed"] += size
+        if len(_DIGESTS) >= _DIGESTS_MAX:
+            _DIGESTS.clear()
+        _DIGESTS[ident] = digest
+
+
 def check_regular(path: Path, label: str | os.PathLike[str]) -> None:
     """Refuse a device, FIFO or socket before anything opens it: /dev/zero never ends, a FIFO blocks forever."""
     refuse_special(path.stat().st_mode, label)
@@ -73,4 +113,6 @@ _DIGESTS_MAX = 100_000
 _DIGESTS_LOCK = threading.Lock()
 
 
-HASHING = {"files": 0, "bytes": 0, "lookups": 0}  # this process's sha256 work: for the bench, and its tests
+# this process's sha256 work, for the bench and its tests: files and bytes read to hash them, lookups of the
+# memo, and bytes hashed as they were written
+HASHING = {"files": 0, "bytes": 0, "lookups": 0, "streamed": 0}
