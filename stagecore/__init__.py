@@ -8,6 +8,7 @@ from stagecore.declare import ROOT_ARGUMENT, File, Files, Outputs, Stage, discar
 from stagecore.errors import InputError, IntegrityError
 from stagecore.hashing import HASHING, check_regular, refuse_special, sha256_file
 from stagecore.keys import code_digest, import_closure, library_versions, stage_key
+from stagecore.lock import exclusive
 from stagecore.manifest import (
     MANIFEST_SUFFIX,
     MANIFEST_VERSION,
@@ -25,7 +26,6 @@ from stagecore.manifest import (
     versions,
 )
 from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
-from stagecore.lock import exclusive
 from stagecore.root import (
     CACHE_DIR,
     CHAMPION_DIR,
