@@ -168,5 +168,11 @@ def record_history(
     for r in shown:
         r.pop("params")
     create_table_artifact(shown, key=HISTORY_KEY, description=f"The last {SHOWN} runs under this artifacts folder")
-    get_run_logger().info("wrote %s; published %s (%d runs)", core.describe(path), HISTORY_KEY, len(shown))
+    get_run_logger().info(
+        "read %s and the last %d runs; wrote %s; published %s",
+        artifacts["evaluate"]["summary"],
+        len(shown),
+        core.describe(path),
+        HISTORY_KEY,
+    )
     return path

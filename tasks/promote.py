@@ -233,7 +233,16 @@ def _block(promoted: bool, reason: str, champion: str, champion_mse: float | Non
 def promote_model(tensors_paths: list[str], model_path: str, run_id: str, tolerance: float, root: str) -> dict:
     """Champion vs challenger on this run's test rows; moves the champion pointer when the challenger wins."""
     block, level = promote(root, tensors_paths, model_path, run_id, tolerance)
-    getattr(get_run_logger(), level)("%s; champion: %s", block["reason"], block["champion"])
+    wrote = pointer_path(root) if block["champion"] == str(Path(model_path).resolve()) else "nothing"
+    getattr(get_run_logger(), level)(
+        "read %s, %s and %d partition(s)' test rows; %s; wrote %s; champion: %s",
+        pointer_path(root),
+        model_path,
+        len(tensors_paths),
+        block["reason"],
+        wrote,
+        block["champion"],
+    )
     return block
 
 
