@@ -70,6 +70,8 @@ def decide(
     at most ``champion_mse * (1 + tolerance)``: equal counts as not worse."""
     if champion_mse is None:
         return True, why_no_champion or "first successful run: no champion yet"
+    if not math.isfinite(champion_mse):
+        return True, f"the champion's test MSE on this run's test rows is {champion_mse}: promoted"
     limit = champion_mse * (1 + tolerance)
     compare = f"challenger test MSE {challenger_mse:.6g} vs champion {champion_mse:.6g} on this run's test rows"
     allowed = f" (tolerance {tolerance:g}: up to {limit:.6g})" if tolerance else ""
@@ -180,9 +182,9 @@ def lock(root: str | Path):
 
 def promote(
     root: str, tensors_paths: list[str], model_path: str, run_id: str, tolerance: float
-) -> tuple[dict[str, Any], str]:
+) -> tuple[dict[str, Any], str, str | None]:
     """Under the pointer's lock: read the champion, score both models on this run's test rows, decide, swap the
-    pointer if promoted. Returns the ``promotion`` block and the log level's name."""
+    pointer if promoted. Returns the ``promotion`` block, the log level's name and the pointer if it was written."""
     trained = core.read_pt(model_path)
     partitions = [core.read_pt(p) for p in tensors_paths]
     challenger_mse = mse(partitions, trained["weights"], trained["bias"])
@@ -197,8 +199,8 @@ def promote(
         champion_mse, why = None, unusable
         if champion is not None and champion["model_sha256"] == core.read_manifest(model_path)["sha256"]:
             reason = "this run's model is already the champion (same model file): unchanged"
-            block = _block(True, reason, champion["model"], champion["test_mse"], challenger_mse)
-            return block, level
+            block = _block(True, reason, champion["model"], challenger_mse, challenger_mse)
+            return block, level, None
         if champion is not None:
             same = list(champion["features"]) == list(trained["features"]) and champion["target"] == trained["target"]
             if same:
@@ -215,7 +217,8 @@ def promote(
             path = str(Path(model_path).resolve())
         else:
             path, level = champion["model"], "warning"
-    return _block(promoted, reason, path, champion_mse, challenger_mse), level
+    wrote = str(pointer_path(root)) if promoted else None
+    return _block(promoted, reason, path, champion_mse, challenger_mse), level, wrote
 
 
 def _block(promoted: bool, reason: str, champion: str, champion_mse: float | None, challenger_mse: float) -> dict:
@@ -232,15 +235,14 @@ def _block(promoted: bool, reason: str, champion: str, champion_mse: float | Non
 @task(name="promote_model", cache_policy=NO_CACHE, persist_result=False)
 def promote_model(tensors_paths: list[str], model_path: str, run_id: str, tolerance: float, root: str) -> dict:
     """Champion vs challenger on this run's test rows; moves the champion pointer when the challenger wins."""
-    block, level = promote(root, tensors_paths, model_path, run_id, tolerance)
-    wrote = pointer_path(root) if block["champion"] == str(Path(model_path).resolve()) else "nothing"
+    block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance)
     getattr(get_run_logger(), level)(
         "read %s, %s and %d partition(s)' test rows; %s; wrote %s; champion: %s",
         pointer_path(root),
         model_path,
         len(tensors_paths),
         block["reason"],
-        wrote,
+        wrote or "nothing (the pointer stays)",
         block["champion"],
     )
     return block

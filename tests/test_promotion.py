@@ -82,6 +82,7 @@ def test_mse_is_evaluates_mse_on_the_test_rows(tensors):
 def test_decide(challenger, champion, tolerance, promoted):
     assert promote.decide(challenger, champion, tolerance)[0] is promoted
     assert promote.decide(challenger, None, tolerance) == (True, "first successful run: no champion yet")
+    assert promote.decide(challenger, float("inf"), tolerance)[0] and not promote.decide(float("nan"), 1.0, 0.0)[0]
 
 
 def test_first_better_worse_equal_within_tolerance(store, tensors):
