@@ -175,7 +175,7 @@ def format_summary(s: dict[str, Any]) -> str:
             *evaluate.reference_notes(s),
             f"weights: {weights}; bias {s['bias']:.6g}",
             f"epochs run: {s['epochs_run']} ({stop}), lr {s['lr']:.4g} (largest stable {s['max_stable_lr']:.4g})",
-            promote.describe(s["promotion"]),
+            *([promote.describe(s["promotion"])] if "promotion" in s else []),
             f"artifacts under {root} (cached stages: {cached}):",
             *(f"  {stage:<11}{path}" for stage, files in s["artifacts"].items() for path in files.values()),
             f"run record: {s['run_record']}",
