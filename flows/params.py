@@ -68,6 +68,13 @@ class Params(BaseModel):
         None, description="where artifacts go; None: $LINREG_ARTIFACTS_DIR or data/artifacts"
     )
     refresh: bool = Field(False, description="run every stage even when its cached result is still valid")
+    promote_tolerance: float = Field(
+        0.0,
+        ge=0,
+        description="promote the model unless its test MSE exceeds the champion's (re-scored on this run's test "
+        "rows) by more than this fraction of the champion's MSE; 0: not worse",
+    )
+    require_promotion: bool = Field(False, description="fail the run when its model is not promoted to champion")
 
     @classmethod
     def parse(cls, **values: Any) -> Params:

@@ -20,7 +20,7 @@ import stagecore as core
 from flows.params import PRESETS, Params
 from stagecore.cache import StageRunner
 from stagecore.errors import InputError
-from tasks import accumulate, drop_index, evaluate, ingest, plot, split, tensorize, train
+from tasks import accumulate, drop_index, evaluate, history, ingest, plot, promote, split, tensorize, train
 from tasks.report import publish_report
 
 PRESET_KNOBS = set(PRESETS["default"])  # parameters whose default comes from the preset
@@ -39,7 +39,8 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     The parameters are `flows.params.Params`' fields (its ``signature``): each one's type, default, valid range
     and description is defined there once. Each stage is cached on the content of its inputs, its parameters
     and its code (see tasks/cache.py): an unchanged stage is *Cached*; ``refresh`` runs every stage
-    regardless. Then ``publish_report`` turns the files into UI artifacts; it is not a stage and is never cached.
+    regardless. Then ``promote_model`` (champion vs challenger, tasks/promote.py), ``record_history`` (one row per
+    run, tasks/history.py) and ``publish_report`` (the UI artifacts) run; they are not stages and are never cached.
     """
     p = Params.parse(**values)
     plot.preload()
@@ -66,9 +67,13 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     evaluation = run(evaluate.evaluate_model, tensors, stats, trained["model"], root)
     run(plot.plot_results, evaluation["predictions"], trained["model"], root)
     data = p.data if len(sources) > 1 else sources[0]
-    publish_report(core.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root}), run.results)
+    shown = core.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root})
+    promotion = promote.promote_model(tensors, trained["model"], str(flow_run.id), p.promote_tolerance, root)
+    history.record_history(root, str(flow_run.id), shown, run.results, promotion)
+    publish_report(shown, run.results, promotion, root)
     record = core.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
-    return summarize(run.results, run.cached, record)
+    promote.enforce(promotion, p.require_promotion)
+    return {**summarize(run.results, run.cached, record), "promotion": promotion}
 
 
 linear_regression.__signature__ = Params.signature()
@@ -135,11 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt("dask_address", metavar="tcp://HOST:PORT")
     opt("artifacts_dir", metavar="DIR")
     opt("refresh", action="store_true")
+    opt("promote_tolerance", metavar="FRACTION", type=float)
+    opt("require_promotion", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON line at the end")
     parser.add_argument(
         "--clean-artifacts",
         action="store_true",
-        help="delete the artifacts folder (artifacts, manifests, cache and run records) and exit",
+        help="delete what the store wrote in the artifacts folder (artifacts, manifests, cache and run records, "
+        "champion pointer, run history) and exit",
     )
     return parser
 
@@ -167,6 +175,7 @@ def format_summary(s: dict[str, Any]) -> str:
             *evaluate.reference_notes(s),
             f"weights: {weights}; bias {s['bias']:.6g}",
             f"epochs run: {s['epochs_run']} ({stop}), lr {s['lr']:.4g} (largest stable {s['max_stable_lr']:.4g})",
+            *([promote.describe(s["promotion"])] if "promotion" in s else []),
             f"artifacts under {root} (cached stages: {cached}):",
             *(f"  {stage:<11}{path}" for stage, files in s["artifacts"].items() for path in files.values()),
             f"run record: {s['run_record']}",

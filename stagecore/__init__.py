@@ -8,6 +8,7 @@ from stagecore.declare import ROOT_ARGUMENT, File, Files, Outputs, Stage, discar
 from stagecore.errors import InputError, IntegrityError
 from stagecore.hashing import HASHING, check_regular, refuse_special, sha256_file
 from stagecore.keys import code_digest, import_closure, library_versions, stage_key
+from stagecore.lock import exclusive
 from stagecore.manifest import (
     MANIFEST_SUFFIX,
     MANIFEST_VERSION,
@@ -27,6 +28,8 @@ from stagecore.manifest import (
 from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
 from stagecore.root import (
     CACHE_DIR,
+    CHAMPION_DIR,
+    HISTORY_DIR,
     MARKER,
     ROOT_ENV,
     RUNS_DIR,
@@ -51,9 +54,11 @@ from stagecore.sources import (
 
 __all__ = [
     "CACHE_DIR",
+    "CHAMPION_DIR",
     "DEFAULT_DATA",
     "DEFAULT_ROOT",
     "HASHING",
+    "HISTORY_DIR",
     "MANIFEST_SUFFIX",
     "MANIFEST_VERSION",
     "MARKER",
@@ -84,6 +89,7 @@ __all__ = [
     "describe_pt",
     "describe_schema",
     "discard_if_empty",
+    "exclusive",
     "import_closure",
     "is_partitioned",
     "is_url",

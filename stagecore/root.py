@@ -35,6 +35,15 @@ CACHE_DIR = ".cache"  # the stages' cache records and locks (see tasks/cache.py)
 RUNS_DIR = "runs"  # one JSON run record per flow run
 
 
+CHAMPION_DIR = "champion"  # the champion pointer, its manifest and its lock (see tasks/promote.py)
+
+
+HISTORY_DIR = "history"  # one Parquet row per flow run (see tasks/history.py)
+
+
+_CHAMPION_FILES = ("champion.json", "champion.json" + MANIFEST_SUFFIX, "champion.lock")
+
+
 def artifacts_root(override: str | os.PathLike[str] | None = None) -> Path:
     """The absolute artifacts folder: the override, else ``$LINREG_ARTIFACTS_DIR``, else ``data/artifacts``.
 
@@ -100,7 +109,7 @@ _KEY_FOLDER = re.compile(rf"{KEY_PATTERN}(\.\d+)?")
 
 def _store_entry(entry: Path) -> bool:
     """Whether a top-level entry of a folder is one the store writes (marker, cache, runs, a stage's folder)."""
-    if entry.name in (MARKER, CACHE_DIR, RUNS_DIR):
+    if entry.name in (MARKER, CACHE_DIR, RUNS_DIR, CHAMPION_DIR, HISTORY_DIR):
         return True
     if TEMPORARY.fullmatch(entry.name) and entry.is_file():
         return True
@@ -108,9 +117,9 @@ def _store_entry(entry: Path) -> bool:
 
 
 def clear(override: str | os.PathLike[str] | None = None) -> tuple[Path, int]:
-    """Delete what the store wrote (artifacts with their manifests, cache and run records, its marker) and
-    nothing else: a file of the user's inside the folder survives, and so does the folder then. Returns
-    (root, number of files deleted)."""
+    """Delete what the store wrote (artifacts with their manifests, cache and run records, the champion pointer,
+    the run history, its marker) and nothing else: a file of the user's inside the folder survives, and so does
+    the folder then. Returns (root, number of files deleted)."""
     root = artifacts_root(override)
     if not root.exists():
         raise InputError(f"{root}: no such folder; nothing to delete")
@@ -132,6 +141,12 @@ def clear(override: str | os.PathLike[str] | None = None) -> tuple[Path, int]:
                     deleted += _delete_files(folder, [f for f in folder.iterdir() if _cache_file(f.name)])
         elif entry.name == RUNS_DIR:
             deleted += _delete_files(entry, [f for f in entry.iterdir() if f.suffix == ".json"])
+        elif entry.name == CHAMPION_DIR:
+            written = [f for f in entry.iterdir() if f.name in _CHAMPION_FILES or TEMPORARY.fullmatch(f.name)]
+            deleted += _delete_files(entry, written)
+        elif entry.name == HISTORY_DIR:
+            written = [f for f in entry.iterdir() if f.suffix == ".parquet" or TEMPORARY.fullmatch(f.name)]
+            deleted += _delete_files(entry, written)
         with suppress(OSError):
             entry.rmdir()  # once emptied; a folder that still holds a file of the user's stays
     deleted += _delete_files(root, [f for f in root.iterdir() if TEMPORARY.fullmatch(f.name)])

@@ -1,4 +1,4 @@
-"""After the seven stages: publish what the run produced to the Prefect UI as artifacts.
+"""After the eight stages (and promotion and history): publish what the run produced to the Prefect UI as artifacts.
 
 This is a task of its own, run last and never cached, because a stage whose result is cached does not run and
 so could not publish anything: every run, cached or not, gets its metrics table, coefficients table and report.
@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
 from tasks.evaluate import describe_gap, reference_notes
+from tasks.history import SHOWN, read_history, trend_png
 
 METRICS_KEY = "linear-regression-metrics"
 COEFFICIENTS_KEY = "linear-regression-coefficients"
@@ -31,6 +32,7 @@ METRIC_COLUMNS = (("mse", "MSE"), ("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"
 UNTRUSTED = " — cannot be trusted"
 NOT_AVAILABLE = "n/a"  # a metric that is undefined, e.g. R² of a target that does not vary
 PLOTS = (("predicted_vs_actual", "Predicted vs actual (test set)"), ("loss_curve", "Training loss"))
+TREND = "trend"  # test MSE over the last runs, from the run history (tasks/history.py)
 
 
 def metrics_rows(metrics: pa.Table, reference_ok: bool = True) -> list[dict[str, Any]]:
@@ -85,6 +87,17 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def headline(summary: Mapping[str, Any], promotion: Mapping[str, Any] | None) -> list[str]:
+    """What a reader wants first: test MSE against least squares, and whether the model is now the champion."""
+    gd, ols = summary["metrics"]["test"]["mse"], summary["baseline"]["test"]["mse"]
+    lines = [f"- test MSE **{gd:.6g}** (least squares {ols:.6g}); optimality gap {describe_gap(summary)}"]
+    if promotion is not None:
+        verdict = "**promoted** to champion" if promotion["promoted"] else "**not promoted**: the champion stays"
+        lines.append(f"- {verdict}: {promotion['reason']}")
+        lines.append(f"- champion: `{promotion['champion']}`")
+    return lines
+
+
 def render_report(
     parameters: Mapping[str, Any],
     summary: Mapping[str, Any],
@@ -92,31 +105,35 @@ def render_report(
     coefficients: list[dict[str, Any]],
     plots: Mapping[str, bytes],
     artifacts: Mapping[str, Mapping[str, str]],
+    promotion: Mapping[str, Any] | None = None,
 ) -> str:
-    """The run's markdown report: parameters, metrics, fit, coefficients, both plots inline, artifact paths."""
+    """The run's markdown report: the headline (test MSE vs least squares, the promotion decision, the plots,
+    the trend over runs when ``plots`` has one), then the details: parameters, metrics, fit, coefficients, files."""
     training = summary["training"]
     stop = (
         f"converged after {summary['epochs_run']} epochs"
         if summary["converged"]
         else f"stopped at the epoch cap ({summary['epochs_run']} epochs)"
     )
+    shown = [*PLOTS, *([(TREND, "Test MSE over runs (★ promoted)")] if TREND in plots else [])]
     sections = [
         "# Linear regression run",
-        "## Parameters",
+        *headline(summary, promotion),
+        *(f"### {title}\n\n![{title}]({png_data_uri(plots[name])})" for name, title in shown),
+        "## Details",
+        "### Parameters",
         markdown_table([{"parameter": k, "value": v} for k, v in parameters.items()]),
         "Training as run (parameters first, then the preset):",
         markdown_table([{"setting": k, "value": v} for k, v in training.items()]),
-        "## Metrics",
+        "### Metrics",
         markdown_table(metrics),
-        "## Fit",
+        "### Fit",
         *(f"> **{note}**" for note in reference_notes(summary)),
         f"- optimality gap (train MSE of gradient descent vs least squares, relative): **{describe_gap(summary)}**",
         f"- {stop}; step size {summary['lr']:.4g} (largest stable {summary['max_stable_lr']:.4g})",
-        "## Coefficients",
+        "### Coefficients",
         markdown_table(coefficients),
-        "## Plots",
-        *(f"### {title}\n\n![{title}]({png_data_uri(plots[name])})" for name, title in PLOTS),
-        "## Artifact files",
+        "### Artifact files",
         markdown_table(
             [
                 {"stage": stage, "file": name, "path": path}
@@ -129,20 +146,29 @@ def render_report(
 
 
 @task(name="publish_report", cache_policy=NO_CACHE, persist_result=False)
-def publish_report(parameters: dict[str, Any], artifacts: dict[str, dict[str, str]]) -> dict[str, str]:
-    """Read the evaluation and plot files; publish the metrics and coefficients tables and the markdown report."""
+def publish_report(
+    parameters: dict[str, Any],
+    artifacts: dict[str, dict[str, str]],
+    promotion: dict[str, Any] | None = None,
+    root: str | None = None,
+) -> dict[str, str]:
+    """Read the evaluation and plot files (and the run history under ``root``); publish the metrics and
+    coefficients tables and the markdown report."""
     evaluation = artifacts["evaluate"]
     summary = json.loads(Path(evaluation["summary"]).read_text())
     metrics = metrics_rows(core.read_parquet(evaluation["metrics"]), summary["reference_ok"])
     coefficients = coefficient_rows(core.read_parquet(evaluation["coefficients"]))
     plots = {name: Path(artifacts["plot"][name]).read_bytes() for name, _ in PLOTS}
+    runs = read_history(root, SHOWN) if root is not None else None
+    if runs is not None and runs.num_rows:
+        plots[TREND] = trend_png(runs)
     create_table_artifact(
         metrics, key=METRICS_KEY, description="Train/test MSE, RMSE, MAE and R² of gradient descent and least squares"
     )
     create_table_artifact(
         coefficients, key=COEFFICIENTS_KEY, description="Weights in raw feature units, and the intercept"
     )
-    report = render_report(parameters, summary, metrics, coefficients, plots, artifacts)
+    report = render_report(parameters, summary, metrics, coefficients, plots, artifacts, promotion)
     create_markdown_artifact(report, key=REPORT_KEY, description="Parameters, metrics, plots and files of this run")
     get_run_logger().info(
         "read %s, %s, %s and %d plots; published artifacts %s, %s and %s (%.1f kB)",

@@ -26,6 +26,7 @@ from flows.train import STAGES
 from tasks.accumulate import accumulate_stats
 from tasks.drop_index import drop_index_column
 from tasks.evaluate import evaluate_model
+from tasks.history import HISTORY_KEY
 from tasks.ingest import ingest_csv
 from tasks.plot import plot_results
 from tasks.report import COEFFICIENTS_KEY, METRICS_KEY, REPORT_KEY
@@ -168,7 +169,9 @@ def _said_what_it_read_and_wrote(messages: list[str]) -> bool:
 def test_triggered_run_has_one_task_run_per_stage_with_logs(deployed):
     flow_run = deployed["flow_run"]
     assert flow_run.parameters == {"epochs": EPOCHS}
-    expected = sorted([task.name for task in STAGE_TASKS.values()] + ["publish_report"])
+    expected = sorted(
+        [task.name for task in STAGE_TASKS.values()] + ["promote_model", "record_history", "publish_report"]
+    )
     # The server records task-run states and logs asynchronously (from events and log batches): a flow run can
     # be Completed a moment before all of its task runs and log lines are readable. Wait for them, briefly.
     deadline = time.monotonic() + 60
@@ -204,7 +207,7 @@ def test_triggered_run_publishes_metrics_coefficients_report_and_progress(deploy
     summary = json.loads(summary_file.read_text())
     assert (summary["epochs_run"], summary["converged"], summary["training"]["epochs"]) == (EPOCHS, False, EPOCHS)
     artifacts = _artifacts_by_key(deployed["flow_run"].id)
-    assert set(artifacts) == {METRICS_KEY, COEFFICIENTS_KEY, REPORT_KEY, "linear-regression-training"}
+    assert set(artifacts) == {METRICS_KEY, COEFFICIENTS_KEY, REPORT_KEY, HISTORY_KEY, "linear-regression-training"}
 
     metrics = json.loads(artifacts[METRICS_KEY].data)
     assert artifacts[METRICS_KEY].type == "table" and len(metrics) == 4
@@ -229,8 +232,8 @@ def test_triggered_run_publishes_metrics_coefficients_report_and_progress(deploy
     assert report.type == "markdown"
     images = [base64.b64decode(i) for i in re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report.data)]
     pngs = {p.name: p.read_bytes() for p in deployed["artifacts"].rglob("*.png")}
-    assert len(images) == 2 and all(i[:8] == PNG_SIGNATURE for i in images)
-    assert images == [pngs["predicted_vs_actual.png"], pngs["loss_curve.png"]]
+    assert len(images) == 3 and all(i[:8] == PNG_SIGNATURE for i in images)  # and the trend over runs
+    assert images[:2] == [pngs["predicted_vs_actual.png"], pngs["loss_curve.png"]]
     assert f"| epochs | {EPOCHS} |" in report.data
     assert f"stopped at the epoch cap ({EPOCHS} epochs)" in report.data
     assert f"{summary['optimality_gap']:.3e}" in report.data

@@ -39,7 +39,7 @@ def artifact_files(root: Path) -> list[Path]:
         for p in root.rglob("*")
         if p.is_file()
         and not p.name.endswith(core.MANIFEST_SUFFIX)
-        and p.relative_to(root).parts[0] not in (core.CACHE_DIR, core.RUNS_DIR)
+        and p.relative_to(root).parts[0] not in (core.CACHE_DIR, core.RUNS_DIR, core.CHAMPION_DIR, core.HISTORY_DIR)
         and p.name != core.MARKER
     ]
 

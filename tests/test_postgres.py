@@ -113,17 +113,18 @@ def test_flow_completes_against_a_postgres_backed_server(postgres: str, tmp_path
         while True:
             flow_runs = asyncio.run(_query(postgres, "SELECT id, state_type FROM flow_run"))
             task_states = asyncio.run(_query(postgres, "SELECT state_type FROM task_run"))
-            if [s for (s,) in task_states] == ["COMPLETED"] * 9 or time.monotonic() > deadline:
+            if [s for (s,) in task_states] == ["COMPLETED"] * 11 or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert [state for _, state in flow_runs] == ["COMPLETED"]
-        assert [state for (state,) in task_states] == ["COMPLETED"] * 9  # eight stages + publish_report
+        assert [state for (state,) in task_states] == ["COMPLETED"] * 11  # eight stages, promote, history, report
         keys = asyncio.run(_query(postgres, "SELECT DISTINCT key FROM artifact WHERE key IS NOT NULL"))
         assert {key for (key,) in keys} == {
             "linear-regression-metrics",
             "linear-regression-coefficients",
             "linear-regression-report",
             "linear-regression-training",
+            "linear-regression-history",
         }
     finally:
         with contextlib.suppress(Exception):

@@ -110,7 +110,13 @@ def assert_store_holds_only_manifested_files(root: Path) -> None:
             continue
         assert not path.name.endswith(".tmp"), f"temporary file left: {path}"
         top = path.relative_to(root).parts[0]
-        if top in (core.CACHE_DIR, core.RUNS_DIR, core.MARKER) or path.name.endswith(core.MANIFEST_SUFFIX):
+        if top in (
+            core.CACHE_DIR,
+            core.RUNS_DIR,
+            core.CHAMPION_DIR,
+            core.HISTORY_DIR,
+            core.MARKER,
+        ) or path.name.endswith(core.MANIFEST_SUFFIX):
             continue
         core.verify(path)  # an artifact with a manifest that holds
 

@@ -1,0 +1,66 @@
+"""Print the run history kept under the artifacts root: ``python -m flows.history [--artifacts-dir DIR] [--last N]
+[--json]``. Reads the per-run Parquet files (tasks/history.py); needs no Prefect server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, NoReturn
+
+import stagecore as core
+from stagecore.errors import InputError
+from tasks.history import read_history, table_rows
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and exit 2, like the flow's own errors (argparse would print its usage first)."""
+        raise InputError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m flows.history", description="Print the runs recorded under the artifacts folder.")
+    parser.add_argument("--artifacts-dir", metavar="DIR", help="the artifacts folder (default: as the flow chooses it)")
+    parser.add_argument("--last", metavar="N", type=int, help="only the last N runs (default: all)")
+    parser.add_argument("--json", action="store_true", help='print {"runs": [...]} as one JSON line')
+    return parser
+
+
+def load(artifacts_dir: str | None, last: int | None) -> list[dict[str, Any]]:
+    """The runs, oldest first, as plain dicts (``params`` parsed back from JSON)."""
+    if last is not None and last < 1:
+        raise InputError(f"--last {last}: must be a positive number of runs")
+    root = core.artifacts_root(artifacts_dir)
+    if not root.is_dir():
+        raise InputError(f"--artifacts-dir {root}: no such folder; pass the folder the flow wrote to")
+    rows = table_rows(read_history(root, last))
+    for row in rows:
+        row["params"] = json.loads(row["params"])
+    return rows
+
+
+def format_runs(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "no runs recorded yet"
+    lines = [f"{'time':<26}{'flow run':<38}{'rows':>8}{'test MSE':>12}{'test R²':>10}  promoted"]
+    for r in runs:
+        r2 = "n/a" if r["test_r2"] is None else f"{r['test_r2']:.4f}"
+        mark = "yes" if r["promoted"] else "no"
+        lines.append(f"{r['time']:<26}{r['flow_run_id']:<38}{r['rows']:>8}{r['test_mse']:>12.6g}{r2:>10}  {mark}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        runs = load(args.artifacts_dir, args.last)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"runs": runs}) if args.json else format_runs(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The run history: one small Parquet file per flow run, ``<root>/history/<utc-time>-<flow-run-id>.parquet``.
+
+One file per run, written atomically and never rewritten, so concurrent runs never contend and an object store
+(where there is no append and no rename-over) works the same way; reading concatenates the files in name order,
+which is time order. No read-modify-write anywhere. The schema is fixed: the run's parameters are one JSON
+column, so files written under other settings still concatenate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+import stagecore as core
+from stagecore.atomic import atomic_path
+
+HISTORY_KEY = "linear-regression-history"
+SHOWN = 30  # runs in the UI's history table
+SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("flow_run_id", pa.string()),
+        ("data_sha256", pa.string()),
+        ("rows", pa.int64()),
+        ("params", pa.string()),  # JSON
+        ("train_mse", pa.float64()),
+        ("test_mse", pa.float64()),
+        ("train_r2", pa.float64()),
+        ("test_r2", pa.float64()),
+        ("optimality_gap", pa.float64()),
+        ("promoted", pa.bool_()),
+        ("model", pa.string()),  # relative to the root, posix
+    ]
+)
+_FILE = re.compile(r"\d{8}T\d{6}\d*Z-[A-Za-z0-9-]+\.parquet")
+
+
+def history_dir(root: str | Path) -> Path:
+    return Path(root) / core.HISTORY_DIR
+
+
+def data_digest(ingest_manifests: list[Mapping[str, Any]]) -> str:
+    """The data's sha256: the source file's for one file; for partitions, the sha256 of their sha256s in order."""
+    digests = [entry["sha256"] for m in ingest_manifests for entry in m["inputs"] if entry["name"] == "source"]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def history_row(
+    when: dt.datetime,
+    run_id: str,
+    data_sha256: str,
+    rows: int,
+    params: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    promoted: bool,
+    model: str,
+) -> pa.Table:
+    """This run's one row."""
+    metrics = summary["metrics"]
+    row = {
+        "time": when,
+        "flow_run_id": run_id,
+        "data_sha256": data_sha256,
+        "rows": rows,
+        "params": json.dumps(core.redact_all(dict(params)), sort_keys=True, default=str),
+        "train_mse": metrics["train"]["mse"],
+        "test_mse": metrics["test"]["mse"],
+        "train_r2": metrics["train"]["r2"],
+        "test_r2": metrics["test"]["r2"],
+        "optimality_gap": summary["optimality_gap"],
+        "promoted": promoted,
+        "model": model,
+    }
+    return pa.Table.from_pylist([row], schema=SCHEMA)
+
+
+def write_row(root: str | Path, row: pa.Table) -> str:
+    """``<root>/history/<utc-time>-<run id>.parquet``, atomically; never overwrites another run's file."""
+    when: dt.datetime = row.column("time")[0].as_py()
+    folder = history_dir(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{when:%Y%m%dT%H%M%S%f}Z-{row.column('flow_run_id')[0].as_py()}.parquet"
+    with atomic_path(final) as tmp:
+        pq.write_table(row, tmp)
+    return str(final)
+
+
+def read_history(root: str | Path, last: int | None = None) -> pa.Table:
+    """The runs recorded under ``root``, oldest first (the last ``last`` of them); empty when there are none.
+
+    Files whose name is not ours, or that do not have this schema, are skipped (and named in the log of the
+    caller, not here): a history is a report, and one bad file must not hide the others.
+    """
+    folder = history_dir(root)
+    files = sorted(f for f in folder.iterdir() if _FILE.fullmatch(f.name) and f.is_file()) if folder.is_dir() else []
+    if last is not None:
+        files = files[-last:] if last > 0 else []
+    tables = []
+    for file in files:
+        try:
+            table = pq.read_table(file)
+        except (OSError, pa.ArrowException):
+            continue
+        if table.schema.remove_metadata().equals(SCHEMA):
+            tables.append(table.replace_schema_metadata(None))
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def table_rows(history: pa.Table) -> list[dict[str, Any]]:
+    """Rows for the UI's table artifact and the CLI's JSON: plain values, time as ISO text."""
+    rows = history.to_pylist()
+    for row in rows:
+        row["time"] = row["time"].isoformat(timespec="seconds")
+    return rows
+
+
+def trend_png(history: pa.Table) -> bytes:
+    """Test MSE over runs (log scale), promotions marked."""
+    from tasks.plot import figure, png_bytes
+
+    mse = history.column("test_mse").to_pylist()
+    promoted = history.column("promoted").to_pylist()
+    runs = list(range(1, len(mse) + 1))
+    fig = figure(6, 3.5)
+    ax = fig.subplots()
+    ax.plot(runs, mse, marker="o", markersize=3, linewidth=1, label="test MSE")
+    won = [(r, m) for r, m, p in zip(runs, mse, promoted, strict=True) if p]
+    if won:
+        ax.scatter(*zip(*won, strict=True), marker="*", s=120, color="tab:orange", zorder=3, label="promoted")
+    if all(m is not None and m > 0 for m in mse):
+        ax.set_yscale("log")
+    ax.set(xlabel="run (oldest first)", ylabel="test MSE", title=f"Test MSE over the last {len(mse)} runs")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return png_bytes(fig)
+
+
+@task(name="record_history", cache_policy=NO_CACHE, persist_result=False)
+def record_history(
+    root: str,
+    run_id: str,
+    params: dict[str, Any],
+    artifacts: dict[str, dict[str, str]],
+    promotion: dict[str, Any],
+) -> str:
+    """Append this run's row (its own file) and publish the last runs as the ``linear-regression-history`` table."""
+    ingest = [core.verify(path) for path in artifacts["ingest"].values()]
+    summary = core.read_json(artifacts["evaluate"]["summary"])
+    rows = sum(int(m["schema"]["rows"]) for m in ingest)
+    model = Path(artifacts["train"]["model"]).resolve().relative_to(Path(root).resolve()).as_posix()
+    now = dt.datetime.now(dt.UTC)
+    row = history_row(now, run_id, data_digest(ingest), rows, params, summary, promotion["promoted"], model)
+    path = write_row(root, row)
+    shown = table_rows(read_history(root, SHOWN))
+    for r in shown:
+        r.pop("params")
+    create_table_artifact(shown, key=HISTORY_KEY, description=f"The last {SHOWN} runs under this artifacts folder")
+    get_run_logger().info(
+        "read %s and the last %d runs; wrote %s; published %s",
+        artifacts["evaluate"]["summary"],
+        len(shown),
+        core.describe(path),
+        HISTORY_KEY,
+    )
+    return path

@@ -1,0 +1,122 @@
+"""The run history: one Parquet file per run, read back by concatenation; the ``flows.history`` CLI; the trend
+plot in the report; ``--clean-artifacts`` deletes it with the champion pointer."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import stagecore as core
+from flows import history as cli
+from tasks import history
+from tasks.report import render_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SUMMARY = {
+    "metrics": {"train": {"mse": 2.0, "r2": 0.9}, "test": {"mse": 3.0, "r2": None}},
+    "baseline": {"train": {"mse": 1.9, "r2": 0.91}, "test": {"mse": 2.9, "r2": 0.8}},
+    "optimality_gap": 0.05,
+}
+
+
+def record(root: Path, n: int, test_mse: float, promoted: bool) -> str:
+    when = dt.datetime(2026, 11, 27, 1, 0, n, tzinfo=dt.UTC)
+    summary = {**SUMMARY, "metrics": {**SUMMARY["metrics"], "test": {"mse": test_mse, "r2": None}}}
+    row = history.history_row(when, f"run-{n}", "ab" * 32, 200, {"epochs": n}, summary, promoted, f"train/{n}/m.pt")
+    return history.write_row(root, row)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = core.prepare_root(tmp_path / "store")
+    for n, (mse, promoted) in enumerate([(4.0, True), (5.0, False), (3.0, True)]):
+        record(root, n, mse, promoted)
+    return root
+
+
+def test_one_file_per_run_read_back_in_time_order(store):
+    files = sorted(p.name for p in (store / "history").iterdir())
+    assert files == [f"20261127T0100{n:02d}000000Z-run-{n}.parquet" for n in range(3)]
+    runs = history.read_history(store).to_pylist()
+    assert [r["flow_run_id"] for r in runs] == ["run-0", "run-1", "run-2"]
+    assert [r["test_mse"] for r in runs] == [4.0, 5.0, 3.0] and [r["promoted"] for r in runs] == [True, False, True]
+    first = runs[0]
+    assert first["train_mse"] == 2.0 and first["train_r2"] == 0.9 and first["test_r2"] is None
+    assert first["optimality_gap"] == 0.05 and first["rows"] == 200 and json.loads(first["params"]) == {"epochs": 0}
+    assert [r["flow_run_id"] for r in history.read_history(store, last=2).to_pylist()] == ["run-1", "run-2"]
+    (store / "history" / "notes.txt").write_text("mine")  # not ours: skipped
+    assert history.read_history(store).num_rows == 3
+    assert history.read_history(store.parent / "nowhere").num_rows == 0
+
+
+def test_cli_prints_table_and_json(store, capsys):
+    assert cli.main(["--artifacts-dir", str(store), "--last", "2", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
+    assert [(r["flow_run_id"], r["test_mse"], r["promoted"]) for r in runs] == [
+        ("run-1", 5.0, False),
+        ("run-2", 3.0, True),
+    ]
+    assert runs[0]["time"] == "2026-11-27T01:00:01+00:00" and runs[0]["params"] == {"epochs": 1}
+    assert cli.main(["--artifacts-dir", str(store)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and "test MSE" in lines[0] and lines[1].endswith("yes") and lines[2].endswith("no")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--last", "0"], "error: --last 0: must be a positive number of runs"),
+        (["--last", "x"], "error: argument --last: invalid int value: 'x'"),
+        (["--bogus"], "error: unrecognized arguments: --bogus"),
+        (["--artifacts-dir", "/nonexistent/store"], "error: --artifacts-dir /nonexistent/store: no such folder"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+
+
+def test_report_leads_with_the_headline_and_embeds_the_trend(store):
+    runs = history.read_history(store)
+    png = history.trend_png(runs)
+    assert png.startswith(PNG_SIGNATURE)
+    summary = {
+        **SUMMARY,
+        "training": {"epochs": 3},
+        "epochs_run": 3,
+        "converged": True,
+        "lr": 0.1,
+        "max_stable_lr": 0.2,
+        "reference_ok": True,
+        "reference_rank": 3,
+        "weights": {"a": 1.0, "b": 2.0},
+        "optimality_gap_abs": 0.1,
+    }
+    promotion = {"promoted": False, "reason": "worse, not promoted", "champion": "/s/train/k/model.pt"}
+    plots = {"predicted_vs_actual": PNG_SIGNATURE, "loss_curve": PNG_SIGNATURE, "trend": png}
+    report = render_report(
+        {"epochs": 3}, summary, [{"m": 1.0}], [{"feature": "a"}], plots, {"s": {"f": "/p"}}, promotion
+    )
+    headline, details = report.split("## Details")
+    assert "test MSE **3**" in headline and "**not promoted**: the champion stays: worse" in headline
+    images = re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", headline)
+    assert base64.b64decode(images[-1]) == png and len(images) == 3
+    assert "### Parameters" in details
+
+
+def test_clean_deletes_history_and_champion_but_not_user_files(store):
+    champion = store / core.CHAMPION_DIR
+    champion.mkdir()
+    for name in ("champion.json", "champion.json.manifest.json", "champion.lock"):
+        (champion / name).write_text("{}")
+    (champion / "mine.txt").write_text("keep")
+    core.prepare_root(store)  # the new folders are store entries
+    _, deleted = core.clear(store)
+    assert deleted == 3 + 3 + 1  # history files, champion files, marker
+    assert [p.name for p in store.rglob("*")] == ["champion", "mine.txt"]
