@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -27,6 +28,7 @@ from flows.champion import CHAMPION_FILE
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.predict import main
 from flows.train import linear_regression
+from tasks import predict as stage
 from tasks.predict import REPORT_KEY
 
 FEATURES = ["TV", "radio", "newspaper"]
@@ -187,3 +189,25 @@ def test_predict_deployment_runs_on_a_process_worker(store, prefect_api_url, tmp
     [report] = [a for a in found if a.key == REPORT_KEY]
     assert report.type == "markdown" and "| rows | 200 |" in report.data
     assert str(store["model"]) in report.data and "data:image/png;base64," in report.data
+
+
+def test_streaming_follows_the_row_order_across_batches_and_row_groups(tmp_path, monkeypatch):
+    """Batches smaller than the row groups, row groups that differ between the two tables: the index column
+    still lines up with its rows, and a NaN is reported at its row of the file."""
+    monkeypatch.setattr(stage, "BATCH_ROWS", 4)
+    x = np.arange(23, dtype=np.float64)
+    raw = pa.table({"": pa.array(np.arange(100, 123)), "a": x, "b": 2 * x})
+    pq.write_table(raw, tmp_path / "raw.parquet", row_group_size=5)
+    pq.write_table(raw.drop_columns([""]), tmp_path / "clean.parquet", row_group_size=3)
+    model = {"weights": torch.tensor([0.5, -1.0]), "bias": 3.0}
+    files = [pq.ParquetFile(tmp_path / n) for n in ("clean.parquet", "raw.parquet")]
+    schema, batches = stage.predictions(*files, ["a", "b"], model, "Unnamed: 0")
+    table = pa.Table.from_batches(list(batches), schema)
+    assert table["Unnamed: 0"].to_pylist() == list(range(100, 123))
+    np.testing.assert_allclose(table["prediction"].to_numpy(), 0.5 * x - 2 * x + 3.0, rtol=1e-12)
+
+    x[17] = np.nan
+    pq.write_table(pa.table({"a": x, "b": 2 * x}), tmp_path / "nan.parquet", row_group_size=3)
+    _, batches = stage.predictions(pq.ParquetFile(tmp_path / "nan.parquet"), files[1], ["a", "b"], model, None)
+    with pytest.raises(core.InputError, match="'a' is empty or NaN at data row 17"):
+        list(batches)
