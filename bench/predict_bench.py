@@ -5,8 +5,9 @@
 
 Trains once (and once more with one more epoch: a second model whose training reuses every stage but train),
 promotes the first, then measures two predict processes against a running Prefect server, each started through
-`bench/peak_rss.py`: a cold one (ingest, drop_index and predict all run) and one with the second model (ingest and
-drop_index are Cached, so only the streamed predict stage runs). It checks the predictions against ``x @ w + b``.
+`bench/peak_rss.py`: a cold one in a fresh store (ingest, drop_index and predict all run) and one with the
+second model in the trained store (ingest and drop_index are Cached, so only the streamed predict stage runs).
+It checks the predictions against ``x @ w + b``.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def main() -> None:
             other = Path(train(csv, root, env, "--epochs", "999")["artifacts"]["train"]["model"])
             predict = [sys.executable, "-m", "flows.predict", "--data", str(csv), "--artifacts-dir", str(root)]
             predict.append("--json")
+            cold = [*predict[:-3], "--artifacts-dir", str(base / "cold"), "--model", str(champion), "--json"]
             for label, cmd, model in (
-                ("cold: ingest + drop_index + predict", predict, champion),
+                ("cold: ingest + drop_index + predict (a fresh store)", cold, champion),
                 ("predict stage only (ingest, drop_index cached)", [*predict, "--model", str(other)], other),
             ):
                 wall, rss, stdout = measured(cmd, env)
