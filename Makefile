@@ -14,7 +14,7 @@ SERVER_PORT ?= 4200
 POOL ?= local-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench bench-scale lint format clean-artifacts clean server deploy worker serve
+.PHONY: help setup run test bench bench-scale bench-predict lint format clean-artifacts clean server deploy worker serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ bench: $(STAMP) ## cold vs warm (cached) run vs a flow of one no-op task per sta
 
 bench-scale: $(STAMP) ## flow vs the plain script at 200 and 2M rows; ARGS="--rows 20000000 --repeats 1"
 	$(PY) -m bench.scale_bench $(ARGS)
+
+bench-predict: $(STAMP) ## predict rows/s and peak RSS at 2M rows (trains once first); ARGS="--rows 20000000"
+	$(PY) -m bench.predict_bench $(ARGS)
 
 server: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 (SQLite in ~/.prefect unless configured)
 	$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)

@@ -16,8 +16,8 @@ import itertools
 import json
 import os
 import typing
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, ClassVar, TypeVar
@@ -210,6 +210,21 @@ class Outputs:
 
     def write_parquet(self, table: pa.Table, name: str) -> str:
         return self._write(name, "parquet", lambda sink: pq.write_table(table, sink))
+
+    @contextmanager
+    def parquet_writer(self, name: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+        """Write ``name`` batch by batch, for a table too large to hold whole (millions of predictions).
+
+        The same guarantees as `write_parquet`: the batches go to a temp file (hashed as they are written) that is
+        renamed into place once the writer has closed, then the manifest is written; an exception in the block leaves nothing behind.
+        """
+        final = self.folder / name
+        with atomic_path(final) as tmp, open(tmp, "wb") as raw:
+            sink = HashingWriter(raw)
+            with pq.ParquetWriter(sink, schema) as writer:
+                yield writer
+        remember(final, sink.sha256.hexdigest(), sink.size)
+        self.record(name, "parquet")
 
     def write_pt(self, obj: Mapping[str, Any], name: str) -> str:
         # Saved through memory: torch.save to a path names the archive's folder after the (random) temp file,

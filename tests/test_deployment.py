@@ -159,7 +159,7 @@ def test_prefect_yaml_names_no_folder_of_any_machine():
             yield node
 
     assert not [s for s in strings(config) if s.startswith(("/", "~")) or re.match(r"[A-Za-z]:\\", s)]
-    assert {d["name"] for d in config["deployments"]} == {"daily", "on-demand"}
+    assert {d["name"] for d in config["deployments"]} == {"daily", "on-demand", "predict"}
 
 
 def _said_what_it_read_and_wrote(messages: list[str]) -> bool:

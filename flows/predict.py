@@ -1,0 +1,182 @@
+"""The predict flow: apply a trained model (the champion by default) to new data, streamed, with lineage.
+
+    python -m flows.predict --data new.csv [--model champion|PATH] [--json]
+
+Ingest and drop_index are the training flow's stages (once per partition, on the task runner); then the data's
+columns are checked against the model's features; then ``predict`` writes ``predictions.parquet`` per
+partition, whose manifest names the model's sha256, so ``python -m flows.lineage`` leads from a prediction file
+through the model back to the training data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, flow
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+import stagecore as core
+from flows.params import Params, _typed
+from flows.train import settle_prefect, task_runner
+from stagecore.cache import StageRunner
+from stagecore.errors import InputError, IntegrityError
+from tasks import drop_index, ingest, predict
+from tasks.promote import champion_model_path
+
+CHAMPION = "champion"
+_SHARED = ("data", "index_column", "task_runner", "dask_address", "artifacts_dir", "refresh")  # defined in Params
+
+
+class _Base(BaseModel):
+    """What one prediction run needs: the model, and the training flow's own fields for the data and the store."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def parse(cls, **values: Any) -> _Base:
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = "--" + str(err["loc"][0]).replace("_", "-")
+            raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
+
+    @classmethod
+    def signature(cls) -> inspect.Signature:
+        """The flow's signature, so the deployment's run form has each field's type, default and description."""
+        return inspect.Signature(
+            [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field, annotation=_typed(field))
+                for name, field in cls.model_fields.items()
+            ],
+            return_annotation=dict[str, Any],
+        )
+
+
+PredictParams = create_model(
+    "PredictParams",
+    __base__=_Base,
+    __doc__=_Base.__doc__,
+    model=(
+        str,
+        Field(CHAMPION, description="champion: the promoted model of the artifacts folder; or a model.pt path"),
+    ),
+    **{name: (Params.model_fields[name].annotation, Params.model_fields[name]) for name in _SHARED},
+)
+
+
+def resolve_model(model: str, root: str) -> str:
+    """The model file to use, verified against its manifest: the champion's, or the path given."""
+    if model == CHAMPION:
+        try:
+            path = champion_model_path(root)
+        except ValueError as exc:  # a pointer that is not ours: say so, never follow it
+            raise InputError(f"{exc}; train again to write a new champion, or pass --model PATH") from None
+        if path is None:
+            raise InputError(
+                f"no champion model in {root} yet; train first (python -m flows.train), or pass --model PATH"
+            )
+    else:
+        path = str(Path(model).expanduser().resolve())
+        if not Path(path).is_file():
+            raise InputError(f"{model}: model file not found; pass --model with the path of a model.pt, or champion")
+    core.verify(path, load=True)  # IntegrityError when it does not match its manifest
+    return path
+
+
+def linear_regression_predict(**values: Any) -> dict[str, Any]:
+    """Ingest → drop index → check columns → predict (per partition), then the UI report; returns the summary."""
+    p = PredictParams.parse(**values)
+    root = str(core.prepare_root(p.artifacts_dir))
+    model_path = resolve_model(p.model, root)
+    features = list(core.read_pt(model_path)["features"])
+    run = StageRunner(root, refresh=p.refresh)
+    sources = core.partition_sources(p.data) if core.is_partitioned(p.data) else [core.data_source(p.data)]
+    with task_runner(p) as pool:
+
+        def each(task: Task, calls: list[tuple]) -> list[dict[str, str]]:
+            try:
+                return run.map(pool, task, calls, sources)
+            except InputError as exc:  # a single file's stage errors name intermediate files: add the source
+                if len(sources) == 1 and sources[0] not in str(exc):
+                    raise InputError(f"{core.redact(sources[0])}: {exc}") from None
+                raise
+
+        raw = [r["table"] for r in each(ingest.ingest_csv, [(s, root) for s in sources])]
+        clean = [c["table"] for c in each(drop_index.drop_index_column, [(r, p.index_column, root) for r in raw])]
+        for table, source in zip(clean, sources, strict=True):
+            predict.check_features(core.open_parquet(table).schema_arrow, features, core.redact(source))
+        calls = [(c, r, model_path, p.index_column, root) for c, r in zip(clean, raw, strict=True)]
+        outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
+    rows = predict.publish_predictions(outputs, model_path, features)
+    return {
+        "predictions": outputs[0] if len(outputs) == 1 else outputs,
+        "rows": rows,
+        "model": model_path,
+        "features": features,
+        "cached": dict(run.cached),
+    }
+
+
+linear_regression_predict.__signature__ = PredictParams.signature()
+linear_regression_predict = flow(
+    name="linear-regression-predict",
+    description="Predict with a trained linear regression (the champion by default), streamed, with lineage.",
+)(linear_regression_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fields = PredictParams.model_fields
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.predict",
+        description="Predict with a trained linear regression as a Prefect flow.",
+        argument_default=argparse.SUPPRESS,
+    )
+
+    def opt(name: str, **kwargs: Any) -> None:
+        field = fields[name]
+        default = "none" if field.default is None else field.default
+        parser.add_argument(f"--{name.replace('_', '-')}", help=f"{field.description} (default: {default})", **kwargs)
+
+    opt("data", metavar="CSV|Parquet|FOLDER|GLOB")
+    opt("model", metavar="champion|PATH")
+    opt("index_column", metavar="COLUMN", type=lambda v: None if v.lower() == "none" else v)
+    opt("task_runner", choices=Params.choices("task_runner"))
+    opt("dask_address", metavar="tcp://HOST:PORT")
+    opt("artifacts_dir", metavar="DIR")
+    opt("refresh", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON line at the end")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    as_json = args.pop("json", False)
+    try:
+        p = PredictParams.parse(**args)  # bad parameters, no champion, a broken model: before Prefect starts
+        resolve_model(p.model, str(core.prepare_root(p.artifacts_dir)))
+    except (InputError, IntegrityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = linear_regression_predict(**args)
+    except (InputError, IntegrityError) as exc:
+        settle_prefect()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    shown = summary["predictions"] if isinstance(summary["predictions"], list) else [summary["predictions"]]
+    cached = ", ".join(stage for stage, hit in summary["cached"].items() if hit) or "none"
+    print(f"{summary['rows']} predictions with model {summary['model']} (cached stages: {cached}):")
+    print("\n".join(f"  {path}" for path in shown))
+    if as_json:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

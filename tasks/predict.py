@@ -1,0 +1,217 @@
+"""Stage: predict with a trained model, streamed batch by batch, so 20M rows need no more memory than 200.
+
+Features are read from the cleaned table (drop_index's output), by name and in the model's order; the input's
+index column, which drop_index removed, is read by name from the ingested table beside them, so a prediction
+keeps the row label it belongs to. The model is an input file of the stage: its sha256 is in the predictions'
+manifest, and lineage follows it back to the data the model was trained on.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+import stagecore as core
+from stagecore.errors import InputError
+from tasks.drop_index import resolve_column
+
+BATCH_ROWS = 1 << 20  # ~1M rows a batch: a few × 8 MB per feature, whatever the file's size
+PREDICTION = "prediction"
+REPORT_KEY = "linear-regression-predictions"
+HISTOGRAM_BINS = 40
+
+
+def check_features(schema: pa.Schema, features: list[str], source: str) -> None:
+    """Refuse data the model cannot be applied to: a feature missing, or one that is not numeric."""
+    missing = [f for f in features if f not in schema.names]
+    if missing:
+        raise InputError(
+            f"{source}: has no column {missing[0]!r}, a feature of the model (features: {', '.join(features)}); "
+            "pass --data with those columns, or another --model"
+        )
+    for name in features:
+        kind = schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            raise InputError(
+                f"{source}: feature column {name!r} is {kind}, not numeric; fix the column and pass it again"
+            )
+
+
+def model_weights(model: dict) -> tuple[np.ndarray, float]:
+    """The model's raw-unit weights (one per feature) and bias, in float64."""
+    return model["weights"].double().reshape(-1).numpy(), float(model["bias"])
+
+
+def predict_batch(
+    batch: pa.RecordBatch, features: list[str], weights: np.ndarray, bias: float, first_row: int = 0
+) -> np.ndarray:
+    """``x @ w + b`` in float64 for one batch (whose first row is ``first_row`` of the file); a null or NaN
+    feature is refused, naming the column and the row: a NaN prediction would pass silently downstream."""
+    columns = []
+    for name in features:
+        column = batch.column(name)
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        invalid = np.isnan(values)
+        if column.null_count:
+            invalid |= ~np.asarray(column.is_valid())
+        if invalid.any():
+            row = first_row + int(np.flatnonzero(invalid)[0])
+            raise InputError(
+                f"feature column {name!r} is empty or NaN at data row {row} (0-based); fill or drop those rows"
+            )
+        columns.append(values)
+    x = np.column_stack(columns) if columns else np.empty((batch.num_rows, 0))
+    return x @ weights + bias
+
+
+class _Column:
+    """One column of a Parquet file, handed out in slices of any length (to follow another file's batches)."""
+
+    def __init__(self, file: pq.ParquetFile, name: str):
+        self._batches = (b.column(0) for b in file.iter_batches(batch_size=BATCH_ROWS, columns=[name]))
+        self._rest: pa.Array | None = None
+
+    def take(self, rows: int) -> pa.Array:
+        parts, need = [], rows
+        while need:
+            if self._rest is None or len(self._rest) == 0:
+                self._rest = next(self._batches)
+            part = self._rest.slice(0, need)
+            self._rest = self._rest.slice(len(part))
+            parts.append(part)
+            need -= len(part)
+        return pa.concat_arrays(parts) if len(parts) != 1 else parts[0]
+
+
+def predictions(
+    clean: pq.ParquetFile, raw: pq.ParquetFile, features: list[str], model: dict, index: str | None
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The output's schema and its batches, in input row order: the index column (if any), then ``prediction``."""
+    weights, bias = model_weights(model)
+    fields = [pa.field(PREDICTION, pa.float64())]
+    column = None
+    if index is not None:
+        stored = resolve_column(raw.schema_arrow.empty_table(), index)  # "Unnamed: 0" finds pyarrow's ""
+        column = _Column(raw, stored)
+        fields.insert(0, pa.field(index, raw.schema_arrow.field(stored).type))
+    schema = pa.schema(fields)
+    offset = 0
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        nonlocal offset
+        for batch in clean.iter_batches(batch_size=BATCH_ROWS, columns=features):
+            y = predict_batch(batch, features, weights, bias, offset)
+            arrays = [pa.array(y, pa.float64())]
+            if column is not None:
+                arrays.insert(0, column.take(batch.num_rows))
+            offset += batch.num_rows
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+    return schema, batches()
+
+
+@task(name="predict_rows")
+@core.stage("predict")
+def predict_rows(
+    table_path: core.File, raw_path: core.File, model_path: core.File, index_column: str | None, root: str
+) -> dict[str, str]:
+    """Read the cleaned table (features), the ingested one (index column) and the model; write
+    ``predictions.parquet`` a batch at a time."""
+    model = core.read_pt(model_path)
+    features = list(model["features"])
+    clean, raw = core.open_parquet(table_path), core.open_parquet(raw_path)
+    check_features(clean.schema_arrow, features, table_path)
+    schema, batches = predictions(clean, raw, features, model, index_column)
+    rows = 0
+    outputs = core.outputs()
+    with outputs.parquet_writer("predictions.parquet", schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    out = str(outputs.folder / "predictions.parquet")
+    get_run_logger().info(
+        "read %s and %s with model %s; wrote %d predictions to %s",
+        table_path,
+        raw_path,
+        model_path,
+        rows,
+        core.describe(out),
+    )
+    return {"predictions": out}
+
+
+# --- the UI report --------------------------------------------------------------------------------
+
+
+def histogram(paths: list[str], bins: int = HISTOGRAM_BINS) -> tuple[np.ndarray, np.ndarray, int]:
+    """Counts and edges of the predictions over every file, in two streamed passes (range, then counts)."""
+    low, high, rows = np.inf, -np.inf, 0
+    for path in paths:
+        for batch in core.open_parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=[PREDICTION]):
+            y = batch.column(0).to_numpy()
+            if y.size:
+                low, high, rows = min(low, y.min()), max(high, y.max()), rows + y.size
+    if rows == 0:
+        return np.zeros(bins, dtype=np.int64), np.linspace(0, 1, bins + 1), 0
+    edges = np.linspace(low, high, bins + 1) if high > low else np.linspace(low - 0.5, high + 0.5, bins + 1)
+    counts = np.zeros(bins, dtype=np.int64)
+    for path in paths:
+        for batch in core.open_parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=[PREDICTION]):
+            counts += np.histogram(batch.column(0).to_numpy(), bins=edges)[0]
+    return counts, edges, rows
+
+
+def histogram_png(counts: np.ndarray, edges: np.ndarray) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.stairs(counts, edges, fill=True)
+    ax.set_xlabel(PREDICTION)
+    ax.set_ylabel("rows")
+    ax.set_title("Predictions")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render_report(rows: int, model: str, features: list[str], paths: list[str], png: bytes) -> str:
+    image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    files = "\n".join(f"- `{p}`" for p in paths)
+    return "\n".join(
+        [
+            "# Predictions",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| rows | {rows} |",
+            f"| model | `{model}` |",
+            f"| features | {', '.join(features)} |",
+            "",
+            f"![Histogram of predictions]({image})",
+            "",
+            "Files:",
+            files,
+        ]
+    )
+
+
+@task(name="publish_predictions", cache_policy=NO_CACHE, persist_result=False)
+def publish_predictions(paths: list[str], model: str, features: list[str]) -> int:
+    """Publish the row count, a histogram of the predictions and the model used; every run, cached or not."""
+    counts, edges, rows = histogram(paths)
+    report = render_report(rows, model, features, paths, histogram_png(counts, edges))
+    create_markdown_artifact(report, key=REPORT_KEY, description="Rows, histogram and model of this prediction run")
+    get_run_logger().info("read %d predictions from %d file(s); published the report %s", rows, len(paths), REPORT_KEY)
+    return rows
