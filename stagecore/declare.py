@@ -215,8 +215,9 @@ class Outputs:
     def parquet_writer(self, name: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
         """Write ``name`` batch by batch, for a table too large to hold whole (millions of predictions).
 
-        The same guarantees as `write_parquet`: the batches go to a temp file (hashed as they are written) that is
-        renamed into place once the writer has closed, then the manifest is written; an exception in the block leaves nothing behind.
+        The same guarantees as `write_parquet`: the batches go to a temp file (hashed as they are written) that
+        is renamed into place once the writer has closed, then the manifest is written; an exception in the
+        block leaves nothing behind.
         """
         final = self.folder / name
         with atomic_path(final) as tmp, open(tmp, "wb") as raw:
