@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import fcntl
 import functools
 import inspect
 import json
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -44,6 +42,7 @@ from prefect.task_runners import TaskRunner
 from stagecore.atomic import write_json
 from stagecore.declare import Stage
 from stagecore.errors import InputError, IntegrityError
+from stagecore.lock import exclusive
 from stagecore.manifest import verify
 from stagecore.root import CACHE_DIR
 
@@ -61,24 +60,10 @@ def record_path(root: str | os.PathLike[str], stage: str, key: str) -> Path:
     return records_dir(root) / stage / f"{key}{RECORD_SUFFIX}"
 
 
-@contextmanager
-def key_lock(root: str | os.PathLike[str], stage: str, key: str) -> Iterator[None]:
-    """Hold ``<root>/.cache/<stage>/<key>.lock`` exclusively: one writer per key, across threads and processes.
-
-    ``flock`` locks belong to an open file, so two threads of one process that each open the file also exclude
-    each other, and the kernel releases the lock when its process dies.
-    """
-    path = records_dir(root) / stage / f"{key}.lock"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise InputError(f"cannot lock {path} ({exc.strerror}); check the artifacts folder's permissions") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
+def key_lock(root: str | os.PathLike[str], stage: str, key: str) -> AbstractContextManager[None]:
+    """Hold ``<root>/.cache/<stage>/<key>.lock`` exclusively: one writer per key, across threads and processes
+    (`stagecore.lock.exclusive`)."""
+    return exclusive(records_dir(root) / stage / f"{key}.lock")
 
 
 def write_record(root: str | os.PathLike[str], stage: str, key: str, outputs: dict[str, str]) -> Path:
