@@ -183,16 +183,18 @@ def download(url: str, local: Path) -> None:
     fs, path = filesystem(url)
     local.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(local) as tmp:
-        fs.get_file(path, str(tmp))
+        try:
+            fs.get_file(path, str(tmp))
+        except FileNotFoundError:  # raised inside: atomic_path would report an OSError as a write failure
+            raise IntegrityError(f"{url}: file is missing") from None
+        except OSError as exc:
+            raise IntegrityError(f"{url}: cannot be downloaded ({_reason(exc)})") from None
 
 
 def fetch(root: str, rel: str) -> Path:
-    """Download ``<root>/<rel>`` into the scratch mirror; IntegrityError when it is missing."""
+    """Download ``<root>/<rel>`` into the scratch mirror; IntegrityError when it is missing or unreadable."""
     local = scratch(root) / rel
-    try:
-        download(join(root, rel), local)
-    except FileNotFoundError:
-        raise IntegrityError(f"{join(root, rel)}: file is missing") from None
+    download(join(root, rel), local)
     return local
 
 

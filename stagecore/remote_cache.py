@@ -9,7 +9,6 @@ from pathlib import PurePosixPath
 
 from stagecore import remote
 from stagecore.cache import _NAME, MAX_RECORD_BYTES, RECORD_SUFFIX, RECORD_VERSION
-from stagecore.errors import IntegrityError
 from stagecore.manifest import MANIFEST_SUFFIX
 from stagecore.root import CACHE_DIR
 
@@ -65,11 +64,8 @@ def read_record(root: str, stage: str, key: str) -> dict[str, str] | None:
         parts = PurePosixPath(relative)
         if parts.is_absolute() or ".." in parts.parts or len(parts.parts) != 3 or parts.parts[0] != stage:
             raise ValueError(f"record points outside the stage's folder ({relative!r})")
-        try:
-            local = remote.fetch(root, relative)
-            remote.fetch(root, relative + MANIFEST_SUFFIX)
-        except OSError as exc:
-            raise IntegrityError(f"{remote.join(root, relative)}: cannot be downloaded ({exc})") from None
+        local = remote.fetch(root, relative)
+        remote.fetch(root, relative + MANIFEST_SUFFIX)
         outputs[name] = str(local)
     return outputs
 
