@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import stagecore as core
+from stagecore import remote
 from stagecore.errors import InputError
 
 
@@ -26,6 +27,8 @@ def _is_path(value: Any) -> bool:
 
 
 def _exists(path: str) -> bool:
+    if core.is_remote(path):
+        return remote.exists(path)
     try:
         return Path(path).exists()
     except (OSError, ValueError):  # a name too long for the file system, say
@@ -62,13 +65,13 @@ def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> di
     be read or is malformed makes its file one that does not verify.
     """
     seen = {} if seen is None else seen
-    path = str(Path(path).resolve())
+    path = _absolute(path)
     if path in seen:
         return {"path": path, "see_above": True, "ok": seen[path]["ok"]}
     try:
         manifest = read_manifest(path)
     except core.IntegrityError as exc:
-        if not _exists(str(core.manifest_path(path))):
+        if not _exists(_manifest_of(path)):
             return _source(path)
         seen[path] = {"path": path, "stage": None, "broken": True, "ok": False, "problem": str(exc), "inputs": []}
         return seen[path]
@@ -117,6 +120,15 @@ def _is_file(path: str) -> bool:
         return False
 
 
+def _absolute(path: str | Path) -> str:
+    """A local path made absolute; an object store's URL as it is."""
+    return str(path) if core.is_remote(path) else str(Path(path).expanduser().resolve())
+
+
+def _manifest_of(path: str) -> str:
+    return path + core.MANIFEST_SUFFIX if core.is_remote(path) else str(core.manifest_path(path))
+
+
 def sources(node: dict[str, Any]) -> list[dict[str, Any]]:
     """The source files at the end of the chain."""
     if node.get("source"):
@@ -137,10 +149,10 @@ def parameters(node: dict[str, Any], out: dict[str, Any] | None = None) -> dict[
 
 def explain(path: str | Path) -> dict[str, Any]:
     """What `main` prints, for an artifact or a run record."""
-    path = Path(path).expanduser().resolve()
-    if not path.exists():
+    path = _absolute(path)
+    if not _exists(path):
         raise InputError(f"{path}: no such file; pass an artifact or a run record")
-    if path.suffix == ".json" and path.parent.name == core.RUNS_DIR:
+    if path.endswith(".json") and path.rsplit("/", 2)[-2:-1] == [core.RUNS_DIR]:
         record, paths = read_run_record(path)
         traces = [trace(p) for p in paths]
         found = {s["path"]: s for t in traces for s in sources(t)}
@@ -156,7 +168,7 @@ def explain(path: str | Path) -> dict[str, Any]:
             "parameters": params,
             "artifacts": traces,
         }
-    if not _exists(str(core.manifest_path(path))):
+    if not _exists(_manifest_of(path)):
         raise InputError(
             f"{path}: no manifest ({core.manifest_path(path).name} is missing); lineage needs a stage artifact "
             f"(or a run record under {core.RUNS_DIR}/)"
@@ -170,10 +182,10 @@ def explain(path: str | Path) -> dict[str, Any]:
     }
 
 
-def read_run_record(path: Path) -> tuple[dict[str, Any], list[str]]:
+def read_run_record(path: str) -> tuple[dict[str, Any], list[str]]:
     """A run record and the artifact paths it lists, stage by stage; a one-line error if it is malformed."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads((remote.read_bytes(path) or b"") if core.is_remote(path) else Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable run record ({exc})") from None
     stages = record.get("stages") if isinstance(record, dict) else None

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, get_client
@@ -102,7 +101,8 @@ def task_runner(p: Params) -> TaskRunner:
 def summarize(artifacts: dict[str, dict[str, str]], cached: dict[str, bool], record: str) -> dict[str, Any]:
     """The run's result: the evaluation summary, where every artifact is, which stages were cached."""
     summary = core.read_json(artifacts["evaluate"]["summary"])
-    return {**summary, "artifacts": artifacts, "cached": dict(cached), "run_record": record}
+    named = {stage: {name: core.public(path) for name, path in files.items()} for stage, files in artifacts.items()}
+    return {**summary, "artifacts": named, "cached": dict(cached), "run_record": record}
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ def format_summary(s: dict[str, Any]) -> str:
             rows.append(f"{label + ' ' + part:<26}{cells}")
     weights = ", ".join(f"{k} {v:.6g}" for k, v in s["weights"].items())
     stop = "converged" if s["converged"] else "epoch cap"
-    root = Path(next(iter(s["artifacts"]["ingest"].values()))).parents[2]
+    root = str(next(iter(s["artifacts"]["ingest"].values()))).rsplit("/", 3)[0]  # a folder or a store's URL
     cached = ", ".join(stage for stage, hit in s["cached"].items() if hit) or "none"
     return "\n".join(
         [
@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if clean:
             root, count = core.clear(args.get("artifacts_dir"))
-            kept = " (files the store did not write were kept, and so was the folder)" if root.exists() else ""
+            left = core.store_exists(root)
+            kept = " (files the store did not write were kept, and so was the folder)" if left else ""
             print(f"deleted {count} files the store wrote under {root}{kept}")
             return 0
         p = Params.parse(**args)  # fail on bad parameters (and a --data that is none) before starting Prefect

@@ -26,6 +26,7 @@ from stagecore.manifest import (
     versions,
 )
 from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
+from stagecore.remote import is_remote, public
 from stagecore.root import (
     CACHE_DIR,
     CHAMPION_DIR,
@@ -38,6 +39,8 @@ from stagecore.root import (
     artifacts_root,
     clear,
     prepare_root,
+    store_exists,
+    store_root,
 )
 from stagecore.runs import write_run_record
 from stagecore.sources import (
@@ -45,6 +48,7 @@ from stagecore.sources import (
     PARTITION_SUFFIXES,
     REDACTED,
     data_source,
+    download,
     is_partitioned,
     is_url,
     partition_sources,
@@ -89,9 +93,11 @@ __all__ = [
     "describe_pt",
     "describe_schema",
     "discard_if_empty",
+    "download",
     "exclusive",
     "import_closure",
     "is_partitioned",
+    "is_remote",
     "is_url",
     "library_versions",
     "manifest_path",
@@ -100,6 +106,7 @@ __all__ = [
     "outputs",
     "partition_sources",
     "prepare_root",
+    "public",
     "read_json",
     "read_manifest",
     "read_parquet",
@@ -110,6 +117,8 @@ __all__ = [
     "sha256_file",
     "stage",
     "stage_key",
+    "store_exists",
+    "store_root",
     "sweep_temporary_files",
     "verify",
     "versions",

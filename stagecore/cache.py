@@ -16,7 +16,8 @@ file drops the record, logs why, and the stage runs again.
 
 One process computes a key at a time: the stage runs under an ``flock`` on ``<key>.lock``, which the kernel
 drops when its process dies, so a ``kill -9`` leaves no stale lock. A second run that needs the same key waits,
-then finds the record.
+then finds the record. On an object store there is no lock: records are created with a conditional write and
+outputs go to folders claimed the same way (stagecore/remote.py, docs/storage.md).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from stagecore.declare import Stage
 from stagecore.errors import InputError, IntegrityError
 from stagecore.lock import exclusive
 from stagecore.manifest import verify
+from stagecore.remote import is_remote
 from stagecore.root import CACHE_DIR
 
 RECORD_VERSION = 1
@@ -61,13 +63,23 @@ def record_path(root: str | os.PathLike[str], stage: str, key: str) -> Path:
 
 
 def key_lock(root: str | os.PathLike[str], stage: str, key: str) -> AbstractContextManager[None]:
-    """Hold ``<root>/.cache/<stage>/<key>.lock`` exclusively: one writer per key, across threads and processes
-    (`stagecore.lock.exclusive`)."""
+    """Hold the key's lock exclusively: one writer per key, across threads, processes and, on an object store,
+    machines (`stagecore.lock.exclusive`)."""
     return exclusive(records_dir(root) / stage / f"{key}.lock")
 
 
-def write_record(root: str | os.PathLike[str], stage: str, key: str, outputs: dict[str, str]) -> Path:
-    """Record that ``stage`` under ``key`` wrote ``outputs`` (name → path): paths stored relative to the"""
+def write_record(
+    root: str | os.PathLike[str], stage: str, key: str, outputs: dict[str, str], replace: bool = True
+) -> Path | str:
+    """Record that ``stage`` under ``key`` wrote ``outputs`` (name → path): paths stored relative to the store.
+
+    On an object store the record is created only if there is none (``replace``: overwrite, for --refresh):
+    of two runs that computed the same key, the first record stays, and the other run's outputs stay whole.
+    """
+    if is_remote(root):
+        from stagecore import remote_cache
+
+        return remote_cache.write_record(str(root), stage, key, outputs, replace)
     base = Path(root).resolve()
     files = {}
     for name, path in outputs.items():
@@ -86,6 +98,10 @@ def read_record(root: str | os.PathLike[str], stage: str, key: str) -> dict[str,
     Parsed by ``json`` and checked field by field: a record must have exactly our shape, and each path must be
     a relative path inside this stage's folder of the store (no ``..``, no absolute path, no link out).
     """
+    if is_remote(root):
+        from stagecore import remote_cache
+
+        return remote_cache.read_record(str(root), stage, key)
     path = record_path(root, stage, key)
     try:
         with open(path, "rb") as fh:
@@ -133,7 +149,12 @@ def check_record(root: str | os.PathLike[str], stage: str, key: str) -> tuple[di
         for artifact in outputs.values():
             verify(artifact, key=key, load=True)
     except (ValueError, IntegrityError) as exc:
-        record_path(root, stage, key).unlink(missing_ok=True)
+        if is_remote(root):
+            from stagecore import remote_cache
+
+            remote_cache.drop_record(str(root), stage, key)
+        else:
+            record_path(root, stage, key).unlink(missing_ok=True)
         return None, str(exc)
     return outputs, None
 
@@ -172,7 +193,7 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
                         "%s: cached result %s is not usable (%s); running the stage again", stage.name, key, problem
                     )
             outputs = fn(**call)
-            write_record(root, stage.name, key, outputs)
+            write_record(root, stage.name, key, outputs, replace=refresh)
         return outputs
 
     return Task(

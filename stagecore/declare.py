@@ -31,6 +31,7 @@ from stagecore.errors import InputError
 from stagecore.hashing import HashingWriter, remember, sha256_file
 from stagecore.keys import code_digest, plain, stage_key
 from stagecore.manifest import MANIFEST_VERSION, describe_pt, describe_schema, manifest_path, versions
+from stagecore.remote import claim_folder, is_remote, join, public, scratch, storage_error, upload
 from stagecore.sources import is_url, redact
 
 R = TypeVar("R")
@@ -148,7 +149,7 @@ class Stage:
                     return None
                 else:
                     sha = sha256_file(path)
-                out.append({"name": label, "path": redact(path), "sha256": sha})
+                out.append({"name": label, "path": redact(public(path)), "sha256": sha})
         return out
 
     def key(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> str | None:
@@ -171,6 +172,8 @@ class Stage:
         if inputs is None:
             raise ValueError(f"stage {self.name}: pass the digest of every URL input")
         key = self._key(params, inputs)
+        if is_remote(root):
+            return self._remote_outputs(str(root), key, params, inputs)
         try:
             folder = new_folder(Path(root) / self.name / key)
         except OSError as exc:
@@ -178,6 +181,16 @@ class Stage:
                 f"artifacts folder {Path(root)} is not writable ({exc.strerror}); pass --artifacts-dir"
             ) from None
         return Outputs(folder, self.name, key, params, inputs)
+
+    def _remote_outputs(self, root: str, key: str, params: dict[str, Any], inputs: list[dict[str, str]]) -> Outputs:
+        """On an object store: claim a new folder there, and compute into its mirror in the local scratch."""
+        try:
+            name = claim_folder(root, self.name, key)
+        except OSError as exc:
+            raise storage_error(root, exc) from None
+        folder = scratch(root) / self.name / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return Outputs(folder, self.name, key, params, inputs, remote=join(root, self.name, name))
 
 
 def new_folder(base: Path) -> Path:
@@ -207,6 +220,7 @@ class Outputs:
     key: str
     params: dict[str, Any]
     inputs: list[dict[str, str]]
+    remote: str | None = None  # the folder's URL on an object store, where `record` uploads each file
 
     def write_parquet(self, table: pa.Table, name: str) -> str:
         return self._write(name, "parquet", lambda sink: pq.write_table(table, sink))
@@ -256,7 +270,8 @@ class Outputs:
         """Write the manifest of ``name``, a file this stage has just put (atomically) into its folder.
 
         The artifact lands first and its manifest second: a crash in between leaves an artifact without a
-        manifest, which every read and every cache check treats as missing, so the stage runs again.
+        manifest, which every read and every cache check treats as missing, so the stage runs again. On an
+        object store both are uploaded in that same order, after the local file is complete and hashed.
         """
         final = self.folder / name
         manifest = {
@@ -274,6 +289,12 @@ class Outputs:
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         write_json(manifest, manifest_path(final))
+        if self.remote is not None:
+            try:
+                upload(final, join(self.remote, name))
+                upload(manifest_path(final), join(self.remote, manifest_path(final).name))
+            except OSError as exc:
+                raise storage_error(self.remote, exc) from None
         return str(final)
 
 

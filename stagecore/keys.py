@@ -75,7 +75,7 @@ def _source(path: Path, mtime_ns: int, size: int) -> bytes:
 @functools.lru_cache(maxsize=256)
 def _imports(name: str, path: Path, mtime_ns: int, size: int) -> tuple[str, ...]:
     """The project modules (and packages) that ``name``'s source imports."""
-    tree = ast.parse(_source(path, mtime_ns, size), filename=str(path))
+    tree = _parse(_source(path, mtime_ns, size), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -98,6 +98,18 @@ def _imports(name: str, path: Path, mtime_ns: int, size: int) -> tuple[str, ...]
                 if parts[0] in PROJECT_PACKAGES and _is_module(prefix):
                     found.add(prefix)
     return tuple(sorted(found))
+
+
+def _parse(source: bytes, filename: str) -> ast.Module:
+    """``ast.parse``, tried again when CPython 3.11 reports the parser race with a thread outside `_PARSING`
+    (a library's own thread, e.g. fsspec's I/O loop, that compiles code at the same moment)."""
+    for attempt in range(3):
+        try:
+            return ast.parse(source, filename=filename)
+        except SystemError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _is_module(name: str) -> bool:

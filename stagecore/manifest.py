@@ -21,6 +21,7 @@ import torch
 
 from stagecore.errors import IntegrityError
 from stagecore.hashing import sha256_file
+from stagecore.remote import is_remote
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -77,10 +78,11 @@ def manifest_path(path: str | os.PathLike[str]) -> Path:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of ``path`` (an artifact); IntegrityError when it is missing or unreadable."""
+    """The manifest of ``path`` (an artifact, or its URL on an object store); IntegrityError when it is missing
+    or unreadable."""
     mpath = manifest_path(path)
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(_read_text(path))
     except FileNotFoundError:
         raise IntegrityError(f"{path}: no manifest ({mpath.name} is missing)") from None
     except (OSError, ValueError) as exc:
@@ -90,13 +92,46 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def _read_text(path: str | os.PathLike[str]) -> str:
+    """The text of ``path``'s manifest, on disk or on an object store."""
+    if is_remote(path):
+        from stagecore import remote
+
+        data = remote.read_bytes(str(path) + MANIFEST_SUFFIX)
+        if data is None:
+            raise FileNotFoundError(str(path) + MANIFEST_SUFFIX)
+        return data.decode()
+    return manifest_path(path).read_text()
+
+
+def _verify_remote(url: str, key: str | None) -> dict[str, Any]:
+    """`verify` of an object in place (lineage): size, then the sha256 of its bytes, streamed."""
+    from stagecore import remote
+
+    size = remote.size(url)
+    if size is None:
+        raise IntegrityError(f"{url}: file is missing")
+    manifest = read_manifest(url)
+    if key is not None and manifest.get("key") != key:
+        raise IntegrityError(f"{url}: was produced under key {manifest.get('key')}, not {key}")
+    if size != manifest.get("size"):
+        raise IntegrityError(f"{url}: size {size} bytes, manifest says {manifest.get('size')} (truncated?)")
+    actual = remote.sha256(url)
+    if actual != manifest["sha256"]:
+        raise IntegrityError(f"{url}: sha256 {actual[:12]}… does not match its manifest ({manifest['sha256'][:12]}…)")
+    return manifest
+
+
 def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = False) -> dict[str, Any]:
     """Check ``path`` against its manifest (and, if given, that it was produced under ``key``); its manifest.
 
     Raises IntegrityError saying what is wrong: missing file, missing manifest, size or sha256 mismatch. With
     ``load``, a ``.pt`` must also load under ``weights_only`` with the entries its manifest lists: a file whose
-    manifest was made to match is still refused if torch would refuse it.
+    manifest was made to match is still refused if torch would refuse it. An object store's URL is checked in
+    place (size, then sha256 streamed).
     """
+    if is_remote(path):
+        return _verify_remote(str(path), key)
     path = Path(path)
     if not path.is_file():
         raise IntegrityError(f"{path}: file is missing")

@@ -19,6 +19,7 @@ from stagecore.errors import InputError
 from stagecore.keys import KEY_PATTERN
 from stagecore.manifest import MANIFEST_SUFFIX
 from stagecore.project import DEFAULT_ROOT
+from stagecore.remote import CLAIM, is_remote, local_path
 
 ROOT_ENV = "LINREG_ARTIFACTS_DIR"
 
@@ -47,19 +48,30 @@ _CHAMPION_FILES = ("champion.json", "champion.json" + MANIFEST_SUFFIX, "champion
 def artifacts_root(override: str | os.PathLike[str] | None = None) -> Path:
     """The absolute artifacts folder: the override, else ``$LINREG_ARTIFACTS_DIR``, else ``data/artifacts``.
 
-    Absolute, so a worker that runs the flow from a temporary directory writes to the same place.
+    Absolute, so a worker that runs the flow from a temporary directory writes to the same place. A
+    ``file://`` URL is that folder; an object store's URL (``s3://…``) is `store_root`'s, not this.
     """
-    chosen = override or os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    chosen = local_path(str(override or os.environ.get(ROOT_ENV) or DEFAULT_ROOT))
     return Path(chosen).expanduser().resolve()
 
 
-def prepare_root(override: str | os.PathLike[str] | None = None) -> Path:
+def store_root(override: str | os.PathLike[str] | None = None) -> str:
+    """The store as a string: the URL of an object store as given (no trailing slash), else `artifacts_root`."""
+    chosen = str(override or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
+    return chosen.rstrip("/") if is_remote(chosen) else str(artifacts_root(chosen))
+
+
+def prepare_root(override: str | os.PathLike[str] | None = None) -> Path | str:
     """The artifacts folder, created and marked as a store, proven writable; a one-line error if not.
 
     A folder becomes a store only when this creates it, or when it is empty: a non-empty folder without the
     store's marker is someone's own folder, and the store refuses it rather than mixing its files (and, later,
     ``--clean-artifacts``) into it. Temporary files that a killed run left behind are removed here.
     """
+    if is_remote(store_root(override)):
+        from stagecore.remote_root import prepare_remote
+
+        return prepare_remote(store_root(override))
     root = artifacts_root(override)
     if root.exists() and not root.is_dir():
         raise InputError(f"artifacts folder {root} is a file, not a folder; pass --artifacts-dir with a folder")
@@ -116,10 +128,14 @@ def _store_entry(entry: Path) -> bool:
     return entry.name in Stage.names and entry.is_dir() and all(_KEY_FOLDER.fullmatch(e.name) for e in entry.iterdir())
 
 
-def clear(override: str | os.PathLike[str] | None = None) -> tuple[Path, int]:
+def clear(override: str | os.PathLike[str] | None = None) -> tuple[Path | str, int]:
     """Delete what the store wrote (artifacts with their manifests, cache and run records, the champion pointer,
     the run history, its marker) and nothing else: a file of the user's inside the folder survives, and so does
     the folder then. Returns (root, number of files deleted)."""
+    if is_remote(store_root(override)):
+        from stagecore.remote_root import clear_remote
+
+        return clear_remote(store_root(override))
     root = artifacts_root(override)
     if not root.exists():
         raise InputError(f"{root}: no such folder; nothing to delete")
@@ -156,13 +172,26 @@ def clear(override: str | os.PathLike[str] | None = None) -> tuple[Path, int]:
     return root, deleted + 1
 
 
+def store_exists(root: Path | str) -> bool:
+    """Whether anything is left of a store after `clear`: the folder, or any object under the URL."""
+    if is_remote(root):
+        from stagecore.remote_root import store_exists as remote_exists
+
+        return remote_exists(str(root))
+    return Path(root).exists()
+
+
 def _artifact_files(folder: Path) -> list[Path]:
     """The files of a stage folder the store wrote: manifests, the artifacts they describe, temporary files."""
     files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink()]
     manifests = {f.name for f in files if f.name.endswith(MANIFEST_SUFFIX)}
-    return [
-        f for f in files if f.name in manifests or f.name + MANIFEST_SUFFIX in manifests or TEMPORARY.fullmatch(f.name)
-    ]
+    return [f for f in files if store_file(f.name, manifests)]
+
+
+def store_file(name: str, manifests: set[str]) -> bool:
+    """Whether a stage folder's file is the store's: a manifest, the artifact it describes, a temporary file or
+    (on an object store) the folder's claim."""
+    return name in manifests or name + MANIFEST_SUFFIX in manifests or bool(TEMPORARY.fullmatch(name)) or name == CLAIM
 
 
 def _cache_file(name: str) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stagecore import remote
 from stagecore.atomic import write_json
 from stagecore.manifest import verify, versions
 from stagecore.root import RUNS_DIR
@@ -29,7 +31,7 @@ def write_run_record(
         for name, path in files.items():
             manifest = verify(path)
             key = manifest["key"]
-            entries[name] = {"path": str(path), "sha256": manifest["sha256"], "size": manifest["size"]}
+            entries[name] = {"path": remote.public(path), "sha256": manifest["sha256"], "size": manifest["size"]}
         stages[stage] = {"key": key, "cached": bool(cached.get(stage, False)), "artifacts": entries}
     now = dt.datetime.now(dt.UTC)
     record = {
@@ -39,6 +41,13 @@ def write_run_record(
         "stages": stages,
         "versions": versions(),
     }
+    name = f"{now:%Y%m%dT%H%M%S}-{run_id}.json"
+    if remote.is_remote(root):
+        url = remote.join(str(root), RUNS_DIR, name)
+        try:
+            return remote.write_bytes(url, (json.dumps(record, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise remote.storage_error(str(root), exc) from None
     folder = Path(root) / RUNS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    return write_json(record, folder / f"{now:%Y%m%dT%H%M%S}-{run_id}.json")
+    return write_json(record, folder / name)

@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import re
+import shutil
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from stagecore.errors import InputError
 from stagecore.project import DEFAULT_DATA
+from stagecore.remote import filesystem, is_remote, local_path
 
 
 def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+    """A source read by downloading it: ``http(s)://``, or an object store's URL (``s3://``, ``gs://``…)."""
+    return source.startswith(("http://", "https://")) or is_remote(source)
+
+
+def download(source: str, dest: Path) -> None:
+    """Stream the URL ``source`` to ``dest``: http(s) through urllib, any other scheme through fsspec (its
+    credentials from the standard places); a one-line error naming the redacted URL if it cannot be read."""
+    try:
+        if source.startswith(("http://", "https://")):
+            with urllib.request.urlopen(source, timeout=60) as response, open(dest, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+        else:
+            fs, path = filesystem(source)
+            fs.get_file(path, str(dest))
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{redact(source)}: cannot download ({reason}); check the URL passed to --data") from None
 
 
 REDACTED = "REDACTED"
@@ -58,6 +77,7 @@ def data_source(data: str | None) -> str:
     """The CSV to read: a URL as given, a local path made absolute, or the shipped Advertising file."""
     if data is None:
         return str(DEFAULT_DATA)
+    data = local_path(data)
     if is_url(data):
         return data
     return str(Path(data).expanduser().resolve())

@@ -13,7 +13,6 @@ import bz2
 import codecs
 import gzip
 import re
-import shutil
 import tempfile
 import urllib.parse
 import urllib.request
@@ -40,7 +39,8 @@ BLOCK_BYTES = 16 << 20  # one Parquet row group per 16 MB of CSV (64 MB blocks p
 
 @contextmanager
 def local_copy(source: str) -> Iterator[Path]:
-    """A local path for ``source``: the file itself, or a URL downloaded (streamed) to a temporary file."""
+    """A local path for ``source``: the file itself, or a URL (http(s), s3://…) downloaded (streamed) to a
+    temporary file."""
     if not core.is_url(source):
         yield check_file(source)
         return
@@ -48,12 +48,7 @@ def local_copy(source: str) -> Iterator[Path]:
         # keep a compression suffix: pyarrow decompresses by the file's name
         suffix = Path(urllib.parse.urlparse(source).path).suffix.lower()
         path = Path(folder) / ("download.csv" + (suffix if suffix in COMPRESSED else ""))
-        try:
-            with urllib.request.urlopen(source, timeout=60) as response, open(path, "wb") as out:
-                shutil.copyfileobj(response, out, 1 << 20)
-        except OSError as exc:
-            shown = core.redact(source)
-            raise InputError(f"{shown}: cannot download ({exc}); check the URL passed to --data") from None
+        core.download(source, path)
         yield path
 
 
