@@ -1,7 +1,7 @@
 """Scale benchmark: the flow against the tutorial's plain script on the same file, in the same command.
 
     python -m bench.scale_bench                      # 200 and 2,000,000 rows, 3 repeats each
-    python -m bench.scale_bench --rows 20000000 --repeats 1 --no-trajectory
+    python -m bench.scale_bench --rows 20000000 --repeats 1 --no-trajectory --only seed   # flow ÷ floor
 
 For each size it runs, as separate processes (peak RSS read with wait4 by `bench/peak_rss.py`): the plain script
 (`bench/plain_script.py`: pandas read_csv + the full-batch loop on all rows, 1000 epochs, lr 1e-5); the flow with
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from tasks.train import initial_params, train_scratch
 ROOT = Path(__file__).resolve().parent.parent
 
 DATA_DIR = ROOT / "bench" / "data"  # git-ignored
+VARIANTS = ("plain", "seed", "default", "ephemeral", "threads", "dask")
 
 
 def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -64,10 +66,17 @@ def float64_trajectory(tensors_path: str, epochs: int, lr: float, seed: int) -> 
 
 
 def bench_size(
-    rows: int, repeats: int, server_env: dict, ephemeral_env: dict, trajectory: bool, partitions: int
+    rows: int,
+    repeats: int,
+    server_env: dict,
+    ephemeral_env: dict,
+    trajectory: bool,
+    partitions: int,
+    only: tuple[str, ...] = VARIANTS,
 ) -> dict:
     path = ROOT / "data" / "Advertising.csv" if rows == 200 else make_csv(rows, DATA_DIR / f"advertising_{rows}.csv")
-    parted = split_csv(path, partitions, DATA_DIR / f"advertising_{rows}_in_{partitions}")
+    wants_parts = {"threads", "dask"} & set(only)
+    parted = split_csv(path, partitions, DATA_DIR / f"advertising_{rows}_in_{partitions}") if wants_parts else path
     py = sys.executable
     runs = {
         "seed": (path, ["--preset", "seed"], server_env),
@@ -76,11 +85,13 @@ def bench_size(
         "threads": (parted, ["--preset", "seed", "--engine", "stats"], server_env),
         "dask": (parted, ["--preset", "seed", "--engine", "stats", "--task-runner", "dask"], server_env),
     }
-    results: dict[str, list] = {k: [] for k in ("plain", "imports", "floor", *runs)}
+    runs = {label: run for label, run in runs.items() if label in only}
+    results: dict[str, list] = {k: [] for k in ("imports", "floor", *VARIANTS)}
     last_summary = None
     for _ in range(repeats):
-        wall, rss, out = measured([py, "-m", "bench.plain_script", str(path)], server_env)
-        results["plain"].append((wall, rss, last_json(out)))
+        if "plain" in only:
+            wall, rss, out = measured([py, "-m", "bench.plain_script", str(path)], server_env)
+            results["plain"].append((wall, rss, last_json(out)))
         wall, rss, _ = measured([py, "-c", "import flows.train"], server_env)
         results["imports"].append((wall, rss, {}))
         wall, rss, out = measured([py, "-m", "bench.floor", str(path)], server_env)
@@ -99,16 +110,22 @@ def bench_size(
                     last_summary = {"max_rel_loss_diff": rel, "engine": trained["engine"]}
 
     def med(label: str, i: int) -> float:
-        return statistics.median(r[i] for r in results[label])
+        return statistics.median(r[i] for r in results[label]) if results[label] else math.nan
 
-    plain_train = statistics.median(r[2]["train_s"] for r in results["plain"])
-    seed_train = statistics.median(r[2]["train_seconds"] for r in results["seed"])
-    single = results["seed"][0][2]
+    def med_of(label: str, key: str) -> float:
+        return statistics.median(r[2][key] for r in results[label]) if results[label] else math.nan
+
+    plain_train = med_of("plain", "train_s")
+    seed_train = med_of("seed", "train_seconds")
+    single = results["seed"][0][2] if results["seed"] else None
     weights_diff = max(
-        abs(r[2]["weights"][k] - single["weights"][k]) / abs(single["weights"][k])
-        for label in ("threads", "dask")
-        for r in results[label]
-        for k in single["weights"]
+        (
+            abs(r[2]["weights"][k] - single["weights"][k]) / abs(single["weights"][k])
+            for label in ("threads", "dask")
+            for r in results[label]
+            for k in (single["weights"] if single else ())
+        ),
+        default=math.nan,
     )
     return {
         "imports_wall": med("imports", 0),
@@ -128,7 +145,7 @@ def bench_size(
         "seed_train": seed_train,
         "default_wall": med("default", 0),
         "ephemeral_wall": med("ephemeral", 0),
-        "engine": results["seed"][0][2]["engine"],
+        "engine": single["engine"] if single else None,
         "trajectory": last_summary,
     }
 
@@ -139,6 +156,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-trajectory", action="store_true", help="skip the float64 loss-trajectory check")
     parser.add_argument("--partitions", type=int, default=4, help="files the partitioned runs split the data into")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="run only these variants (the import and the floor always run); e.g. --only seed for flow ÷ floor",
+    )
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="linreg-bench-prefect-"))
     server = start_server(home / "server")
@@ -146,7 +170,10 @@ def main() -> None:
         server_env = isolated_env(home / "client", PREFECT_API_URL=server.url)
         ephemeral_env = isolated_env(home / "ephemeral")
         check = not args.no_trajectory
-        rows = [bench_size(n, args.repeats, server_env, ephemeral_env, check, args.partitions) for n in args.rows]
+        rows = [
+            bench_size(n, args.repeats, server_env, ephemeral_env, check, args.partitions, tuple(args.only))
+            for n in args.rows
+        ]
     finally:
         server.stop()
     print(f"\nmedians of {args.repeats} run(s); flow runs against a running Prefect server unless noted")
