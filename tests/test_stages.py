@@ -139,6 +139,19 @@ def test_drop_index_task(artifacts):
     assert core.read_parquet(out["table"]).column_names == ["x1", "x2", "y"]
 
 
+@pytest.mark.usefixtures("no_run_logger")
+def test_drop_index_task_streams_batches_in_order(artifacts, monkeypatch):
+    """Bounded memory: the table is read and written a batch at a time, rows in order, index column unread."""
+    monkeypatch.setattr("tasks.drop_index.BATCH_ROWS", 3)
+    n = 10
+    t = table(**{"": list(range(n)), "x": [float(i) / 3 for i in range(n)], "y": [2.0 * i for i in range(n)]})
+    raw = core.Stage("t", "stagecore.declare").outputs(artifacts, {}).write_parquet(t, "r.parquet")
+    out = drop_index_column.fn(raw, "Unnamed: 0", str(artifacts))
+    clean = core.open_parquet(out["table"])
+    assert clean.metadata.num_row_groups == 4  # 3 + 3 + 3 + 1 rows
+    assert clean.read().equals(t.drop_columns([""]))
+
+
 # --- split ----------------------------------------------------------------------------------------
 
 
