@@ -3,8 +3,10 @@
 The CSV is streamed in blocks into a Parquet file with one row group per block, so a file of tens of millions
 of rows never sits in memory twice. pyarrow infers column types from the first block; if a later block
 contradicts them (an integer column that turns decimal further down), the file is read again whole, which lets
-pyarrow widen the types. The delimiter (comma, semicolon, tab or pipe) is read off the header line; a CSV
-compressed with gzip or bzip2 (``.csv.gz``, ``.csv.bz2``) is decompressed on the fly.
+pyarrow widen the types. pyarrow's streaming CSV reader parses on one thread, so each block is encoded to
+Parquet on a second thread while the next block is parsed (both release the GIL). The delimiter (comma,
+semicolon, tab or pipe) is read off the header line; a CSV compressed with gzip or bzip2 (``.csv.gz``,
+``.csv.bz2``) is decompressed on the fly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import tempfile
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -198,12 +201,28 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
 def _stream(path: Path, out: Path, parse: pacsv.ParseOptions, source: str) -> tuple[int, pa.Schema]:
     reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse)
     check_schema(reader.schema, source)  # before a byte is written
-    rows = 0
     with pq.ParquetWriter(out, reader.schema) as writer:
-        for batch in reader:
-            writer.write_batch(batch)
-            rows += batch.num_rows
+        rows = write_behind(reader, writer.write_batch)
     return rows, reader.schema
+
+
+def write_behind(batches: Iterable[pa.RecordBatch], write: Callable[[pa.RecordBatch], None]) -> int:
+    """``write`` each batch on a second thread while the next one is read; returns the rows written.
+
+    In order, with one batch written while the next is read; an error on either side is raised here once
+    both sides have stopped.
+    """
+    rows = 0
+    pending: Future | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="parquet-writer") as pool:
+        for batch in batches:
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(write, batch)
+            rows += batch.num_rows
+        if pending is not None:
+            pending.result()
+    return rows
 
 
 @task(name="ingest_csv")
