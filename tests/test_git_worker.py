@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 import yaml
@@ -33,6 +32,8 @@ import stagecore as core
 from conftest import ROOT
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from moto_s3 import moto_s3
+from tasks import promote
+from tasks.history import read_history
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("boto3")
@@ -204,28 +205,29 @@ def test_the_run_used_a_clone_in_the_workers_temporary_folder_and_left_it_clean(
     assert not any(team["worker_tmp"].iterdir()), "the run's temporary folder (and its clone) is removed"
 
 
-def test_artifacts_manifests_run_record_and_champion_are_on_the_s3_server(team, monkeypatch):
-    stored = team["stored"]
+def test_artifacts_manifests_run_record_champion_and_history_are_on_the_s3_server(team, monkeypatch):
+    stored, run_id = team["stored"], str(team["flow_run"].id)
     [record_url] = [path for path in stored if path.startswith(f"{PREFIX}/{core.RUNS_DIR}/")]
     record = json.loads(stored[record_url])
-    assert UUID(record["run_id"]) == team["flow_run"].id
+    assert record["run_id"] == run_id
     model = record["stages"]["train"]["artifacts"]["model"]["path"]
     assert model.startswith(f"{PREFIX}/train/") and model.endswith("/model.pt")
     for stage in record["stages"].values():
         for artifact in stage["artifacts"].values():
             assert artifact["path"] in stored and f"{artifact['path']}.manifest.json" in stored
-    champion = json.loads(stored[f"{PREFIX}/champion/champion.json"])
-    assert f"{PREFIX}/{champion['model']}" == model
-    assert any(path.startswith(f"{PREFIX}/history/") for path in stored)
+    secret = team["aws"]["AWS_SECRET_ACCESS_KEY"].encode()
+    assert not [path for path, body in stored.items() if secret in body]
     for name, value in team["aws"].items():
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()
     try:
         assert core.verify(model)["stage"] == "train"  # the object matches its manifest, checked on the store
+        champion = promote.read_champion(PREFIX)
+        [row] = read_history(PREFIX).to_pylist()
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
-    secret = team["aws"]["AWS_SECRET_ACCESS_KEY"].encode()
-    assert not [path for path, body in stored.items() if secret in body]
+    assert champion is not None and champion["flow_run_id"] == run_id  # the first run on the store: promoted
+    assert (row["flow_run_id"], row["promoted"], f"{PREFIX}/{row['model']}") == (run_id, True, model)
 
 
 def test_nothing_was_written_into_the_deploying_folder(team):
