@@ -16,8 +16,10 @@ dependencies but not the project: the code can only come from the clone.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,6 +82,14 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
     hide = base / "no-project"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text(HIDE_PROJECT)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import stagecore"],
+        cwd=hide,
+        env={**os.environ, "PYTHONPATH": str(hide)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert probe.returncode != 0, "the project is importable without its editable finder: a run could use it"
 
     with get_client(sync_client=True) as client:  # the pool `make deploy-git` creates
         try:
