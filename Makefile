@@ -12,9 +12,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 SERVER_HOST ?= 127.0.0.1
 SERVER_PORT ?= 4200
 POOL ?= local-process
+GIT_POOL ?= git-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench bench-scale bench-predict lint format clean-artifacts clean server deploy worker serve
+.PHONY: help setup run test bench bench-scale bench-predict lint format clean-artifacts clean server deploy deploy-git worker \
+	serve
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -44,13 +46,17 @@ bench-predict: $(STAMP) ## predict rows/s and peak RSS at 2M rows (trains once f
 server: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 (SQLite in ~/.prefect unless configured)
 	$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)
 
-deploy worker serve: export PREFECT_API_URL ?= http://$(SERVER_HOST):$(SERVER_PORT)/api
+deploy deploy-git worker serve: export PREFECT_API_URL ?= http://$(SERVER_HOST):$(SERVER_PORT)/api
 
-deploy: $(STAMP) ## create work pool local-process if missing, then deploy everything in prefect.yaml
+deploy: $(STAMP) ## one machine: create pool local-process if missing, deploy daily, on-demand, predict from here
 	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process
-	$(PREFECT) --no-prompt deploy --all
+	$(PREFECT) --no-prompt deploy --name daily --name on-demand --name predict
 
-worker: $(STAMP) ## start a process worker that runs the deployments' flow runs (pool local-process)
+deploy-git: $(STAMP) ## workers anywhere: pool git-process, git-* deployments (LINREG_GIT_URL=… LINREG_GIT_BRANCH=…)
+	$(PREFECT) work-pool inspect $(GIT_POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(GIT_POOL) --type process
+	$(PREFECT) --no-prompt deploy --name 'git-*'
+
+worker: $(STAMP) ## start a process worker that runs the deployments' flow runs (pool local-process; POOL=git-process)
 	$(PREFECT) worker start --pool $(POOL) --type process
 
 serve: $(STAMP) ## without a work pool: serve the flow on the daily schedule from this process (flows/serve.py)

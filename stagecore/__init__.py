@@ -30,6 +30,7 @@ from stagecore.remote import is_remote, public
 from stagecore.root import (
     CACHE_DIR,
     CHAMPION_DIR,
+    CHAMPION_GENERATIONS,
     HISTORY_DIR,
     MARKER,
     ROOT_ENV,
@@ -40,6 +41,7 @@ from stagecore.root import (
     clear,
     prepare_root,
     store_exists,
+    store_relative,
     store_root,
 )
 from stagecore.runs import write_run_record
@@ -59,6 +61,7 @@ from stagecore.sources import (
 __all__ = [
     "CACHE_DIR",
     "CHAMPION_DIR",
+    "CHAMPION_GENERATIONS",
     "DEFAULT_DATA",
     "DEFAULT_ROOT",
     "HASHING",
@@ -118,6 +121,7 @@ __all__ = [
     "stage",
     "stage_key",
     "store_exists",
+    "store_relative",
     "store_root",
     "sweep_temporary_files",
     "verify",

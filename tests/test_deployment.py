@@ -159,7 +159,8 @@ def test_prefect_yaml_names_no_folder_of_any_machine():
             yield node
 
     assert not [s for s in strings(config) if s.startswith(("/", "~")) or re.match(r"[A-Za-z]:\\", s)]
-    assert {d["name"] for d in config["deployments"]} == {"daily", "on-demand", "predict"}
+    local = {"daily", "on-demand", "predict"}  # and their git twins (tests/test_git_worker.py)
+    assert {d["name"] for d in config["deployments"]} == local | {f"git-{name}" for name in local}
 
 
 def _said_what_it_read_and_wrote(messages: list[str]) -> bool:
