@@ -1,18 +1,15 @@
 """Artifacts on an S3-protocol server (moto's standalone server, with IAM checks on): the whole store there.
 
-The server starts once for the module on a free loopback port; the credentials are a real IAM user's key made
-on it, so a wrong key is refused as it would be by AWS, and the secret is a string no artifact may contain.
+The server starts once for the module on a free loopback port (tests/moto_s3.py); the credentials are a real IAM
+user's key made on it, so a wrong key is refused as it would be by AWS, and the secret is a string no artifact
+may contain.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +17,7 @@ import pytest
 import stagecore as core
 from conftest import ADVERTISING, ROOT
 from flows import lineage, train
+from moto_s3 import s3_server, use_env
 
 boto3 = pytest.importorskip("boto3")
 s3fs = pytest.importorskip("s3fs")
@@ -29,65 +27,11 @@ STAGES = set(train.STAGES)
 OUTPUT: list[str] = []  # everything the runs printed, searched for the secret at the end
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """moto's server with auth enforced after the 4 set-up calls (IAM user, key, policy, bucket); its env."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"moto server did not start: {log.read_text()[-500:]}") from None
-                time.sleep(0.2)
-        setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
-        setup.update(aws_access_key_id="setup", aws_secret_access_key="setup")
-        iam = boto3.client("iam", **setup)
-        iam.create_user(UserName="linreg")
-        key = iam.create_access_key(UserName="linreg")["AccessKey"]
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-        iam.put_user_policy(UserName="linreg", PolicyName="all", PolicyDocument=json.dumps(policy))
-        boto3.client("s3", **setup).create_bucket(Bucket=BUCKET)
-        env = {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
-            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_CONFIG_FILE": os.devnull,  # nothing from the user's ~/.aws
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        }
-        saved = {name: os.environ.get(name) for name in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            os.environ.pop(name, None)
-        os.environ.update(env)
-        s3fs.S3FileSystem.clear_instance_cache()
+    """moto's server with auth enforced (tests/moto_s3.py), its credentials in this process's environment."""
+    with s3_server(tmp_path_factory.mktemp("moto"), BUCKET) as env, use_env(env):
         yield env
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        for name, value in locals().get("saved", {}).items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def fs():
