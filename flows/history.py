@@ -1,14 +1,17 @@
-"""Print the run history kept under the artifacts root: ``python -m flows.history [--artifacts-dir DIR] [--last N]
-[--json]``. Reads the per-run Parquet files (tasks/history.py); needs no Prefect server."""
+"""Print the run history kept under the artifacts root: ``python -m flows.history [--artifacts-dir DIR|s3://…]
+[--last N] [--json]``. Reads the per-run Parquet files (tasks/history.py), on disk or on an object store; needs no
+Prefect server."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import stagecore as core
+from stagecore import remote
 from stagecore.errors import InputError
 from tasks.history import read_history, table_rows
 
@@ -21,7 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m flows.history", description="Print the runs recorded under the artifacts folder.")
-    parser.add_argument("--artifacts-dir", metavar="DIR", help="the artifacts folder (default: as the flow chooses it)")
+    parser.add_argument(
+        "--artifacts-dir", metavar="DIR|URL", help="the artifacts folder or store URL (default: as the flow chooses it)"
+    )
     parser.add_argument("--last", metavar="N", type=int, help="only the last N runs (default: all)")
     parser.add_argument("--json", action="store_true", help='print {"runs": [...]} as one JSON line')
     return parser
@@ -31,9 +36,18 @@ def load(artifacts_dir: str | None, last: int | None) -> list[dict[str, Any]]:
     """The runs, oldest first, as plain dicts (``params`` parsed back from JSON)."""
     if last is not None and last < 1:
         raise InputError(f"--last {last}: must be a positive number of runs")
-    root = core.artifacts_root(artifacts_dir)
-    if not root.is_dir():
-        raise InputError(f"--artifacts-dir {root}: no such folder; pass the folder the flow wrote to")
+    root: str | Path = core.store_root(artifacts_dir)
+    if core.is_remote(root):
+        try:
+            marked = remote.read_bytes(remote.join(str(root), core.MARKER), limit=4096) is not None
+        except (OSError, ValueError) as exc:
+            raise remote.storage_error(str(root), exc) from None
+        if not marked:
+            raise InputError(f"--artifacts-dir {root}: no artifacts store there; pass the URL the flow wrote to")
+    else:
+        root = core.artifacts_root(artifacts_dir)
+        if not root.is_dir():
+            raise InputError(f"--artifacts-dir {root}: no such folder; pass the folder the flow wrote to")
     rows = table_rows(read_history(root, last))
     for row in rows:
         row["params"] = json.loads(row["params"])

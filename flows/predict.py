@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 import stagecore as core
 from flows.params import Params, _typed
 from flows.train import settle_prefect, task_runner
+from stagecore import remote
 from stagecore.cache import StageRunner
 from stagecore.errors import InputError, IntegrityError
 from tasks import drop_index, ingest, predict
@@ -81,12 +82,31 @@ def resolve_model(model: str, root: str) -> str:
             raise InputError(
                 f"no champion model in {root} yet; train first (python -m flows.train), or pass --model PATH"
             )
+    elif core.is_remote(model):
+        path = str(_fetch_model(model, root))
     else:
         path = str(Path(model).expanduser().resolve())
         if not Path(path).is_file():
             raise InputError(f"{model}: model file not found; pass --model with the path of a model.pt, or champion")
     core.verify(path, load=True)  # IntegrityError when it does not match its manifest
     return path
+
+
+def _fetch_model(url: str, root: str) -> Path:
+    """A ``--model s3://…`` of the store at ``root``, downloaded with its manifest into the scratch mirror (a
+    stage reads local files); verified by the caller."""
+    prefix = root.rstrip("/") + "/"
+    if not (core.is_remote(root) and url.startswith(prefix)):
+        raise InputError(f"{url}: a model on an object store must be under --artifacts-dir; pass its URL there")
+    relative = url[len(prefix) :]
+    if ".." in relative.split("/"):
+        raise InputError(f"{url}: not a model path of the store")
+    try:
+        local = remote.fetch(root, relative)
+        remote.fetch(root, relative + core.MANIFEST_SUFFIX)
+    except core.IntegrityError as exc:
+        raise InputError(f"{exc}; pass --model with the URL of a model.pt the training flow wrote") from None
+    return local
 
 
 def linear_regression_predict(**values: Any) -> dict[str, Any]:
@@ -114,10 +134,11 @@ def linear_regression_predict(**values: Any) -> dict[str, Any]:
         calls = [(c, r, model_path, p.index_column, root) for c, r in zip(clean, raw, strict=True)]
         outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
     rows = predict.publish_predictions(outputs, model_path, features)
+    shown = [core.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
     return {
-        "predictions": outputs[0] if len(outputs) == 1 else outputs,
+        "predictions": shown[0] if len(shown) == 1 else shown,
         "rows": rows,
-        "model": model_path,
+        "model": core.public(model_path),
         "features": features,
         "cached": dict(run.cached),
     }

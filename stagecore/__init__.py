@@ -25,6 +25,7 @@ from stagecore.manifest import (
     read_parquet,
     read_pt,
     verify,
+    verify_used,
     versions,
 )
 from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
@@ -32,6 +33,7 @@ from stagecore.remote import is_remote, public
 from stagecore.root import (
     CACHE_DIR,
     CHAMPION_DIR,
+    CHAMPION_GENERATIONS,
     HISTORY_DIR,
     MARKER,
     ROOT_ENV,
@@ -42,6 +44,7 @@ from stagecore.root import (
     clear,
     prepare_root,
     store_exists,
+    store_relative,
     store_root,
 )
 from stagecore.runs import write_run_record
@@ -61,6 +64,7 @@ from stagecore.sources import (
 __all__ = [
     "CACHE_DIR",
     "CHAMPION_DIR",
+    "CHAMPION_GENERATIONS",
     "DEFAULT_DATA",
     "DEFAULT_ROOT",
     "HASHING",
@@ -122,9 +126,11 @@ __all__ = [
     "stage",
     "stage_key",
     "store_exists",
+    "store_relative",
     "store_root",
     "sweep_temporary_files",
     "verify",
+    "verify_used",
     "versions",
     "write_bytes",
     "write_json",

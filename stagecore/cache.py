@@ -29,7 +29,7 @@ import inspect
 import json
 import os
 import re
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -63,8 +63,15 @@ def record_path(root: str | os.PathLike[str], stage: str, key: str) -> Path:
 
 
 def key_lock(root: str | os.PathLike[str], stage: str, key: str) -> AbstractContextManager[None]:
-    """Hold the key's lock exclusively: one writer per key, across threads, processes and, on an object store,
-    machines (`stagecore.lock.exclusive`)."""
+    """Hold ``<root>/.cache/<stage>/<key>.lock`` exclusively: one writer per key, across threads and processes
+    (`stagecore.lock.exclusive`, an ``flock``).
+
+    On an object store there is no lock, by design (docs/storage.md): two runs may both compute a key, into
+    folders each claimed with a conditional write, and the first record created stays. Never a local folder
+    named after the URL.
+    """
+    if is_remote(root):
+        return nullcontext()
     return exclusive(records_dir(root) / stage / f"{key}.lock")
 
 
@@ -264,7 +271,9 @@ class StageRunner:
         stage = task.fn.stage
         bound = bind(task, self.root, self.refresh)
         names = list(inspect.signature(task.fn).parameters)
-        futures = [pool.submit(bound, dict(zip(names, args, strict=True))) for args in calls]
+        # on an object store, a file of this process's scratch (predict's model) goes by its URL: the task may
+        # run in another process, which fetches its own copy
+        futures = [pool.submit(bound, stage.published(dict(zip(names, args, strict=True)))) for args in calls]
         wait(futures)
         release_memory()
         states = [future.state for future in futures]

@@ -158,6 +158,18 @@ class Stage:
                 out[name] = local(value) if isinstance(value, str | os.PathLike) else [local(v) for v in value]
         return out
 
+    def published(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The call's arguments as any process can use them: on an object store, each input file that is in this
+        process's scratch mirror by its URL (`localize`'s inverse); anything else as it is."""
+        if not is_remote(str(args.get(ROOT_ARGUMENT, ""))):
+            return dict(args)
+        out = dict(args)
+        for name in self.files:
+            if name in out:
+                value = out[name]
+                out[name] = public(value) if isinstance(value, str | os.PathLike) else [public(v) for v in value]
+        return out
+
     def parameters(self, args: Mapping[str, Any]) -> dict[str, Any]:
         return {name: plain(args[name]) for name in self.params}
 

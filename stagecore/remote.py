@@ -270,10 +270,39 @@ def sha256(url: str) -> str:
 
 
 def find(url: str) -> list[str]:
-    """Every object under ``url``, as paths relative to it."""
+    """Every object under ``url``, as paths relative to it (listed afresh: another process may just have
+    written one; and no listing is left cached, where fsspec would answer later lookups from it)."""
     fs, base = filesystem(url)
     base = base.rstrip("/")
-    return sorted(p[len(base) + 1 :] for p in fs.find(base) if p.startswith(base + "/"))
+    fs.invalidate_cache(base)
+    try:
+        return sorted(p[len(base) + 1 :] for p in fs.find(base) if p.startswith(base + "/"))
+    finally:
+        fs.invalidate_cache(base)
+
+
+def names(url: str) -> list[str]:
+    """The names of the objects directly under ``url`` (a "folder"), listed afresh; [] when there are none."""
+    fs, base = filesystem(url)
+    base = base.rstrip("/")
+    fs.invalidate_cache(base)
+    try:
+        entries = fs.ls(base, detail=False)
+    except FileNotFoundError:
+        return []
+    finally:
+        fs.invalidate_cache(base)
+    return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in entries if p.rstrip("/") != base})
+
+
+def cat(url: str, limit: int | None = None) -> bytes | None:
+    """The content of an object in one GET (at most ``limit`` + 1 bytes), never from a cached listing; None
+    when there is none. For objects another process may have created a moment ago (the champion's pointer)."""
+    fs, path = filesystem(url)
+    try:
+        return fs.cat_file(path, start=0, end=None if limit is None else limit + 1)
+    except FileNotFoundError:
+        return None
 
 
 def remove_many(url: str, paths: list[str]) -> None:

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections import defaultdict
 
 from stagecore import remote
 from stagecore.declare import Stage
 from stagecore.errors import InputError
-from stagecore.root import _KEY_FOLDER, CACHE_DIR, MARKER, RUNS_DIR, STORE_NAME, STORE_VERSION, _cache_file, store_file
+from stagecore.manifest import MANIFEST_SUFFIX
+from stagecore.root import (
+    _KEY_FOLDER,
+    CACHE_DIR,
+    CHAMPION_DIR,
+    CHAMPION_GENERATIONS,
+    HISTORY_DIR,
+    MARKER,
+    RUNS_DIR,
+    STORE_NAME,
+    STORE_VERSION,
+    _cache_file,
+    store_file,
+)
+
+_GENERATION_FILE = re.compile(rf"\d{{8,}}\.json({re.escape(MANIFEST_SUFFIX)})?")  # champion/gen/: pointer, manifest
 
 
 def prepare_remote(url: str) -> str:
@@ -54,13 +70,18 @@ def _store_object(path: str) -> bool:
         return True
     if len(parts) == 2 and parts[0] == RUNS_DIR:
         return parts[1].endswith(".json")
+    if len(parts) == 2 and parts[0] == HISTORY_DIR:
+        return parts[1].endswith(".parquet")
+    if len(parts) == 3 and parts[:2] == [CHAMPION_DIR, CHAMPION_GENERATIONS]:
+        return bool(_GENERATION_FILE.fullmatch(parts[2]))
     if len(parts) == 3 and parts[0] == CACHE_DIR:
         return parts[1] in Stage.names and _cache_file(parts[2])
     return len(parts) == 3 and parts[0] in Stage.names and bool(_KEY_FOLDER.fullmatch(parts[1]))
 
 
 def clear_remote(url: str) -> tuple[str, int]:
-    """Delete the objects the store wrote under ``url`` (artifacts with manifests, claims, records, marker)."""
+    """Delete the objects the store wrote under ``url`` (artifacts with manifests, claims, records, the champion's
+    pointer generations, the run history, the marker)."""
     try:
         if remote.read_bytes(remote.join(url, MARKER), limit=4096) is None:
             raise InputError(f"{url} does not look like an artifacts store (no {MARKER} object in it); not deleting it")

@@ -39,6 +39,9 @@ RUNS_DIR = "runs"  # one JSON run record per flow run
 CHAMPION_DIR = "champion"  # the champion pointer, its manifest and its lock (see tasks/promote.py)
 
 
+CHAMPION_GENERATIONS = "gen"  # on an object store: champion/gen/<n>.json, one immutable pointer per promotion
+
+
 HISTORY_DIR = "history"  # one Parquet row per flow run (see tasks/history.py)
 
 
@@ -170,6 +173,16 @@ def clear(override: str | os.PathLike[str] | None = None) -> tuple[Path | str, i
     with suppress(OSError):
         root.rmdir()
     return root, deleted + 1
+
+
+def store_relative(root: Path | str, path: str | os.PathLike[str]) -> str:
+    """A file the store wrote (on an object store: its scratch mirror), relative to the root, posix; ValueError
+    for a file outside it."""
+    if is_remote(root):
+        from stagecore.remote import relative
+
+        return relative(str(root), path)
+    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
 
 
 def store_exists(root: Path | str) -> bool:

@@ -1,8 +1,9 @@
 """The run history: one small Parquet file per flow run, ``<root>/history/<utc-time>-<flow-run-id>.parquet``.
 
 One file per run, written atomically and never rewritten, so concurrent runs never contend and an object store
-(where there is no append and no rename-over) works the same way; reading concatenates the files in name order,
-which is time order. No read-modify-write anywhere. The schema is fixed: the run's parameters are one JSON
+(where there is no append and no rename-over) works the same way: there the file is written in the scratch
+mirror and uploaded in one PUT, which appears whole or not at all. Reading concatenates the files in name
+order, which is time order. No read-modify-write anywhere. The schema is fixed: the run's parameters are one JSON
 column, so files written under other settings still concatenate.
 """
 
@@ -23,6 +24,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
+from stagecore import remote
 from stagecore.atomic import atomic_path
 
 HISTORY_KEY = "linear-regression-history"
@@ -43,6 +45,7 @@ SCHEMA = pa.schema(
         ("model", pa.string()),  # relative to the root, posix
     ]
 )
+MAX_FILE_BYTES = 1 << 20  # one row is a few kB; a larger object under history/ is not ours
 _FILE = re.compile(r"\d{8}T\d{6}\d*Z-[A-Za-z0-9-]+\.parquet")
 
 
@@ -88,14 +91,24 @@ def history_row(
 
 
 def write_row(root: str | Path, row: pa.Table) -> str:
-    """``<root>/history/<utc-time>-<run id>.parquet``, atomically; never overwrites another run's file."""
+    """``<root>/history/<utc-time>-<run id>.parquet``, atomically; never overwrites another run's file. On an
+    object store: written in the scratch mirror, then uploaded (one PUT); returns the object's URL."""
     when: dt.datetime = row.column("time")[0].as_py()
-    folder = history_dir(root)
+    name = f"{when:%Y%m%dT%H%M%S%f}Z-{row.column('flow_run_id')[0].as_py()}.parquet"
+    remote_root = str(root) if core.is_remote(root) else None
+    folder = remote.scratch(remote_root) / core.HISTORY_DIR if remote_root else history_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{when:%Y%m%dT%H%M%S%f}Z-{row.column('flow_run_id')[0].as_py()}.parquet"
+    final = folder / name
     with atomic_path(final) as tmp:
         pq.write_table(row, tmp)
-    return str(final)
+    if remote_root is None:
+        return str(final)
+    url = remote.join(remote_root, core.HISTORY_DIR, name)
+    try:
+        remote.upload(final, url)
+    except OSError as exc:
+        raise remote.storage_error(remote_root, exc) from None
+    return url
 
 
 def read_history(root: str | Path, last: int | None = None) -> pa.Table:
@@ -104,19 +117,36 @@ def read_history(root: str | Path, last: int | None = None) -> pa.Table:
     Files whose name is not ours, or that do not have this schema, are skipped (and named in the log of the
     caller, not here): a history is a report, and one bad file must not hide the others.
     """
-    folder = history_dir(root)
-    files = sorted(f for f in folder.iterdir() if _FILE.fullmatch(f.name) and f.is_file()) if folder.is_dir() else []
+    if core.is_remote(root):
+        folder_url = remote.join(str(root), core.HISTORY_DIR)
+        try:
+            names = [n for n in remote.names(folder_url) if _FILE.fullmatch(n)]
+        except OSError as exc:
+            raise remote.storage_error(str(root), exc) from None
+        files: list[Any] = [remote.join(folder_url, n) for n in names]
+    else:
+        folder = history_dir(root)
+        listed = folder.iterdir() if folder.is_dir() else []
+        files = sorted(f for f in listed if _FILE.fullmatch(f.name) and f.is_file())
     if last is not None:
         files = files[-last:] if last > 0 else []
     tables = []
     for file in files:
         try:
-            table = pq.read_table(file)
+            table = pq.read_table(pa.BufferReader(_object(file))) if isinstance(file, str) else pq.read_table(file)
         except (OSError, pa.ArrowException):
             continue
         if table.schema.remove_metadata().equals(SCHEMA):
             tables.append(table.replace_schema_metadata(None))
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def _object(url: str) -> bytes:
+    """A history file on an object store (a few kB: one row), read whole."""
+    content = remote.cat(url, limit=MAX_FILE_BYTES)
+    if content is None or len(content) > MAX_FILE_BYTES:
+        raise OSError(f"{url}: missing, or too large to be a history file")
+    return content
 
 
 def table_rows(history: pa.Table) -> list[dict[str, Any]]:
@@ -157,10 +187,10 @@ def record_history(
     promotion: dict[str, Any],
 ) -> str:
     """Append this run's row (its own file) and publish the last runs as the ``linear-regression-history`` table."""
-    ingest = [core.verify(path) for path in artifacts["ingest"].values()]
+    ingest = [core.verify_used(path) for path in artifacts["ingest"].values()]
     summary = core.read_json(artifacts["evaluate"]["summary"])
     rows = sum(int(m["schema"]["rows"]) for m in ingest)
-    model = Path(artifacts["train"]["model"]).resolve().relative_to(Path(root).resolve()).as_posix()
+    model = core.store_relative(root, artifacts["train"]["model"])
     now = dt.datetime.now(dt.UTC)
     row = history_row(now, run_id, data_digest(ingest), rows, params, summary, promotion["promoted"], model)
     path = write_row(root, row)
@@ -170,9 +200,9 @@ def record_history(
     create_table_artifact(shown, key=HISTORY_KEY, description=f"The last {SHOWN} runs under this artifacts folder")
     get_run_logger().info(
         "read %s and the last %d runs; wrote %s; published %s",
-        artifacts["evaluate"]["summary"],
+        core.public(artifacts["evaluate"]["summary"]),
         len(shown),
-        core.describe(path),
+        path if core.is_remote(root) else core.describe(path),
         HISTORY_KEY,
     )
     return path

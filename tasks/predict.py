@@ -139,11 +139,11 @@ def predict_rows(
     out = str(outputs.folder / "predictions.parquet")
     get_run_logger().info(
         "read %s and %s with model %s; wrote %d predictions to %s",
-        table_path,
-        raw_path,
-        model_path,
+        core.public(table_path),
+        core.public(raw_path),
+        core.public(model_path),
         rows,
-        core.describe(out),
+        core.public(out),
     )
     return {"predictions": out}
 
@@ -211,7 +211,8 @@ def render_report(rows: int, model: str, features: list[str], paths: list[str], 
 def publish_predictions(paths: list[str], model: str, features: list[str]) -> int:
     """Publish the row count, a histogram of the predictions and the model used; every run, cached or not."""
     counts, edges, rows = histogram(paths)
-    report = render_report(rows, model, features, paths, histogram_png(counts, edges))
+    shown = [core.public(p) for p in paths]  # on an object store: the URLs, not the scratch mirror's files
+    report = render_report(rows, core.public(model), features, shown, histogram_png(counts, edges))
     create_markdown_artifact(report, key=REPORT_KEY, description="Rows, histogram and model of this prediction run")
     get_run_logger().info("read %d predictions from %d file(s); published the report %s", rows, len(paths), REPORT_KEY)
     return rows

@@ -7,18 +7,27 @@ the run that made it; the model file is never copied or changed. Its shape is fi
 ``model`` (the model's path relative to the root, posix), ``model_sha256``, ``flow_run_id``, ``features``,
 ``target``, ``test_mse``, ``promoted_at``.
 
+On an object store (``s3://…``), where there is no ``flock`` and no rename, the champion is a sequence of
+immutable pointers of that same shape, ``<root>/champion/gen/00000001.json``, ``…02.json``… (each with its
+manifest): the current champion is the highest generation, and a promotion that decided against generation N
+creates N+1 with a conditional write (``If-None-Match: *``); if another run created N+1 first, it reads the new
+champion and decides again. No lock, no clock, nothing a killed run leaves stale.
+
 Why one uncached task rather than a cached "score champion" stage plus a promote step: the decision must be made
-against the champion read under the pointer's lock (two runs racing to promote must end as if they ran one after
-the other), so the champion can only be scored after that lock is taken. Scoring it on the test rows is cheap
-next to training, and it stays a pure function (`mse`); the task is never cached, like ``publish_report``,
-because its side effect (the pointer swap) must happen on every run.
+against the champion read under the pointer's lock, or (on a store) against the generation it will succeed (two
+runs racing to promote must end as if they ran one after the other), so the champion can only be scored then.
+Scoring it on the test rows is cheap next to training, and it stays a pure function (`mse`); the task is never
+cached, like ``publish_report``, because its side effect (the pointer swap) must happen on every run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import itertools
 import json
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,12 +37,14 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
+from stagecore import remote
 from stagecore.atomic import write_json
 from tasks.evaluate import Sums, predict
 
 CHAMPION_VERSION = 1
 POINTER = "champion.json"
 LOCK = "champion.lock"
+_GENERATION = re.compile(r"(\d{8,})\.json")  # champion/gen/<n>.json on an object store
 MAX_POINTER_BYTES = 64 << 10
 FIELDS = {
     "champion_version": int,
@@ -84,68 +95,122 @@ def decide(
 
 
 def pointer_path(root: str | Path) -> Path:
+    """The pointer of a store on disk (an object store's pointers are `generation_url`'s)."""
     return Path(root) / core.CHAMPION_DIR / POINTER
 
 
-def _inside(root: str | Path, relative: str) -> Path:
-    """``relative`` as an absolute path inside the root; ValueError for an absolute path, ``..`` or a link out."""
+def generation_url(root: str, generation: int) -> str:
+    """``<root>/champion/gen/<n>.json``: generation ``n`` of the champion's pointer on an object store."""
+    return remote.join(root, core.CHAMPION_DIR, core.CHAMPION_GENERATIONS, f"{generation:08d}.json")
+
+
+def where(root: str | Path) -> str:
+    """Where the champion's pointer lives, for messages: the file, or the store's generations."""
+    if core.is_remote(root):
+        return remote.join(str(root), core.CHAMPION_DIR, core.CHAMPION_GENERATIONS) + "/"
+    return str(pointer_path(root))
+
+
+def latest_generation(root: str) -> int:
+    """The highest generation of the pointer on the object store at ``root``; 0 when there is none yet.
+
+    Listed afresh, then probed forward one GET at a time, so a listing that lags behind a create (some
+    S3-compatible stores list eventually) never hides a newer generation from a promotion for long: its
+    conditional create would fail and it would look again.
+    """
+    folder = remote.join(root, core.CHAMPION_DIR, core.CHAMPION_GENERATIONS)
+    found = [int(m.group(1)) for name in remote.names(folder) if (m := _GENERATION.fullmatch(name))]
+    generation = max(found, default=0)
+    while remote.cat(generation_url(root, generation + 1), limit=0) is not None:
+        generation += 1
+    return generation
+
+
+def _inside(root: str | Path, relative: str, pointer: str) -> Path:
+    """``relative`` as an absolute path inside the root (on an object store: inside its scratch mirror, where it
+    is then downloaded); ValueError for an absolute path, ``..`` or a link out."""
     parts = PurePosixPath(relative)
-    base = Path(root).resolve()
+    base = remote.scratch(str(root)) if core.is_remote(root) else Path(root).resolve()
     resolved = (base / parts).resolve()
     if parts.is_absolute() or ".." in parts.parts or base not in resolved.parents:
-        raise ValueError(f"{pointer_path(root)}: model {relative!r} is outside the artifacts folder")
+        raise ValueError(f"{pointer}: model {relative!r} is outside the artifacts folder")
     return resolved
 
 
-def read_champion(root: str | Path) -> dict[str, Any] | None:
+def _parse(content: bytes, pointer: str) -> dict[str, Any]:
+    """The pointer's JSON, checked field by field against its fixed shape; ValueError when it is not ours."""
+    if len(content) > MAX_POINTER_BYTES:
+        raise ValueError(f"{pointer}: too large to be a champion pointer")
+    try:
+        body = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{pointer}: not JSON") from None
+    if not isinstance(body, dict) or set(body) != set(FIELDS):
+        raise ValueError(f"{pointer}: not a champion pointer (fields {sorted(FIELDS)} expected)")
+    for name, kind in FIELDS.items():
+        value = body[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            body[name] = value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{pointer}: field {name} is not a {kind.__name__}")
+    if body["champion_version"] != CHAMPION_VERSION:
+        raise ValueError(f"{pointer}: champion_version {body['champion_version']}, expected {CHAMPION_VERSION}")
+    if not all(isinstance(f, str) for f in body["features"]):
+        raise ValueError(f"{pointer}: features are not column names")
+    return body
+
+
+def read_champion(root: str | Path, generation: int | None = None) -> dict[str, Any] | None:
     """The champion pointer, checked field by field, with ``model`` made absolute; None when there is none.
 
-    ValueError when the pointer is not ours (wrong shape, a model outside the root); ``core.IntegrityError``
-    when the model file does not match its manifest or the pointer's sha256.
+    On an object store: generation ``generation`` of the pointer (default: the latest), with the model and its
+    manifest downloaded into the scratch mirror, where they are verified; ``model`` is that local file
+    (``core.public`` gives its URL). ValueError when the pointer is not ours (wrong shape, a model outside the
+    root); ``core.IntegrityError`` when the model file is missing, does not match its manifest or the
+    pointer's sha256.
     """
-    path = pointer_path(root)
-    try:
-        with open(path, "rb") as fh:
-            content = fh.read(MAX_POINTER_BYTES + 1)
-    except FileNotFoundError:
-        return None
-    if len(content) > MAX_POINTER_BYTES:
-        raise ValueError(f"{path}: too large to be a champion pointer")
-    try:
-        pointer = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"{path}: not JSON") from None
-    if not isinstance(pointer, dict) or set(pointer) != set(FIELDS):
-        raise ValueError(f"{path}: not a champion pointer (fields {sorted(FIELDS)} expected)")
-    for name, kind in FIELDS.items():
-        value = pointer[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            pointer[name] = value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"{path}: field {name} is not a {kind.__name__}")
-    if pointer["champion_version"] != CHAMPION_VERSION:
-        raise ValueError(f"{path}: champion_version {pointer['champion_version']}, expected {CHAMPION_VERSION}")
-    if not all(isinstance(f, str) for f in pointer["features"]):
-        raise ValueError(f"{path}: features are not column names")
-    model = _inside(root, pointer["model"])
+    if core.is_remote(root):
+        root = str(root)
+        try:
+            generation = latest_generation(root) if generation is None else generation
+            if generation == 0:
+                return None
+            pointer = generation_url(root, generation)
+            content = remote.cat(pointer, limit=MAX_POINTER_BYTES)
+        except OSError as exc:
+            raise remote.storage_error(root, exc) from None
+        if content is None:
+            raise core.IntegrityError(f"{pointer}: champion pointer is missing")
+        body = _parse(content, pointer)
+        model = _inside(root, body["model"], pointer)
+        remote.fetch(root, body["model"])  # IntegrityError when missing
+        remote.fetch(root, body["model"] + core.MANIFEST_SUFFIX)
+    else:
+        pointer = str(pointer_path(root))
+        try:
+            with open(pointer, "rb") as fh:
+                content = fh.read(MAX_POINTER_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        body = _parse(content, pointer)
+        model = _inside(root, body["model"], pointer)
     manifest = core.verify(model)
-    if manifest["sha256"] != pointer["model_sha256"]:
-        raise core.IntegrityError(f"{model}: sha256 does not match the champion pointer {path}")
-    return {**pointer, "model": str(model)}
+    if manifest["sha256"] != body["model_sha256"]:
+        raise core.IntegrityError(f"{core.public(model)}: sha256 does not match the champion pointer {pointer}")
+    return {**body, "model": str(model)}
 
 
 def champion_model_path(root: str | Path) -> str | None:
-    """The absolute path of the champion's verified ``model.pt``, or None when there is no champion yet."""
+    """The absolute path of the champion's verified ``model.pt`` (on an object store: its verified download in
+    the scratch mirror), or None when there is no champion yet."""
     champion = read_champion(root)
     return None if champion is None else champion["model"]
 
 
-def write_champion(root: str | Path, model: str, run_id: str, trained: dict, test_mse: float) -> dict[str, Any]:
-    """Point the champion at ``model`` (atomically: the pointer, then its manifest). Call it under ``lock``."""
-    base = Path(root).resolve()
-    pointer = {
+def _pointer(root: str | Path, model: str, run_id: str, trained: dict, test_mse: float) -> dict[str, Any]:
+    return {
         "champion_version": CHAMPION_VERSION,
-        "model": Path(model).resolve().relative_to(base).as_posix(),
+        "model": core.store_relative(root, model),
         "model_sha256": core.read_manifest(model)["sha256"],
         "flow_run_id": run_id,
         "features": list(trained["features"]),
@@ -153,27 +218,56 @@ def write_champion(root: str | Path, model: str, run_id: str, trained: dict, tes
         "test_mse": float(test_mse),
         "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    path = pointer_path(base)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(pointer, path)
-    manifest = {
+
+
+def _manifest(pointer: dict[str, Any], file: str, content: bytes, model: str) -> dict[str, Any]:
+    return {
         "manifest_version": core.MANIFEST_VERSION,
-        "file": POINTER,
-        "sha256": core.sha256_file(path),
-        "size": path.stat().st_size,
+        "file": file,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size": len(content),
         "format": "json",
         "schema": {"keys": sorted(pointer)},
         "stage": "promote",
-        "inputs": [{"name": "model", "path": str(model), "sha256": pointer["model_sha256"]}],
+        "inputs": [{"name": "model", "path": core.public(model), "sha256": pointer["model_sha256"]}],
         "versions": core.versions(),
         "created": pointer["promoted_at"],
     }
+
+
+def write_champion(root: str | Path, model: str, run_id: str, trained: dict, test_mse: float) -> dict[str, Any]:
+    """Point the champion at ``model`` (atomically: the pointer, then its manifest). Call it under ``lock``."""
+    base = Path(root).resolve()
+    pointer = _pointer(base, model, run_id, trained, test_mse)
+    path = pointer_path(base)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(pointer, path)
+    manifest = _manifest(pointer, POINTER, path.read_bytes(), model)
     write_json(manifest, core.manifest_path(path))
     return pointer
 
 
+def create_generation(
+    root: str, generation: int, model: str, run_id: str, trained: dict, test_mse: float
+) -> dict[str, Any] | None:
+    """Create generation ``generation`` of the pointer on an object store, only if no run has created it (a
+    conditional write), then its manifest; the pointer, or None when another run created that generation first."""
+    pointer = _pointer(root, model, run_id, trained, test_mse)
+    content = (json.dumps(pointer, indent=2) + "\n").encode()
+    url = generation_url(root, generation)
+    try:
+        fs, path = remote.filesystem(url)
+        if not remote.create(fs, path, content):
+            return None
+        manifest = _manifest(pointer, url.rsplit("/", 1)[1], content, model)
+        remote.write_bytes(url + core.MANIFEST_SUFFIX, (json.dumps(manifest, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise remote.storage_error(root, exc) from None
+    return pointer
+
+
 def lock(root: str | Path):
-    """The one lock on the pointer, held across the decision and the swap (swap this for an object-store lock)."""
+    """The one lock on the pointer of a store on disk, held across the decision and the swap."""
     return core.exclusive(Path(root) / core.CHAMPION_DIR / LOCK)
 
 
@@ -183,42 +277,83 @@ def lock(root: str | Path):
 def promote(
     root: str, tensors_paths: list[str], model_path: str, run_id: str, tolerance: float
 ) -> tuple[dict[str, Any], str, str | None]:
-    """Under the pointer's lock: read the champion, score both models on this run's test rows, decide, swap the
-    pointer if promoted. Returns the ``promotion`` block, the log level's name and the pointer if it was written."""
+    """Read the champion, score both models on this run's test rows, decide, move the pointer if promoted.
+    Returns the ``promotion`` block, the log level's name and the pointer if it was written.
+
+    On disk all of it happens under the pointer's lock. On an object store the decision is made against the
+    latest generation N and the pointer moves by creating N+1 conditionally; when another run created N+1
+    first, the champion is read again and the decision made again, against it (optimistic concurrency: no lock,
+    no clock, nothing left stale by a killed run). Either way two racing runs end as if one ran after the other.
+    """
     trained = core.read_pt(model_path)
     partitions = [core.read_pt(p) for p in tensors_paths]
     challenger_mse = mse(partitions, trained["weights"], trained["bias"])
-    level = "info"
-    with lock(root):
+    challenger_sha = core.read_manifest(model_path)["sha256"]
+
+    def judge(generation: int | None) -> tuple[bool, dict[str, Any], str]:
+        champion, unusable = _read(root, generation)
+        write, block, level = _judge(champion, unusable, trained, partitions, challenger_mse, challenger_sha, tolerance)
+        if write:
+            block["champion"] = core.public(model_path) if core.is_remote(root) else str(Path(model_path).resolve())
+        return write, block, level
+
+    if not core.is_remote(root):
+        with lock(root):
+            write, block, level = judge(None)
+            if write:
+                write_champion(root, model_path, run_id, trained, challenger_mse)
+        return block, level, str(pointer_path(root)) if write else None
+    for lost in itertools.count():
         try:
-            champion = read_champion(root)
-            unusable = None
-        except (ValueError, core.IntegrityError) as exc:
-            champion, unusable = None, f"the champion cannot be used ({exc}): promoted in its place"
-            level = "warning"
-        champion_mse, why = None, unusable
-        if champion is not None and champion["model_sha256"] == core.read_manifest(model_path)["sha256"]:
-            reason = "this run's model is already the champion (same model file): unchanged"
-            block = _block(True, reason, champion["model"], challenger_mse, challenger_mse)
+            generation = latest_generation(root)
+        except OSError as exc:
+            raise remote.storage_error(root, exc) from None
+        write, block, level = judge(generation)
+        if lost:
+            block["reason"] += f" (decided again after {lost} concurrent promotion(s))"
+        if not write:
             return block, level, None
-        if champion is not None:
-            same = list(champion["features"]) == list(trained["features"]) and champion["target"] == trained["target"]
-            if same:
-                model = core.read_pt(champion["model"])
-                champion_mse = mse(partitions, model["weights"], model["bias"])
-            else:
-                why = (
-                    f"champion trained on features {champion['features']} → {champion['target']}, this run on "
-                    f"{list(trained['features'])} → {trained['target']}: not comparable, promoted"
-                )
-        promoted, reason = decide(challenger_mse, champion_mse, tolerance, why)
-        if promoted:
-            write_champion(root, model_path, run_id, trained, challenger_mse)
-            path = str(Path(model_path).resolve())
+        if create_generation(root, generation + 1, model_path, run_id, trained, challenger_mse) is not None:
+            return block, level, generation_url(root, generation + 1)
+    raise AssertionError("unreachable")
+
+
+def _read(root: str, generation: int | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(champion, None), or (None, why) for a champion that cannot be used."""
+    try:
+        return (read_champion(root) if generation is None else read_champion(root, generation)), None
+    except (ValueError, core.IntegrityError) as exc:
+        return None, f"the champion cannot be used ({exc}): promoted in its place"
+
+
+def _judge(
+    champion: dict[str, Any] | None,
+    unusable: str | None,
+    trained: dict,
+    partitions: list[dict],
+    challenger_mse: float,
+    challenger_sha: str,
+    tolerance: float,
+) -> tuple[bool, dict[str, Any], str]:
+    """(whether to point the champion at the challenger, the ``promotion`` block, the log level's name)."""
+    level = "warning" if unusable else "info"
+    champion_mse, why = None, unusable
+    if champion is not None and champion["model_sha256"] == challenger_sha:
+        reason = "this run's model is already the champion (same model file): unchanged"
+        return False, _block(True, reason, core.public(champion["model"]), challenger_mse, challenger_mse), level
+    if champion is not None:
+        same = list(champion["features"]) == list(trained["features"]) and champion["target"] == trained["target"]
+        if same:
+            model = core.read_pt(champion["model"])
+            champion_mse = mse(partitions, model["weights"], model["bias"])
         else:
-            path, level = champion["model"], "warning"
-    wrote = str(pointer_path(root)) if promoted else None
-    return _block(promoted, reason, path, champion_mse, challenger_mse), level, wrote
+            why = (
+                f"champion trained on features {champion['features']} → {champion['target']}, this run on "
+                f"{list(trained['features'])} → {trained['target']}: not comparable, promoted"
+            )
+    promoted, reason = decide(challenger_mse, champion_mse, tolerance, why)
+    path = "" if promoted else core.public(champion["model"])  # the caller names the challenger when it wins
+    return promoted, _block(promoted, reason, path, champion_mse, challenger_mse), level if promoted else "warning"
 
 
 def _block(promoted: bool, reason: str, champion: str, champion_mse: float | None, challenger_mse: float) -> dict:
@@ -238,8 +373,8 @@ def promote_model(tensors_paths: list[str], model_path: str, run_id: str, tolera
     block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance)
     getattr(get_run_logger(), level)(
         "read %s, %s and %d partition(s)' test rows; %s; wrote %s; champion: %s",
-        pointer_path(root),
-        model_path,
+        where(root),
+        core.public(model_path),
         len(tensors_paths),
         block["reason"],
         wrote or "nothing (the pointer stays)",

@@ -1,23 +1,39 @@
-"""Artifacts on an S3-protocol server (moto's standalone server, with IAM checks on): the whole store there.
+"""Artifacts on an S3-protocol server (moto's standalone server, with IAM checks on): the whole store there,
+with the model's lifecycle (champion, promotion, run history, predict).
 
 The server starts once for the module on a free loopback port (tests/moto_s3.py); the credentials are a real IAM
 user's key made on it, so a wrong key is refused as it would be by AWS, and the secret is a string no artifact
-may contain.
+may contain. Three training runs on one prefix (`lifecycle`) are made once and read by several tests.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 import stagecore as core
 from conftest import ADVERTISING, ROOT
+from flows import history as history_cli
 from flows import lineage, train
+from flows import predict as predict_cli
 from moto_s3 import s3_server, use_env
+from stagecore import remote
+from stagecore.atomic import write_json
+from tasks import promote
+from tasks.history import read_history
 
 boto3 = pytest.importorskip("boto3")
 s3fs = pytest.importorskip("s3fs")
@@ -25,6 +41,8 @@ s3fs = pytest.importorskip("s3fs")
 BUCKET = "linreg-test"
 STAGES = set(train.STAGES)
 OUTPUT: list[str] = []  # everything the runs printed, searched for the secret at the end
+LIFE = f"s3://{BUCKET}/life"
+WORSE = ("--epochs", "2", "--tol", "0")  # gradient descent stopped early: a worse model than the default's
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +64,64 @@ def run(capsys, *args: str) -> tuple[int, dict]:
     return code, summary
 
 
+def cli(capsys, main, *args: str) -> dict:
+    """A CLI's ``--json`` line (flows.history, flows.predict), exit status 0."""
+    code = main([*args, "--json"])
+    out, err = capsys.readouterr()
+    OUTPUT.extend([out, err])
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+_LIFE: dict[str, dict] = {}
+
+
+def lifecycle(capsys) -> dict[str, dict]:
+    """Three runs on `LIFE`, one after the other, made once for the tests that read them: ``a`` (--epochs 2,
+    cold), ``b`` (the default: better, so promoted over a), ``c`` (a again: every stage cached, a's model, worse
+    than the champion b: not promoted)."""
+    if not _LIFE:
+        for name, args in (("a", WORSE), ("b", ()), ("c", WORSE)):
+            code, summary = run(capsys, *args, "--artifacts-dir", LIFE)
+            assert code == 0, name
+            _LIFE[name] = summary
+    return _LIFE
+
+
+def generations(url: str) -> dict[int, dict]:
+    """The champion's pointer generations on the store: number → pointer (each has its manifest)."""
+    found = fs().find(f"{url.removeprefix('s3://')}/champion")
+    pointers = sorted(p for p in found if p.endswith(".json") and not p.endswith(core.MANIFEST_SUFFIX))
+    assert sorted(found) == sorted([*pointers, *(p + core.MANIFEST_SUFFIX for p in pointers)])
+    out = {}
+    for path in pointers:
+        assert path.rsplit("/", 2)[-2] == "gen"
+        core.verify(f"s3://{path}")  # the pointer matches its manifest
+        out[int(path.rsplit("/", 1)[1].removesuffix(".json"))] = json.loads(fs().cat_file(path))
+    assert sorted(out) == list(range(1, len(out) + 1))
+    return out
+
+
+def no_local_url_folder() -> None:
+    """A URL root never becomes a local folder named ``s3:`` (the per-key lock is a no-op on a store)."""
+    assert not (Path.cwd() / "s3:").exists() and not (ROOT / "s3:").exists()
+
+
 def test_cold_run_then_every_stage_cached_and_lineage_verifies(s3, capsys):
-    url = f"s3://{BUCKET}/cold"
-    code, cold = run(capsys, "--artifacts-dir", url)
-    assert code == 0 and not any(cold["cached"].values())
+    runs = lifecycle(capsys)
+    cold, warm = runs["a"], runs["c"]
+    assert not any(cold["cached"].values())
     for files in cold["artifacts"].values():
         for path in files.values():
-            assert path.startswith(url + "/") and fs().exists(path) and fs().exists(path + ".manifest.json")
-    assert cold["run_record"].startswith(f"{url}/runs/")
-    code, warm = run(capsys, "--artifacts-dir", url)
-    assert code == 0 and warm["cached"] == dict.fromkeys(STAGES, True)
+            assert path.startswith(LIFE + "/") and fs().exists(path) and fs().exists(path + ".manifest.json")
+    assert cold["run_record"].startswith(f"{LIFE}/runs/")
+    assert warm["cached"] == dict.fromkeys(STAGES, True)
     assert warm["weights"] == cold["weights"]
     report = lineage.explain(warm["run_record"])
     assert report["ok"] and report["sources"][0]["path"] == str(ADVERTISING)
     assert lineage.main([cold["artifacts"]["train"]["model"]]) == 0
     OUTPUT.append(capsys.readouterr().out)
+    no_local_url_folder()
 
 
 def test_flipped_byte_and_deleted_object_are_rebuilt(s3, capsys):
@@ -86,41 +147,190 @@ def test_flipped_byte_and_deleted_object_are_rebuilt(s3, capsys):
     OUTPUT.append(capsys.readouterr().out)
 
 
+def test_promotion_across_runs_on_s3(s3, capsys):
+    runs = lifecycle(capsys)
+    a, b, c = (runs[n]["promotion"] for n in "abc")
+    models = {n: runs[n]["artifacts"]["train"]["model"] for n in "abc"}
+    assert models["a"] == models["c"] != models["b"]
+    assert a["promoted"] and a["champion_test_mse"] is None and a["champion"] == models["a"]
+    # b is better: re-scored on b's test rows (the same split), a's MSE is the one a's run measured
+    assert b["promoted"] and "not worse, promoted" in b["reason"] and b["champion"] == models["b"]
+    assert b["champion_test_mse"] == pytest.approx(a["challenger_test_mse"], rel=1e-12)
+    assert b["challenger_test_mse"] < b["champion_test_mse"]
+    # c (a's model again) is worse than the champion b: not promoted, the champion stays
+    assert not c["promoted"] and "worse, not promoted" in c["reason"] and c["champion"] == models["b"]
+    assert c["champion_test_mse"] == pytest.approx(b["challenger_test_mse"], rel=1e-12)
+    pointers = generations(LIFE)  # two promotions: two immutable generations, nothing else under champion/
+    assert [pointers[n]["model"] for n in (1, 2)] == [m.removeprefix(LIFE + "/") for m in (models["a"], models["b"])]
+    champion = promote.read_champion(LIFE)  # downloaded and verified in the scratch mirror
+    assert core.public(champion["model"]) == models["b"] and champion == {**pointers[2], "model": champion["model"]}
+    assert champion["model_sha256"] == core.read_manifest(models["b"])["sha256"]
+    assert promote.champion_model_path(LIFE) == champion["model"]
+
+
+def test_history_via_flows_history_json(s3, capsys):
+    runs = lifecycle(capsys)
+    rows = cli(capsys, history_cli.main, "--artifacts-dir", LIFE)["runs"]
+    assert [r["promoted"] for r in rows] == [True, True, False]
+    assert [r["test_mse"] for r in rows] == [runs[n]["promotion"]["challenger_test_mse"] for n in "abc"]
+    models = [runs[n]["artifacts"]["train"]["model"] for n in "abc"]
+    assert [r["model"] for r in rows] == [m.removeprefix(LIFE + "/") for m in models]
+    assert [r["params"]["epochs"] for r in rows] == [2, None, 2] and len({r["flow_run_id"] for r in rows}) == 3
+    assert all(r["rows"] == 200 and r["params"]["artifacts_dir"] == LIFE for r in rows)
+    assert rows[0]["time"] < rows[1]["time"] < rows[2]["time"]
+    last = cli(capsys, history_cli.main, "--artifacts-dir", LIFE, "--last", "1")["runs"]
+    assert [r["flow_run_id"] for r in last] == [rows[2]["flow_run_id"]]
+    assert len(fs().find(f"{BUCKET}/life/history")) == 3  # one object per run
+    assert history_cli.main(["--artifacts-dir", f"s3://{BUCKET}/no-store-here"]) == 2
+    err = capsys.readouterr().err
+    OUTPUT.append(err)
+    assert "no artifacts store there" in err and len(err.strip().splitlines()) == 1
+
+
+def expected(model_url: str) -> np.ndarray:
+    saved = torch.load(io.BytesIO(fs().cat_file(model_url)), weights_only=True)
+    table = pacsv.read_csv(ADVERTISING)
+    x = np.column_stack([table[f].to_numpy().astype(np.float64) for f in saved["features"]])
+    return x @ saved["weights"].double().reshape(-1).numpy() + float(saved["bias"])
+
+
+def test_predict_with_the_champion_on_s3(s3, capsys):
+    champion = lifecycle(capsys)["b"]["artifacts"]["train"]["model"]
+    summary = cli(capsys, predict_cli.main, "--data", str(ADVERTISING), "--artifacts-dir", LIFE)
+    assert summary["model"] == champion and summary["rows"] == 200
+    out = summary["predictions"]
+    assert out.startswith(f"{LIFE}/predict/") and fs().exists(out) and fs().exists(out + core.MANIFEST_SUFFIX)
+    table = pq.read_table(pa.BufferReader(fs().cat_file(out)))
+    np.testing.assert_allclose(table["prediction"].to_numpy(), expected(champion), rtol=1e-6)
+    report = lineage.explain(out)  # the prediction → the champion model → the training CSV, verified on the store
+    assert report["ok"] and [s["path"] for s in report["sources"]] == [str(ADVERTISING)]
+    model = next(i for i in report["artifact"]["inputs"] if i.get("stage") == "train")
+    assert model["path"] == champion and report["parameters"]["train"]["cfg"]["epochs"] == 1000
+    assert lineage.main([out]) == 0
+    OUTPUT.append(capsys.readouterr().out)
+    other = lifecycle(capsys)["a"]["artifacts"]["train"]["model"]  # --model: a model of the store, by its URL
+    chosen = cli(capsys, predict_cli.main, "--data", str(ADVERTISING), "--artifacts-dir", LIFE, "--model", other)
+    assert chosen["model"] == other and chosen["cached"]["ingest"] and chosen["predictions"] != out
+    table = pq.read_table(pa.BufferReader(fs().cat_file(chosen["predictions"])))
+    np.testing.assert_allclose(table["prediction"].to_numpy(), expected(other), rtol=1e-6)
+
+
+def _save(obj: dict, path: Path) -> str:
+    """A ``.pt`` with the manifest `core.verify` accepts (what a stage writes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.write_bytes(buffer.getvalue())
+    manifest = {"sha256": core.sha256_file(path), "size": path.stat().st_size, "format": "pt"}
+    write_json(manifest, core.manifest_path(path))
+    return str(path)
+
+
+def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_path, monkeypatch):
+    """b and c both decide against champion a (reads slowed down); c creates generation 2 first, so b's
+    conditional create of generation 2 loses, and b decides again, against c: not promoted."""
+    url = f"s3://{BUCKET}/race"
+    w = torch.tensor([2.0, -1.0])
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 2, generator=gen)
+    tensors = _save({"x_test": x, "y_test": (x @ w + 0.5).unsqueeze(1)}, tmp_path / "tensors.pt")
+
+    def model(name: str, scale: float) -> str:
+        local = remote.scratch(url) / "train" / name / "model.pt"
+        _save({"weights": w * scale, "bias": 0.5, "features": ["p", "q"], "target": "y", "name": name}, local)
+        remote.upload(local, f"{url}/train/{name}/model.pt")
+        remote.upload(core.manifest_path(local), f"{url}/train/{name}/model.pt{core.MANIFEST_SUFFIX}")
+        return str(local)
+
+    def race(name: str, path: str) -> dict:
+        return promote.promote(url, [tensors], path, f"run-{name}", 0.0)[0]
+
+    assert race("a", model("a", 0.5))["promoted"]
+    read = promote.read_champion
+
+    def slow_read(root, generation=None):
+        champion = read(root, generation)
+        time.sleep(0.5)
+        return champion
+
+    monkeypatch.setattr(promote, "read_champion", slow_read)
+    paths = {"b": model("b", 0.8), "c": model("c", 1.0)}  # c is the best
+    results, start = {}, threading.Barrier(2)
+
+    def challenger(name: str) -> None:
+        start.wait()
+        if name == "b":
+            time.sleep(0.1)  # b creates last if both decide against a
+        results[name] = race(name, paths[name])
+
+    threads = [threading.Thread(target=challenger, args=(n,)) for n in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["c"]["promoted"] and results["c"]["champion"] == f"{url}/train/c/model.pt"
+    assert not results["b"]["promoted"] and "decided again after 1 concurrent promotion" in results["b"]["reason"]
+    assert results["b"]["champion"] == f"{url}/train/c/model.pt"  # b was compared with c, not with a
+    pointers = generations(url)
+    assert [p["model"] for p in pointers.values()] == ["train/a/model.pt", "train/c/model.pt"]
+    monkeypatch.undo()
+    assert core.public(promote.champion_model_path(url)) == f"{url}/train/c/model.pt"
+
+
 def test_two_concurrent_runs_on_one_prefix(s3, capsys):
+    """Two runs at once on one prefix: the stages they share (same data, same split) race for the same keys,
+    and both race to promote their (different) models. Both complete; one consistent champion, the better."""
     url = f"s3://{BUCKET}/together"
     command = [sys.executable, "-m", "flows.train", "--artifacts-dir", url, "--json"]
+    commands = [[*command, *extra] for extra in (WORSE, ())]
     procs = [
         subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(2)
+        for command in commands
     ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     OUTPUT.extend(outs)
     assert [p.returncode for p in procs] == [0, 0], outs
-    summaries = [json.loads(out.strip().splitlines()[-1]) for out in outs]
-    assert summaries[0]["weights"] == summaries[1]["weights"]
+    worse, better = [json.loads(out.strip().splitlines()[-1]) for out in outs]
     records = [p for p in fs().find(f"{BUCKET}/together/.cache")]
     assert {p.split("/")[-2] for p in records} == STAGES
     for record in records:
         body = json.loads(fs().cat_file(record))
         for relative in body["outputs"].values():
             assert lineage.main([f"{url}/{relative}"]) == 0  # whole, and matching its manifest
-    for summary in summaries:
+    for summary in (worse, better):
         assert lineage.explain(summary["run_record"])["ok"]  # each run's own files are whole too
-    code, third = run(capsys, "--artifacts-dir", url)
-    assert code == 0 and third["cached"] == dict.fromkeys(STAGES, True)
+    # promotion: as if one ran after the other, whichever promoted first
+    models = {n: s["artifacts"]["train"]["model"].removeprefix(url + "/") for n, s in (("w", worse), ("b", better))}
+    pointers = generations(url)
+    assert better["promotion"]["promoted"] and pointers[max(pointers)]["model"] == models["b"]
+    if worse["promotion"]["promoted"]:  # the worse run promoted first (no champion yet); the better one after it
+        assert [p["model"] for p in pointers.values()] == [models["w"], models["b"]]
+        assert better["promotion"]["champion_test_mse"] == pytest.approx(worse["promotion"]["challenger_test_mse"])
+    else:  # the better run promoted first; the worse one was compared with it
+        assert [p["model"] for p in pointers.values()] == [models["b"]]
+        assert worse["promotion"]["champion_test_mse"] == pytest.approx(better["promotion"]["challenger_test_mse"])
+    assert core.public(promote.champion_model_path(url)) == better["artifacts"]["train"]["model"]
+    rows = read_history(url).to_pylist()
+    assert len(rows) == 2 and sorted(r["promoted"] for r in rows) == sorted(
+        s["promotion"]["promoted"] for s in (worse, better)
+    )
+    no_local_url_folder()
 
 
 def test_s3_data_and_clean_deletes_only_what_the_store_wrote(s3, capsys):
     url = f"s3://{BUCKET}/cleaned"
     data = f"s3://{BUCKET}/inputs/Advertising.csv"
     fs().put_file(str(ADVERTISING), data)
-    code, summary = run(capsys, "--artifacts-dir", url, "--data", data)
+    code, summary = run(capsys, *WORSE, "--artifacts-dir", url, "--data", data)
     assert code == 0
     assert lineage.explain(summary["run_record"])["sources"][0]["path"] == data
-    fs().pipe_file(f"{url}/notes.txt", b"mine")
+    assert len(generations(url)) == 1 and len(fs().find(f"{BUCKET}/cleaned/history")) == 1  # champion, history
+    mine = ["cleaned/notes.txt", "cleaned/champion/gen/readme.txt", "cleaned/history/notes.txt"]
+    for path in mine:
+        fs().pipe_file(f"{BUCKET}/{path}", b"mine")
     assert train.main(["--artifacts-dir", url, "--clean-artifacts"]) == 0
     OUTPUT.append(capsys.readouterr().out)
-    assert fs().find(f"{BUCKET}/cleaned") == [f"{BUCKET}/cleaned/notes.txt"]
+    assert sorted(fs().find(f"{BUCKET}/cleaned")) == sorted(f"{BUCKET}/{p}" for p in mine)
     assert fs().exists(data)  # outside the prefix: untouched
 
 
@@ -149,6 +359,9 @@ def test_no_secret_in_any_object_or_output(s3):
     secret = s3["AWS_SECRET_ACCESS_KEY"].encode()
     objects = fs().find(BUCKET)
     assert len(objects) > 50
+    for written in ("/champion/gen/", "/history/", "/predict/", "/runs/", "/.cache/"):  # the lifecycle's too
+        assert any(written in path for path in objects), written
     leaked = [path for path in objects if secret in fs().cat_file(path)]
     assert leaked == []
     assert OUTPUT and not any(secret.decode() in text for text in OUTPUT)
+    no_local_url_folder()
