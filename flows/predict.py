@@ -77,6 +77,8 @@ def resolve_model(model: str, root: str) -> str:
         try:
             path = champion_model_path(root)
         except ValueError as exc:  # a pointer that is not ours: say so, never follow it
+            if isinstance(exc, core.InputError) and not isinstance(exc, core.IntegrityError):
+                raise  # a store that cannot be reached or refused us: its own one line
             raise InputError(f"{exc}; train again to write a new champion, or pass --model PATH") from None
         if path is None:
             raise InputError(

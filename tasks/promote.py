@@ -183,8 +183,8 @@ def read_champion(root: str | Path, generation: int | None = None) -> dict[str, 
             raise core.IntegrityError(f"{pointer}: champion pointer is missing")
         body = _parse(content, pointer)
         model = _inside(root, body["model"], pointer)
-        remote.fetch(root, body["model"])  # IntegrityError when missing
-        remote.fetch(root, body["model"] + core.MANIFEST_SUFFIX)
+        _download(root, body["model"])
+        _download(root, body["model"] + core.MANIFEST_SUFFIX)
     else:
         pointer = str(pointer_path(root))
         try:
@@ -198,6 +198,22 @@ def read_champion(root: str | Path, generation: int | None = None) -> dict[str, 
     if manifest["sha256"] != body["model_sha256"]:
         raise core.IntegrityError(f"{core.public(model)}: sha256 does not match the champion pointer {pointer}")
     return {**body, "model": str(model)}
+
+
+def _download(root: str, relative: str) -> Path:
+    """``<root>/<relative>`` downloaded into the scratch mirror. IntegrityError when the object is missing (a
+    champion that cannot be used); a storage error (one line, the run fails) when it is there but cannot be
+    read: a store's passing trouble must not cost a good champion its place."""
+    try:
+        return remote.fetch(root, relative)
+    except core.IntegrityError:
+        try:
+            there = remote.size(remote.join(root, relative)) is not None
+        except OSError as exc:
+            raise remote.storage_error(root, exc) from None
+        if there:
+            raise remote.storage_error(root, OSError(f"{relative} is there but cannot be downloaded")) from None
+        raise
 
 
 def champion_model_path(root: str | Path) -> str | None:
@@ -322,7 +338,11 @@ def _read(root: str, generation: int | None) -> tuple[dict[str, Any] | None, str
     """(champion, None), or (None, why) for a champion that cannot be used."""
     try:
         return (read_champion(root) if generation is None else read_champion(root, generation)), None
-    except (ValueError, core.IntegrityError) as exc:
+    except core.IntegrityError as exc:
+        return None, f"the champion cannot be used ({exc}): promoted in its place"
+    except core.InputError:  # the store cannot be reached or refused us: the run fails, the champion stays
+        raise
+    except ValueError as exc:  # a pointer that is not ours
         return None, f"the champion cannot be used ({exc}): promoted in its place"
 
 

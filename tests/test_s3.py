@@ -226,21 +226,32 @@ def _save(obj: dict, path: Path) -> str:
     return str(path)
 
 
+W = torch.tensor([2.0, -1.0])
+
+
+def _test_rows(tmp_path: Path) -> str:
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    return _save({"x_test": x, "y_test": (x @ W + 0.5).unsqueeze(1)}, tmp_path / "tensors.pt")
+
+
+def _model(url: str, name: str, scale: float) -> str:
+    """A model ``scale`` times the true weights (1.0: the best) on the store at ``url``, as a stage leaves it:
+    uploaded with its manifest, and in this process's scratch mirror."""
+    local = remote.scratch(url) / "train" / name / "model.pt"
+    _save({"weights": W * scale, "bias": 0.5, "features": ["p", "q"], "target": "y", "name": name}, local)
+    remote.upload(local, f"{url}/train/{name}/model.pt")
+    remote.upload(core.manifest_path(local), f"{url}/train/{name}/model.pt{core.MANIFEST_SUFFIX}")
+    return str(local)
+
+
 def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_path, monkeypatch):
     """b and c both decide against champion a (reads slowed down); c creates generation 2 first, so b's
     conditional create of generation 2 loses, and b decides again, against c: not promoted."""
     url = f"s3://{BUCKET}/race"
-    w = torch.tensor([2.0, -1.0])
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(50, 2, generator=gen)
-    tensors = _save({"x_test": x, "y_test": (x @ w + 0.5).unsqueeze(1)}, tmp_path / "tensors.pt")
+    tensors = _test_rows(tmp_path)
 
     def model(name: str, scale: float) -> str:
-        local = remote.scratch(url) / "train" / name / "model.pt"
-        _save({"weights": w * scale, "bias": 0.5, "features": ["p", "q"], "target": "y", "name": name}, local)
-        remote.upload(local, f"{url}/train/{name}/model.pt")
-        remote.upload(core.manifest_path(local), f"{url}/train/{name}/model.pt{core.MANIFEST_SUFFIX}")
-        return str(local)
+        return _model(url, name, scale)
 
     def race(name: str, path: str) -> dict:
         return promote.promote(url, [tensors], path, f"run-{name}", 0.0)[0]
@@ -275,6 +286,29 @@ def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_p
     assert [p["model"] for p in pointers.values()] == ["train/a/model.pt", "train/c/model.pt"]
     monkeypatch.undo()
     assert core.public(promote.champion_model_path(url)) == f"{url}/train/c/model.pt"
+
+
+def test_an_unusable_champion_on_s3_is_replaced_and_a_store_error_keeps_it(s3, tmp_path, monkeypatch):
+    url = f"s3://{BUCKET}/unusable"
+    tensors = _test_rows(tmp_path)
+    assert promote.promote(url, [tensors], _model(url, "best", 1.0), "run-1", 0.0)[0]["promoted"]
+    worse = _model(url, "worse", 0.5)
+
+    def broken_download(root: str, relative: str) -> Path:
+        raise core.IntegrityError(f"{root}/{relative}: cannot be downloaded (connection reset)")
+
+    monkeypatch.setattr(remote, "fetch", broken_download)
+    with pytest.raises(core.InputError, match="cannot be downloaded") as refused:  # the object is there
+        promote.promote(url, [tensors], worse, "run-2", 0.0)
+    assert not isinstance(refused.value, core.IntegrityError) and len(generations(url)) == 1  # champion kept
+    monkeypatch.undo()
+    fs().rm_file(f"{url}/train/best/model.pt")  # the champion's model is gone: it cannot be used
+    with pytest.raises(core.IntegrityError, match="missing"):
+        promote.read_champion(url)
+    block = promote.promote(url, [tensors], worse, "run-3", 0.0)[0]
+    assert block["promoted"] and "cannot be used" in block["reason"]
+    assert block["champion"] == f"{url}/train/worse/model.pt"
+    assert [p["model"] for p in generations(url).values()] == ["train/best/model.pt", "train/worse/model.pt"]
 
 
 def test_two_concurrent_runs_on_one_prefix(s3, capsys):
@@ -361,7 +395,7 @@ def test_no_secret_in_any_object_or_output(s3):
     assert len(objects) > 50
     for written in ("/champion/gen/", "/history/", "/predict/", "/runs/", "/.cache/"):  # the lifecycle's too
         assert any(written in path for path in objects), written
-    leaked = [path for path in objects if secret in fs().cat_file(path)]
+    leaked = [path for path, content in fs().cat(objects).items() if secret in content]  # fetched concurrently
     assert leaked == []
     assert OUTPUT and not any(secret.decode() in text for text in OUTPUT)
     no_local_url_folder()
