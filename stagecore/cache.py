@@ -45,7 +45,7 @@ from stagecore.declare import Stage
 from stagecore.errors import InputError, IntegrityError
 from stagecore.lock import exclusive
 from stagecore.manifest import verify
-from stagecore.remote import is_remote
+from stagecore.remote import is_remote, public
 from stagecore.root import CACHE_DIR
 
 RECORD_VERSION = 1
@@ -178,30 +178,38 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
     stage: Stage = fn.stage
     signature = inspect.signature(fn)
 
+    remote = is_remote(root)
+
+    def published(outputs: dict[str, str]) -> dict[str, str]:
+        """What the stage hands on: on an object store its outputs' URLs, which any process can open (each
+        fetches its own verified copy, `Stage.localize`); on disk, the paths as they are."""
+        return {name: public(path) for name, path in outputs.items()} if remote else outputs
+
     @functools.wraps(fn)
     def run_cached(*args: Any, **kwargs: Any) -> Any:
-        call = signature.bind(*args, **kwargs).arguments
+        call = stage.localize(signature.bind(*args, **kwargs).arguments)
         logger = get_run_logger()
         try:
             key = stage.key(call)
         except (OSError, IntegrityError) as exc:
             logger.warning("%s: not cached, its inputs cannot be hashed (%s)", stage.name, exc)
-            return fn(**call)
+            return published(fn(**call))
         if key is None:
             logger.info("%s: not cached, an input is a URL whose content is unknown until it is read", stage.name)
-            return fn(**call)
+            return published(fn(**call))
         with key_lock(root, stage.name, key):
             if not refresh:
                 outputs, problem = check_record(root, stage.name, key)
                 if outputs is not None:
-                    return Completed(name="Cached", data=outputs, message=f"{stage.name} {key}: every output verified")
+                    message = f"{stage.name} {key}: every output verified"
+                    return Completed(name="Cached", data=published(outputs), message=message)
                 if problem:
                     logger.warning(
                         "%s: cached result %s is not usable (%s); running the stage again", stage.name, key, problem
                     )
             outputs = fn(**call)
             write_record(root, stage.name, key, outputs, replace=refresh)
-        return outputs
+        return published(outputs)
 
     return Task(
         run_cached,
@@ -263,7 +271,9 @@ class StageRunner:
         stage = task.fn.stage
         bound = bind(task, self.root, self.refresh)
         names = list(inspect.signature(task.fn).parameters)
-        futures = [pool.submit(bound, dict(zip(names, args, strict=True))) for args in calls]
+        # on an object store, a file of this process's scratch (predict's model) goes by its URL: the task may
+        # run in another process, which fetches its own copy
+        futures = [pool.submit(bound, stage.published(dict(zip(names, args, strict=True)))) for args in calls]
         wait(futures)
         release_memory()
         states = [future.state for future in futures]

@@ -30,8 +30,8 @@ from stagecore.atomic import atomic_path, write_json
 from stagecore.errors import InputError
 from stagecore.hashing import HashingWriter, remember, sha256_file
 from stagecore.keys import code_digest, plain, stage_key
-from stagecore.manifest import MANIFEST_VERSION, describe_pt, describe_schema, manifest_path, versions
-from stagecore.remote import claim_folder, is_remote, join, public, scratch, storage_error, upload
+from stagecore.manifest import MANIFEST_VERSION, describe_pt, describe_schema, localize, manifest_path, versions
+from stagecore.remote import artifact_of, claim_folder, is_remote, join, public, scratch, storage_error, upload
 from stagecore.sources import is_url, redact
 
 R = TypeVar("R")
@@ -90,9 +90,10 @@ def _call_declared(declared: Stage, fn: Callable[..., R], args: tuple, kwargs: d
     stage shipped to a Dask worker pickles this by reference (a ContextVar cannot be pickled by value)."""
     bound = inspect.signature(fn).bind(*args, **kwargs)
     bound.apply_defaults()
+    bound.arguments.update(declared.localize(bound.arguments))
     token = _CALL.set((declared, dict(bound.arguments)))
     try:
-        return fn(*args, **kwargs)
+        return fn(*bound.args, **bound.kwargs)
     finally:
         _CALL.reset(token)
 
@@ -132,6 +133,42 @@ class Stage:
 
     def __post_init__(self) -> None:
         Stage.names.add(self.name)
+
+    def localize(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The call's arguments with each input file that is an artifact's URL on its store (``root``) replaced
+        by this process's verified local copy (`stagecore.manifest.localize`); anything else as it is.
+
+        On an object store, stages hand each other artifact URLs, which mean the same in every process; here,
+        before the key is taken and the stage runs, each becomes a local file in this process's scratch
+        mirror. A stage therefore always opens local files, whichever process (or machine) wrote them.
+        """
+        root = str(args.get(ROOT_ARGUMENT, ""))
+        if not is_remote(root):
+            return dict(args)
+        base = root.rstrip("/") + "/"
+
+        def local(value: Any) -> Any:
+            mine = isinstance(value, str) and value.startswith(base) and artifact_of(value) is not None
+            return localize(value) if mine else value
+
+        out = dict(args)
+        for name in self.files:
+            if name in out:
+                value = out[name]
+                out[name] = local(value) if isinstance(value, str | os.PathLike) else [local(v) for v in value]
+        return out
+
+    def published(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The call's arguments as any process can use them: on an object store, each input file that is in this
+        process's scratch mirror by its URL (`localize`'s inverse); anything else as it is."""
+        if not is_remote(str(args.get(ROOT_ARGUMENT, ""))):
+            return dict(args)
+        out = dict(args)
+        for name in self.files:
+            if name in out:
+                value = out[name]
+                out[name] = public(value) if isinstance(value, str | os.PathLike) else [public(v) for v in value]
+        return out
 
     def parameters(self, args: Mapping[str, Any]) -> dict[str, Any]:
         return {name: plain(args[name]) for name in self.params}

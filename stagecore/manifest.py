@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from stagecore import remote
 from stagecore.errors import IntegrityError
 from stagecore.hashing import sha256_file
 from stagecore.remote import is_remote
@@ -95,8 +96,6 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _read_text(path: str | os.PathLike[str]) -> str:
     """The text of ``path``'s manifest, on disk or on an object store."""
     if is_remote(path):
-        from stagecore import remote
-
         data = remote.read_bytes(str(path) + MANIFEST_SUFFIX)
         if data is None:
             raise FileNotFoundError(str(path) + MANIFEST_SUFFIX)
@@ -106,8 +105,6 @@ def _read_text(path: str | os.PathLike[str]) -> str:
 
 def _verify_remote(url: str, key: str | None) -> dict[str, Any]:
     """`verify` of an object in place (lineage): size, then the sha256 of its bytes, streamed."""
-    from stagecore import remote
-
     size = remote.size(url)
     if size is None:
         raise IntegrityError(f"{url}: file is missing")
@@ -151,6 +148,16 @@ def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = Fa
     return manifest
 
 
+def verify_used(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """`verify` of the bytes this process used for ``path``: for an artifact's URL, this process's copy in its
+    scratch mirror when it has one (what a run record vouches for: the files the run read and wrote, hashed
+    once), else the object in place on the store, streamed."""
+    copy = remote.local_copy(str(path)) if is_remote(path) else None
+    if copy is not None and copy.is_file() and manifest_path(copy).is_file():
+        return _as_url(lambda: verify(copy), copy, str(path))
+    return verify(path)
+
+
 def _load_pt(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]:
     """``torch.load`` with ``weights_only`` (never unpickles arbitrary objects); a refused file is an
     IntegrityError. ``mmap`` maps the tensors instead of reading them, for a cheap check."""
@@ -164,39 +171,81 @@ def _load_pt(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]
     return obj
 
 
-def _verified(path: str | os.PathLike[str]) -> None:
+def localize(path: str | os.PathLike[str]) -> str:
+    """The local file to open for an artifact: a local path as it is; an artifact's URL on an object store, this
+    process's copy of it in its scratch mirror, downloaded with its manifest unless this process already has
+    it, and verified against that manifest before it is returned.
+
+    This is how files travel between processes that share no disk (Dask workers, the flow's process): what is
+    handed from stage to stage on an object store is the artifact's URL, and whichever process opens it gets
+    its own verified copy. A copy that fails its check is downloaded once more, then refused.
+    """
+    if not is_remote(path):
+        return str(path)
+    url = str(path)
+    local = remote.local_copy(url)
+    if local is None:
+        raise IntegrityError(f"{url}: not an artifact of a store (<root>/<stage>/<key>/<file>)")
+    if local.is_file() and manifest_path(local).is_file():
+        try:
+            verify(local)
+            return str(local)
+        except IntegrityError:
+            pass  # damaged here, in this process's scratch: fetched again
+    root, relative = remote.artifact_of(url)  # type: ignore[misc]  # local_copy said it is one
+    remote.fetch(root, relative + MANIFEST_SUFFIX)
+    remote.fetch(root, relative)
+    _as_url(lambda: verify(local), local, url)
+    return str(local)
+
+
+def _as_url(check: Any, local: Path, url: str) -> Any:
+    """Run ``check`` on a scratch copy, naming the artifact's URL rather than the copy in any error."""
     try:
+        return check()
+    except IntegrityError as exc:
+        raise IntegrityError(str(exc).replace(str(local), url)) from None
+
+
+def _verified(path: str | os.PathLike[str]) -> str:
+    """The local file to read for ``path``, verified against its manifest (an artifact's URL: `localize`)."""
+    try:
+        if is_remote(path):
+            return localize(path)
         verify(path)
     except IntegrityError as exc:
         raise IntegrityError(f"{exc}; run the flow again to rebuild it (--refresh rebuilds every stage)") from None
+    return str(path)
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
-    _verified(path)
-    return pq.read_table(path)
+    return pq.read_table(_verified(path))
 
 
 def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
     """A verified Parquet file, for readers that take one column or row group at a time."""
-    _verified(path)
-    return pq.ParquetFile(path)
+    return pq.ParquetFile(_verified(path))
 
 
 def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a stage's ``.pt`` file, verified, without unpickling arbitrary objects."""
-    _verified(path)
+    local = _verified(path)
     try:
-        return _load_pt(path)
+        return _load_pt(local)
     except IntegrityError as exc:
         raise IntegrityError(f"{exc}; run the flow again with --refresh to rebuild it") from None
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    _verified(path)
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(_verified(path)).read_text())
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an artifact (a PNG), verified."""
+    return Path(_verified(path)).read_bytes()
 
 
 def describe(path: str | os.PathLike[str]) -> str:
     """``path (12.3 kB)`` for log lines."""
-    size = Path(path).stat().st_size
+    size = (remote.size(str(path)) or 0) if is_remote(path) else Path(path).stat().st_size
     return f"{path} ({size / 1000:.1f} kB)"

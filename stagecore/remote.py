@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -37,6 +38,7 @@ from fsspec.spec import AbstractFileSystem
 
 from stagecore.atomic import atomic_path
 from stagecore.errors import InputError, IntegrityError
+from stagecore.keys import KEY_PATTERN
 
 CLAIM = ".claim"  # the first object of a stage folder on an object store: whoever creates it owns the folder
 
@@ -128,8 +130,29 @@ def public(path: str | os.PathLike[str]) -> str:
 
 
 def relative(root: str, path: str | os.PathLike[str]) -> str:
-    """A scratch file's path relative to the store at ``root``."""
+    """A file's path relative to the store at ``root``: a scratch file's, or an artifact URL's under ``root``."""
+    text, base = str(path), root.rstrip("/") + "/"
+    if is_remote(text):
+        if not text.startswith(base):
+            raise ValueError(f"{text} is not in the store at {root}")
+        return text[len(base) :]
     return Path(path).resolve().relative_to(scratch(root)).as_posix()
+
+
+# <root>/<stage>/<key folder>/<file>: where every artifact (and its manifest) lives, on any store
+_ARTIFACT = re.compile(rf"(?P<root>.+)/(?P<relative>[A-Za-z_][A-Za-z0-9_]*/{KEY_PATTERN}(\.\d+)?/[^/]+)")
+
+
+def artifact_of(url: str) -> tuple[str, str] | None:
+    """(store root, path relative to it) of a URL shaped like an artifact; None for any other string."""
+    found = _ARTIFACT.fullmatch(url) if is_remote(url) else None
+    return (found["root"], found["relative"]) if found else None
+
+
+def local_copy(url: str) -> Path | None:
+    """Where this process's scratch mirror keeps (or would keep) the artifact at ``url``; None if not one."""
+    located = artifact_of(url)
+    return None if located is None else scratch(located[0]) / located[1]
 
 
 # --- conditional writes and transfers ----------------------------------------------------------------------

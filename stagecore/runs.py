@@ -11,7 +11,7 @@ from typing import Any
 
 from stagecore import remote
 from stagecore.atomic import write_json
-from stagecore.manifest import verify, versions
+from stagecore.manifest import verify_used, versions
 from stagecore.root import RUNS_DIR
 from stagecore.sources import redact_all
 
@@ -29,7 +29,7 @@ def write_run_record(
         entries = {}
         key = None
         for name, path in files.items():
-            manifest = verify(path)
+            manifest = verify_used(path)
             key = manifest["key"]
             entries[name] = {"path": remote.public(path), "sha256": manifest["sha256"], "size": manifest["size"]}
         stages[stage] = {"key": key, "cached": bool(cached.get(stage, False)), "artifacts": entries}

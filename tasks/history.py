@@ -187,7 +187,7 @@ def record_history(
     promotion: dict[str, Any],
 ) -> str:
     """Append this run's row (its own file) and publish the last runs as the ``linear-regression-history`` table."""
-    ingest = [core.verify(path) for path in artifacts["ingest"].values()]
+    ingest = [core.verify_used(path) for path in artifacts["ingest"].values()]
     summary = core.read_json(artifacts["evaluate"]["summary"])
     rows = sum(int(m["schema"]["rows"]) for m in ingest)
     model = core.store_relative(root, artifacts["train"]["model"])

@@ -310,7 +310,7 @@ def promote(
         champion, unusable = _read(root, generation)
         write, block, level = _judge(champion, unusable, trained, partitions, challenger_mse, challenger_sha, tolerance)
         if write:
-            block["champion"] = core.public(Path(model_path).resolve())
+            block["champion"] = core.public(model_path) if core.is_remote(root) else str(Path(model_path).resolve())
         return write, block, level
 
     if not core.is_remote(root):

@@ -8,10 +8,8 @@ It only reads the files the stages wrote. Keys are fixed, so the UI shows each k
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -155,10 +153,10 @@ def publish_report(
     """Read the evaluation and plot files (and the run history under ``root``); publish the metrics and
     coefficients tables and the markdown report."""
     evaluation = artifacts["evaluate"]
-    summary = json.loads(Path(evaluation["summary"]).read_text())
+    summary = core.read_json(evaluation["summary"])
     metrics = metrics_rows(core.read_parquet(evaluation["metrics"]), summary["reference_ok"])
     coefficients = coefficient_rows(core.read_parquet(evaluation["coefficients"]))
-    plots = {name: Path(artifacts["plot"][name]).read_bytes() for name, _ in PLOTS}
+    plots = {name: core.read_bytes(artifacts["plot"][name]) for name, _ in PLOTS}
     runs = read_history(root, SHOWN) if root is not None else None
     if runs is not None and runs.num_rows:
         plots[TREND] = trend_png(runs)

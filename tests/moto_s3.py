@@ -1,12 +1,13 @@
-"""moto's standalone S3 server on loopback, for tests that need an S3 endpoint (in process or in subprocesses).
+"""moto's standalone S3 server for the tests that put the store on S3 (test_s3, test_dask_s3).
 
-Auth is enforced after the 4 set-up calls (IAM user, key, policy, bucket): the credentials are a real IAM user's
-key made on the server, so a wrong key is refused as it would be by AWS.
+One server per test module, on a free loopback port, with IAM checks on: the credentials are a real IAM user's
+key made on it, so a wrong key is refused as it would be by AWS, and the secret is a string no artifact may
+contain. `s3_server` starts it and yields the environment a client (or another process) needs; `use_env`
+puts that environment into this process for the duration of a module.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -15,26 +16,25 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def moto_s3(log: Path, bucket: str) -> Iterator[dict[str, str]]:
-    """Start the server, make ``bucket`` and an IAM user; yield the ``AWS_*`` environment that reaches it as that user.
-
-    The environment also names no config or credentials file, so nothing comes from the user's ~/.aws.
-    """
+@contextmanager
+def s3_server(log_dir: Path, bucket: str) -> Iterator[dict[str, str]]:
+    """moto's server with auth enforced after the 4 set-up calls (IAM user, key, policy, bucket); its env."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / "server.log"
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
@@ -70,3 +70,24 @@ def moto_s3(log: Path, bucket: str) -> Iterator[dict[str, str]]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@contextmanager
+def use_env(env: dict[str, str]) -> Iterator[None]:
+    """``env`` in this process's environment (and no AWS profile or session token), restored afterwards."""
+    import s3fs
+
+    saved = {name: os.environ.get(name) for name in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
+    try:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            os.environ.pop(name, None)
+        os.environ.update(env)
+        s3fs.S3FileSystem.clear_instance_cache()
+        yield
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -33,7 +33,7 @@ from prefect.exceptions import ObjectNotFound
 import stagecore as core
 from conftest import ROOT
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
-from moto_s3 import moto_s3
+from moto_s3 import s3_server
 from tasks import promote
 from tasks.history import read_history
 
@@ -116,7 +116,7 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
     deployed_tree = _snapshot(deployer)
     moved = deployer.rename(base / "deployer-moved")  # the runs must not need the folder that deployed
 
-    with moto_s3(base / "moto.log", BUCKET) as aws:
+    with s3_server(base / "moto", BUCKET) as aws:
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("linear-regression/git-on-demand")
             flow_run = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": EPOCHS})

@@ -1,16 +1,15 @@
 """Artifacts on an S3-protocol server (moto's standalone server, with IAM checks on): the whole store there,
 with the model's lifecycle (champion, promotion, run history, predict).
 
-The server starts once for the module on a free loopback port; the credentials are a real IAM user's key made
-on it, so a wrong key is refused as it would be by AWS, and the secret is a string no artifact may contain.
-Three training runs on one prefix (`lifecycle`) are made once and read by several tests.
+The server starts once for the module on a free loopback port (tests/moto_s3.py); the credentials are a real IAM
+user's key made on it, so a wrong key is refused as it would be by AWS, and the secret is a string no artifact
+may contain. Three training runs on one prefix (`lifecycle`) are made once and read by several tests.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from conftest import ADVERTISING, ROOT
 from flows import history as history_cli
 from flows import lineage, train
 from flows import predict as predict_cli
-from moto_s3 import moto_s3
+from moto_s3 import s3_server, use_env
 from stagecore import remote
 from stagecore.atomic import write_json
 from tasks import promote
@@ -48,22 +47,9 @@ WORSE = ("--epochs", "2", "--tol", "0")  # gradient descent stopped early: a wor
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """moto's server (tests/moto_s3.py), its ``AWS_*`` environment set in this process for the module."""
-    with moto_s3(tmp_path_factory.mktemp("moto") / "server.log", BUCKET) as env:
-        saved = {name: os.environ.get(name) for name in [*env, "AWS_PROFILE", "AWS_SESSION_TOKEN"]}
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            os.environ.pop(name, None)
-        os.environ.update(env)
-        s3fs.S3FileSystem.clear_instance_cache()
-        try:
-            yield env
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    """moto's server with auth enforced (tests/moto_s3.py), its credentials in this process's environment."""
+    with s3_server(tmp_path_factory.mktemp("moto"), BUCKET) as env, use_env(env):
+        yield env
 
 
 def fs():
