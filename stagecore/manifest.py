@@ -223,8 +223,12 @@ def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
 
 
 def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
-    """A verified Parquet file, for readers that take one column or row group at a time."""
-    return pq.ParquetFile(_verified(path))
+    """A verified Parquet file, for readers that take one column or row group at a time.
+
+    ``pre_buffer`` off: pyarrow otherwise keeps what it pre-read for the reader's lifetime, so a streamed read
+    grows with the file (20M rows: 78 MB still held after the last batch, against 1 MB).
+    """
+    return pq.ParquetFile(_verified(path), pre_buffer=False)
 
 
 def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -189,7 +189,7 @@ def is_parquet(source: str) -> bool:
 def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     """Copy a Parquet input into ``final`` (atomically) a row group at a time, checking it is readable Parquet."""
     try:
-        reader = pq.ParquetFile(path)
+        reader = pq.ParquetFile(path, pre_buffer=False)  # read a row group at a time, keep none
         check_header(reader.schema_arrow.names, source)
         with core.atomic_path(final) as tmp:
             with pq.ParquetWriter(tmp, reader.schema_arrow) as writer:
