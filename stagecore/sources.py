@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,44 @@ def download(source: str, dest: Path) -> None:
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{redact(source)}: cannot download ({reason}); check the URL passed to --data") from None
+
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2")  # kept on a download's name: pyarrow decompresses by the file's name
+
+
+def download_name(source: str) -> str:
+    """The local name of a download: ``download.csv``, with the URL's compression suffix if it has one."""
+    suffix = Path(urllib.parse.urlparse(source).path).suffix.lower()
+    return "download.csv" + (suffix if suffix in COMPRESSED_SUFFIXES else "")
+
+
+_DOWNLOADED: ContextVar[Mapping[str, Path] | None] = ContextVar("linreg_downloaded", default=None)
+
+
+@contextmanager
+def downloaded(urls: Iterable[str]) -> Iterator[dict[str, Path]]:
+    """Each URL downloaded (streamed) once into a temporary folder, removed on exit: ``{url: local file}``.
+
+    While open, `downloaded_copy` hands the same files to the code it runs (the stage cache downloads a URL
+    input to key the stage on its bytes; the stage then reads that copy instead of downloading it again).
+    """
+    with tempfile.TemporaryDirectory(prefix="linreg-download-") as folder:
+        paths: dict[str, Path] = {}
+        for i, url in enumerate(dict.fromkeys(urls)):
+            path = Path(folder) / str(i) / download_name(url)
+            path.parent.mkdir()
+            download(url, path)
+            paths[url] = path
+        token = _DOWNLOADED.set({**(_DOWNLOADED.get() or {}), **paths})
+        try:
+            yield paths
+        finally:
+            _DOWNLOADED.reset(token)
+
+
+def downloaded_copy(url: str) -> Path | None:
+    """This call's download of ``url`` (`downloaded`), or None."""
+    return (_DOWNLOADED.get() or {}).get(url)
 
 
 REDACTED = "REDACTED"
