@@ -111,15 +111,18 @@ class Params(BaseModel):
             )
 
     def check_data(self) -> None:
-        """Cheap checks of a local ``--data`` before anything reads or hashes it (the stage cache hashes the file
-        before the ingest stage runs): a device or FIFO would never end; a folder or glob must hold data files.
+        """Cheap checks of ``--data`` before anything reads or hashes it (the stage cache hashes the file before
+        the ingest stage runs): a device or FIFO would never end; a folder or glob (local, or on an object store:
+        one listing) must hold data files.
 
         A path that does not exist is left to the ingest stage, which says so in its own words.
         """
-        if self.data is None or core.is_url(self.data):
+        if self.data is None:
             return
-        if core.is_partitioned(self.data):
+        if core.is_partitioned(self.data):  # a folder or glob, here or on an object store
             core.partition_sources(self.data)  # a one-line error when it holds no data file
+            return
+        if core.is_url(self.data):
             return
         path = Path(self.data).expanduser()
         if path.exists():

@@ -43,10 +43,12 @@ from prefect.task_runners import TaskRunner
 from stagecore.atomic import write_json
 from stagecore.declare import Stage
 from stagecore.errors import InputError, IntegrityError
+from stagecore.hashing import sha256_file
 from stagecore.lock import exclusive
 from stagecore.manifest import verify
 from stagecore.remote import is_remote, public
 from stagecore.root import CACHE_DIR
+from stagecore.sources import downloaded
 
 RECORD_VERSION = 1
 RECORD_SUFFIX = ".json"
@@ -194,9 +196,15 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
         except (OSError, IntegrityError) as exc:
             logger.warning("%s: not cached, its inputs cannot be hashed (%s)", stage.name, exc)
             return published(fn(**call))
-        if key is None:
-            logger.info("%s: not cached, an input is a URL whose content is unknown until it is read", stage.name)
-            return published(fn(**call))
+        if key is None:  # an input is a URL: its content is known once downloaded, which the stage reuses
+            urls = stage.urls(call)
+            with downloaded(urls.values()) as local:
+                key = stage.key(call, {label: sha256_file(local[url]) for label, url in urls.items()})
+                return through_cache(call, key)
+        return through_cache(call, key)
+
+    def through_cache(call: dict[str, Any], key: str) -> Any:
+        logger = get_run_logger()
         with key_lock(root, stage.name, key):
             if not refresh:
                 outputs, problem = check_record(root, stage.name, key)

@@ -189,6 +189,15 @@ class Stage:
                 out.append({"name": label, "path": redact(public(path)), "sha256": sha})
         return out
 
+    def urls(self, args: Mapping[str, Any]) -> dict[str, str]:
+        """The input files that are URLs (``http(s)://``, ``s3://``… not artifacts of the store), by label."""
+        out = {}
+        for name in self.files:
+            value = args[name]
+            paths = {name: str(value)} if isinstance(value, str | os.PathLike) else _listed(name, value)
+            out.update({label: path for label, path in paths.items() if is_url(path)})
+        return out
+
     def key(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> str | None:
         """The stage's content key for these task arguments (None when an input is a URL)."""
         inputs = self.inputs(args, digests)

@@ -73,15 +73,19 @@ def bucket(url: str) -> str:
     return url.split("://", 1)[1].split("/", 1)[0]
 
 
-def storage_error(url: str, exc: BaseException) -> InputError:
-    """A store failure as one line naming the bucket and what to do; never the credentials."""
-    where = f"artifacts store {url} (bucket {bucket(url)!r})"
+def storage_error(
+    url: str, exc: BaseException, what: str = "artifacts store", option: str = "--artifacts-dir"
+) -> InputError:
+    """A store failure as one line naming the bucket and what to do; never the credentials.
+
+    ``what`` and ``option`` say whose URL it is: the artifacts store's, or ``--data``'s partitions."""
+    where = f"{what} {url} (bucket {bucket(url)!r})"
     if isinstance(exc, PermissionError):
         return InputError(
             f"{where}: access denied ({_reason(exc)}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws"
         )
     if isinstance(exc, FileNotFoundError):
-        return InputError(f"{where}: no such bucket ({_reason(exc)}); create it or pass another --artifacts-dir")
+        return InputError(f"{where}: no such bucket ({_reason(exc)}); create it or pass another {option}")
     return InputError(f"{where}: cannot be reached ({_reason(exc)}); check AWS_ENDPOINT_URL and the network")
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from stagecore.errors import InputError
 from stagecore.project import DEFAULT_DATA
-from stagecore.remote import filesystem, is_remote, local_path
+from stagecore.remote import filesystem, is_remote, local_path, storage_error
 
 
 def is_url(source: str) -> bool:
@@ -33,6 +36,44 @@ def download(source: str, dest: Path) -> None:
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{redact(source)}: cannot download ({reason}); check the URL passed to --data") from None
+
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2")  # kept on a download's name: pyarrow decompresses by the file's name
+
+
+def download_name(source: str) -> str:
+    """The local name of a download: ``download.csv``, with the URL's compression suffix if it has one."""
+    suffix = Path(urllib.parse.urlparse(source).path).suffix.lower()
+    return "download.csv" + (suffix if suffix in COMPRESSED_SUFFIXES else "")
+
+
+_DOWNLOADED: ContextVar[Mapping[str, Path] | None] = ContextVar("linreg_downloaded", default=None)
+
+
+@contextmanager
+def downloaded(urls: Iterable[str]) -> Iterator[dict[str, Path]]:
+    """Each URL downloaded (streamed) once into a temporary folder, removed on exit: ``{url: local file}``.
+
+    While open, `downloaded_copy` hands the same files to the code it runs (the stage cache downloads a URL
+    input to key the stage on its bytes; the stage then reads that copy instead of downloading it again).
+    """
+    with tempfile.TemporaryDirectory(prefix="linreg-download-") as folder:
+        paths: dict[str, Path] = {}
+        for i, url in enumerate(dict.fromkeys(urls)):
+            path = Path(folder) / str(i) / download_name(url)
+            path.parent.mkdir()
+            download(url, path)
+            paths[url] = path
+        token = _DOWNLOADED.set({**(_DOWNLOADED.get() or {}), **paths})
+        try:
+            yield paths
+        finally:
+            _DOWNLOADED.reset(token)
+
+
+def downloaded_copy(url: str) -> Path | None:
+    """This call's download of ``url`` (`downloaded`), or None."""
+    return (_DOWNLOADED.get() or {}).get(url)
 
 
 REDACTED = "REDACTED"
@@ -93,17 +134,43 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def is_partitioned(data: str | None) -> bool:
-    """Whether ``data`` names several files: a folder, or a glob pattern (``*``, ``?``, ``[...]``)."""
-    if data is None or is_url(data):
+    """Whether ``data`` names several files: a folder, or a glob pattern (``*``, ``?``, ``[...]``).
+
+    On an object store (``s3://``, ``gs://``…) a URL ending in ``/``, or with a glob character in its path, is a
+    folder or pattern of partitions; a URL ending in a data file's suffix (``.csv``, ``.parquet``…) is one file
+    (no request made); any other is a folder if the store lists objects under it. An http(s) URL is one file.
+    """
+    if data is None:
         return False
+    if is_url(data):
+        return is_remote(data) and not data.startswith(("http://", "https://")) and _remote_partitioned(data)
     return bool(_GLOB_CHARS.search(data)) or Path(data).expanduser().is_dir()
 
 
-def partition_sources(data: str) -> list[str]:
-    """The files of a partitioned input, as sorted absolute paths: a folder's CSV and Parquet files, or a glob's.
+def _remote_partitioned(url: str) -> bool:
+    path = url.split("://", 1)[1]
+    if url.endswith("/") or _GLOB_CHARS.search(path):
+        return True
+    if "/" not in path:  # a bare bucket: its top-level "folder"
+        return True
+    if path.lower().endswith(PARTITION_SUFFIXES):  # a data file's name: one file
+        return False
+    try:  # a prefix given without its trailing slash: one listing tells (an error is left to ingest to report)
+        fs, key = filesystem(url)
+        fs.invalidate_cache(key)
+        return bool(fs.isdir(key))
+    except (OSError, ValueError, InputError):
+        return False
 
-    Sorted by path, so the partitions (and the global row order the split relies on) are the same every run.
+
+def partition_sources(data: str) -> list[str]:
+    """The files of a partitioned input, sorted: a folder's CSV and Parquet files, or a glob's.
+
+    Local ones as absolute paths; on an object store as URLs (`remote_partitions`). Sorted, so the partitions
+    (and the global row order the split relies on) are the same every run.
     """
+    if is_url(data):
+        return remote_partitions(data)
     path = Path(data).expanduser()
     if path.is_dir():
         found = [p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(PARTITION_SUFFIXES)]
@@ -114,6 +181,53 @@ def partition_sources(data: str) -> list[str]:
         found = [p for p in anchor.glob(pattern) if p.is_file()]
         where = f"pattern {data}"
     if not found:
-        kinds = ", ".join(PARTITION_SUFFIXES)
-        raise InputError(f"{where} matches no data files ({kinds}); pass --data with a CSV, a folder or a glob")
+        raise _no_data_files(where)
     return sorted(str(p.resolve()) for p in found)
+
+
+def remote_partitions(url: str) -> list[str]:
+    """The objects of a folder (prefix) or glob on an object store, as sorted URLs, listed afresh.
+
+    A folder contributes every object directly under it whose name has a data suffix (`PARTITION_SUFFIXES`;
+    nothing from deeper "subfolders"), a glob every object it matches. Each URL is then a single file that the
+    ingest stage downloads and keys on the bytes read.
+    """
+    scheme = url.split("://", 1)[0]
+    fs, path = filesystem(url)
+    pattern = bool(_GLOB_CHARS.search(path))
+    fs.invalidate_cache()
+    try:
+        if pattern:
+            found = [name for name, info in fs.glob(path, detail=True).items() if info.get("type") == "file"]
+        else:
+            base = path.rstrip("/")
+            found = [
+                info["name"]
+                for info in fs.ls(base, detail=True)
+                if info.get("type") == "file" and info["name"].rsplit("/", 1)[-1].lower().endswith(PARTITION_SUFFIXES)
+            ]
+    except FileNotFoundError:  # no object under the prefix, or no bucket at all: told apart below
+        found = []
+    except OSError as exc:  # access denied, an endpoint that cannot be reached
+        raise storage_error(url, exc, "--data", "--data") from None
+    finally:
+        fs.invalidate_cache()
+    if not found:
+        if not _bucket_exists(fs, path, url):  # a glob of a missing bucket matches nothing, without an error
+            raise storage_error(url, FileNotFoundError("the bucket does not exist"), "--data", "--data")
+        raise _no_data_files(f"{'pattern' if pattern else 'prefix'} {url}")
+    return sorted(f"{scheme}://{name.lstrip('/')}" for name in found)
+
+
+def _bucket_exists(fs: Any, path: str, url: str) -> bool:
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.invalidate_cache(bucket)
+        return bool(fs.exists(bucket))
+    except OSError as exc:
+        raise storage_error(url, exc, "--data", "--data") from None
+
+
+def _no_data_files(where: str) -> InputError:
+    kinds = ", ".join(PARTITION_SUFFIXES)
+    return InputError(f"{where} matches no data files ({kinds}); pass --data with a CSV, a folder or a glob")

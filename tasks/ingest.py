@@ -15,9 +15,6 @@ import bz2
 import codecs
 import gzip
 import re
-import tempfile
-import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,16 +45,16 @@ ROW_GROUP_BLOCKS = 8
 @contextmanager
 def local_copy(source: str) -> Iterator[Path]:
     """A local path for ``source``: the file itself, or a URL (http(s), s3://…) downloaded (streamed) to a
-    temporary file."""
+    temporary file, once: the stage cache's download when it made one."""
     if not core.is_url(source):
         yield check_file(source)
         return
-    with tempfile.TemporaryDirectory(prefix="linreg-download-") as folder:
-        # keep a compression suffix: pyarrow decompresses by the file's name
-        suffix = Path(urllib.parse.urlparse(source).path).suffix.lower()
-        path = Path(folder) / ("download.csv" + (suffix if suffix in COMPRESSED else ""))
-        core.download(source, path)
-        yield path
+    already = core.downloaded_copy(source)  # the stage cache downloaded it to key this stage
+    if already is not None:
+        yield already
+        return
+    with core.downloaded([source]) as paths:
+        yield paths[source]
 
 
 def check_file(source: str) -> Path:

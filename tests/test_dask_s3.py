@@ -2,9 +2,9 @@
 
 The scheduler and two workers are separate processes started from the `dask` command line, each in a working
 folder of its own and with a temporary folder of its own (where the store's scratch mirror goes), on loopback.
-The flow's process, the workers and the store share nothing but the input folder (which every worker must be
-able to read) and S3: a stage on one worker reads what another worker (or the flow's process) wrote by its
-URL, through its own verified copy.
+The flow's process, the workers and the store share nothing but S3, where the partitioned input is too: a worker
+downloads the partitions it ingests, and a stage on one worker reads what another worker (or the flow's process)
+wrote by its URL, through its own verified copy.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 import stagecore as core
 from bench.make_data import make_csv
 from conftest import ROOT
+from flows import lineage
 from flows.local_server import free_port, start_process, stop_process
 from flows.train import STAGES, linear_regression, main
 from moto_s3 import s3_server, use_env
@@ -84,15 +85,17 @@ def cluster(s3, tmp_path_factory) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="module")
-def partitioned(tmp_path_factory) -> tuple[Path, Path]:
-    """3,000 Advertising-shaped rows as one CSV, and the same rows as three CSV partitions."""
+def partitioned(s3, tmp_path_factory) -> tuple[Path, str]:
+    """3,000 Advertising-shaped rows as one local CSV, and the same rows as three CSV partitions on S3 (the
+    prefix's URL, with an object that is not a partition): the Dask run has no local input at all."""
     folder = tmp_path_factory.mktemp("inputs")
     whole = make_csv(3000, folder / "whole.csv", seed=11)
     frame = pd.read_csv(whole)
-    parts = folder / "parts"
-    parts.mkdir()
+    parts = f"s3://{BUCKET}/inputs/"
+    fs = s3fs.S3FileSystem()
     for i, (start, stop) in enumerate([(0, 900), (900, 2000), (2000, 3000)]):
-        frame.iloc[start:stop].to_csv(parts / f"part-{i}.csv", index=False)
+        fs.pipe_file(f"{parts}part-{i}.csv", frame.iloc[start:stop].to_csv(index=False).encode())
+    fs.pipe_file(f"{parts}_SUCCESS", b"")
     return whole, parts
 
 
@@ -111,7 +114,7 @@ def test_dask_workers_without_a_shared_disk_equal_the_single_file_run(
     pids = cluster["ready"]()  # the workers are other processes
     assert len(pids) == 2 and os.getpid() not in pids.values()
     url = f"s3://{BUCKET}/dask"
-    args = ["--data", str(parts), "--task-runner", "dask", "--dask-address", cluster["address"], "--engine", "stats"]
+    args = ["--data", parts, "--task-runner", "dask", "--dask-address", cluster["address"], "--engine", "stats"]
     code = main([*args, "--artifacts-dir", url, "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
@@ -127,6 +130,8 @@ def test_dask_workers_without_a_shared_disk_equal_the_single_file_run(
     # every artifact is on the store, named by its URL, whole
     assert list(summary["artifacts"]) == list(STAGES)
     assert sorted(summary["artifacts"]["ingest"]) == ["table[0]", "table[1]", "table[2]"]
+    sources = [s["path"] for s in lineage.explain(summary["run_record"])["sources"]]
+    assert sources == [f"{parts}part-{i}.csv" for i in range(3)]  # the partitions on S3, by URL
     for files in summary["artifacts"].values():
         for path in files.values():
             assert path.startswith(url + "/") and core.verify(path), path  # in place, on the store

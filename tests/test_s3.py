@@ -368,6 +368,77 @@ def test_s3_data_and_clean_deletes_only_what_the_store_wrote(s3, capsys):
     assert fs().exists(data)  # outside the prefix: untouched
 
 
+PARTS = f"s3://{BUCKET}/parts"  # Advertising cut into three CSV objects, with objects that are not partitions
+PARTS_STORE = f"s3://{BUCKET}/partitioned"
+CUTS = [(0, 70), (70, 140), (140, 200)]
+
+
+def upload_parts() -> list[str]:
+    """Advertising's rows cut into three CSVs (each with the header) under `PARTS`, uploaded with s3fs, plus
+    objects a prefix must ignore: a marker, a text file and a CSV one level deeper. The partitions' URLs."""
+    header, *rows = ADVERTISING.read_text().splitlines(keepends=True)
+    urls = [f"{PARTS}/part-{i}.csv" for i in range(len(CUTS))]
+    for url, (start, stop) in zip(urls, CUTS, strict=True):
+        fs().pipe_file(url, (header + "".join(rows[start:stop])).encode())
+    for name, content in (("_SUCCESS", b""), ("notes.txt", b"not data"), ("old/part-9.csv", header.encode())):
+        fs().pipe_file(f"{PARTS}/{name}", content)
+    return urls
+
+
+def sources_of(summary: dict) -> list[str]:
+    return [s["path"] for s in lineage.explain(summary["run_record"])["sources"]]
+
+
+def test_partitions_on_s3_train_as_the_same_rows_in_one_local_file(s3, capsys, tmp_path):
+    urls = upload_parts()
+    assert core.is_partitioned(PARTS + "/") and core.is_partitioned(PARTS) and core.is_partitioned(f"{PARTS}/*.csv")
+    assert not core.is_partitioned(urls[0]) and not core.is_partitioned("https://example.com/data/")
+    assert core.partition_sources(PARTS + "/") == urls  # sorted by URL; the other objects ignored
+    stats = ("--engine", "stats")
+    code, single = run(capsys, *stats, "--data", str(ADVERTISING), "--artifacts-dir", str(tmp_path / "local"))
+    assert code == 0
+    code, parts = run(capsys, *stats, "--data", PARTS + "/", "--artifacts-dir", PARTS_STORE)
+    assert code == 0
+    assert sorted(parts["artifacts"]["ingest"]) == ["table[0]", "table[1]", "table[2]"]
+    for name, weight in single["weights"].items():  # float64 statistics summed in another order
+        assert parts["weights"][name] == pytest.approx(weight, rel=1e-9), name
+    assert parts["bias"] == pytest.approx(single["bias"], rel=1e-9)
+    assert parts["metrics"]["test"]["mse"] == pytest.approx(single["metrics"]["test"]["mse"], rel=1e-9)
+    assert sources_of(parts) == urls  # each partition recorded by its URL, keyed on the bytes read
+
+    code, again = run(capsys, *stats, "--data", PARTS + "/", "--artifacts-dir", PARTS_STORE)
+    assert code == 0 and again["cached"] == dict.fromkeys(STAGES, True) and again["weights"] == parts["weights"]
+
+    code, subset = run(capsys, *stats, "--data", f"{PARTS}/part-[01].csv", "--artifacts-dir", PARTS_STORE)
+    assert code == 0 and sources_of(subset) == urls[:2]
+    assert sorted(subset["artifacts"]["ingest"]) == ["table[0]", "table[1]"] and subset["cached"]["ingest"]
+    assert subset["weights"] != parts["weights"]
+
+    fs().pipe_file(f"{BUCKET}/no-data/readme.txt", b"not data")
+    for data in (f"s3://{BUCKET}/no-data/", f"{PARTS}/*.parquet"):
+        err = _one_line_error(capsys, "--data", data, *stats, "--artifacts-dir", PARTS_STORE)
+        assert data in err and "matches no data files" in err
+    err = _one_line_error(capsys, "--data", "s3://no-such-bucket-here/parts/", "--artifacts-dir", PARTS_STORE)
+    assert "no-such-bucket-here" in err and "no such bucket" in err and "--data" in err
+
+
+def test_predict_on_partitions_on_s3_writes_one_file_per_partition(s3, capsys):
+    urls = upload_parts()
+    if not fs().exists(f"{PARTS_STORE}/champion"):  # run alone: a model for the store
+        assert run(capsys, "--engine", "stats", "--data", PARTS + "/", "--artifacts-dir", PARTS_STORE)[0] == 0
+    summary = cli(capsys, predict_cli.main, "--data", PARTS + "/", "--artifacts-dir", PARTS_STORE)
+    outputs = summary["predictions"]
+    assert isinstance(outputs, list) and len(outputs) == len(urls) and summary["rows"] == 200
+    values = []
+    for out in outputs:
+        assert out.startswith(f"{PARTS_STORE}/predict/") and fs().exists(out + core.MANIFEST_SUFFIX)
+        values.append(pq.read_table(pa.BufferReader(fs().cat_file(out)))["prediction"].to_numpy())
+    assert [len(v) for v in values] == [stop - start for start, stop in CUTS]  # in the partitions' order
+    np.testing.assert_allclose(np.concatenate(values), expected(summary["model"]), rtol=1e-6)
+    report = lineage.explain(outputs[1])  # back to its partition, and to the model's training partitions
+    assert report["ok"] and {s["path"] for s in report["sources"]} == set(urls)
+
+
 def _one_line_error(capsys, *args: str) -> str:
     assert train.main(list(args)) == 2
     out, err = capsys.readouterr()
