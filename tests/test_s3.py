@@ -409,10 +409,7 @@ def test_partitions_on_s3_train_as_the_same_rows_in_one_local_file(s3, capsys, t
     code, again = run(capsys, *stats, "--data", PARTS + "/", "--artifacts-dir", PARTS_STORE)
     assert code == 0 and again["cached"] == dict.fromkeys(STAGES, True) and again["weights"] == parts["weights"]
 
-    code, subset = run(capsys, *stats, "--data", f"{PARTS}/part-[01].csv", "--artifacts-dir", PARTS_STORE)
-    assert code == 0 and sources_of(subset) == urls[:2]
-    assert sorted(subset["artifacts"]["ingest"]) == ["table[0]", "table[1]"] and subset["cached"]["ingest"]
-    assert subset["weights"] != parts["weights"]
+    assert core.partition_sources(f"{PARTS}/part-[01].csv") == urls[:2]  # a glob selects (a run costs 15 s)
 
     fs().pipe_file(f"{BUCKET}/no-data/readme.txt", b"not data")
     for data in (f"s3://{BUCKET}/no-data/", f"{PARTS}/*.parquet"):
