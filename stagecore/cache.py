@@ -101,6 +101,37 @@ def write_record(
     return final
 
 
+def parse_record(content: bytes, stage: str, key: str) -> dict[str, str]:
+    """A record's outputs (name → path relative to the store), checked field by field, on disk or on a store.
+
+    ValueError unless it has exactly our shape, and each path is a relative path inside this stage's folder
+    (no ``..``, no absolute path).
+    """
+    if len(content) > MAX_RECORD_BYTES:
+        raise ValueError("record unreadable (too large to be a cache record)")
+    try:
+        record = json.loads(content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"record unreadable ({type(exc).__name__})") from None
+    expected = {"record_version": RECORD_VERSION, "stage": stage, "key": key}
+    if not isinstance(record, dict) or set(record) != {*expected, "outputs"}:
+        raise ValueError("record unreadable (not a cache record)")
+    if any(record[field] != value for field, value in expected.items()):
+        raise ValueError("record unreadable (written for another stage, key or version)")
+    files = record["outputs"]
+    if not isinstance(files, dict) or not files:
+        raise ValueError("record unreadable (lists no outputs)")
+    outputs = {}
+    for name, relative in files.items():
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(relative, str)):
+            raise ValueError("record unreadable (an output entry is not a name and a path)")
+        parts = PurePosixPath(relative)
+        if parts.is_absolute() or ".." in parts.parts or parts.parts[:1] != (stage,):
+            raise ValueError(f"record points outside the stage's folder ({relative!r})")
+        outputs[name] = relative
+    return outputs
+
+
 def read_record(root: str | os.PathLike[str], stage: str, key: str) -> dict[str, str] | None:
     """The outputs (name → absolute path) a record lists; None if there is none; ValueError if it is not valid.
 
@@ -119,30 +150,12 @@ def read_record(root: str | os.PathLike[str], stage: str, key: str) -> dict[str,
         return None
     except OSError as exc:
         raise ValueError(f"record unreadable ({exc.strerror})") from None
-    if len(content) > MAX_RECORD_BYTES:
-        raise ValueError("record unreadable (too large to be a cache record)")
-    try:
-        record = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"record unreadable ({type(exc).__name__})") from None
-    expected = {"record_version": RECORD_VERSION, "stage": stage, "key": key}
-    if not isinstance(record, dict) or set(record) != {*expected, "outputs"}:
-        raise ValueError("record unreadable (not a cache record)")
-    if any(record[field] != value for field, value in expected.items()):
-        raise ValueError("record unreadable (written for another stage, key or version)")
-    files = record["outputs"]
-    if not isinstance(files, dict) or not files:
-        raise ValueError("record unreadable (lists no outputs)")
+    files = parse_record(content, stage, key)
     base = Path(root).resolve()
     stage_dir = base / stage
     outputs = {}
     for name, relative in files.items():
-        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(relative, str)):
-            raise ValueError("record unreadable (an output entry is not a name and a path)")
-        parts = PurePosixPath(relative)
-        if parts.is_absolute() or ".." in parts.parts or not relative.startswith(f"{stage}/"):
-            raise ValueError(f"record points outside the stage's folder ({relative!r})")
-        resolved = (base / parts).resolve()
+        resolved = (base / relative).resolve()
         if stage_dir.resolve() not in resolved.parents:
             raise ValueError(f"record points outside the stage's folder ({relative!r})")
         outputs[name] = str(resolved)

@@ -8,7 +8,7 @@ from contextlib import suppress
 from pathlib import PurePosixPath
 
 from stagecore import remote
-from stagecore.cache import _NAME, MAX_RECORD_BYTES, RECORD_SUFFIX, RECORD_VERSION
+from stagecore.cache import MAX_RECORD_BYTES, RECORD_SUFFIX, RECORD_VERSION, parse_record
 from stagecore.manifest import MANIFEST_SUFFIX
 from stagecore.root import CACHE_DIR
 
@@ -43,26 +43,10 @@ def read_record(root: str, stage: str, key: str) -> dict[str, str] | None:
         raise ValueError(f"record unreadable ({exc})") from None
     if content is None:
         return None
-    if len(content) > MAX_RECORD_BYTES:
-        raise ValueError("record unreadable (too large to be a cache record)")
-    try:
-        record = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"record unreadable ({type(exc).__name__})") from None
-    expected = {"record_version": RECORD_VERSION, "stage": stage, "key": key}
-    if not isinstance(record, dict) or set(record) != {*expected, "outputs"}:
-        raise ValueError("record unreadable (not a cache record)")
-    if any(record[field] != value for field, value in expected.items()):
-        raise ValueError("record unreadable (written for another stage, key or version)")
-    files = record["outputs"]
-    if not isinstance(files, dict) or not files:
-        raise ValueError("record unreadable (lists no outputs)")
+    files = parse_record(content, stage, key)
     outputs = {}
     for name, relative in files.items():
-        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(relative, str)):
-            raise ValueError("record unreadable (an output entry is not a name and a path)")
-        parts = PurePosixPath(relative)
-        if parts.is_absolute() or ".." in parts.parts or len(parts.parts) != 3 or parts.parts[0] != stage:
+        if len(PurePosixPath(relative).parts) != 3:  # <stage>/<key folder>/<file>
             raise ValueError(f"record points outside the stage's folder ({relative!r})")
         local = remote.fetch(root, relative)
         remote.fetch(root, relative + MANIFEST_SUFFIX)
