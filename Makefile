@@ -15,7 +15,7 @@ POOL ?= local-process
 GIT_POOL ?= git-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench bench-scale bench-predict lint format clean-artifacts clean server deploy deploy-git worker \
+.PHONY: help setup run test bench bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git worker \
 	serve
 
 help: ## list the targets
@@ -42,6 +42,9 @@ bench-scale: $(STAMP) ## flow vs the plain script at 200 and 2M rows; ARGS="--ro
 
 bench-predict: $(STAMP) ## predict rows/s and peak RSS at 2M rows (trains once first); ARGS="--rows 20000000"
 	$(PY) -m bench.predict_bench $(ARGS)
+
+bench-store: $(STAMP) ## artifacts in a local folder vs on S3 (moto on loopback), cold and cached, at 2M rows
+	$(PY) -m bench.store_bench $(ARGS)
 
 server: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 (SQLite in ~/.prefect unless configured)
 	$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)
