@@ -13,41 +13,16 @@ A real store adds network time roughly in proportion to the bytes moved; moto on
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 from bench.make_data import make_csv
 from bench.scale_bench import DATA_DIR, last_json, measured
-from flows.local_server import free_port, isolated_env, start_server
+from flows.local_server import isolated_env, start_moto, start_server
 
 BUCKET = "linreg-bench"
-
-
-def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
-    """moto's S3 server on a free loopback port, with the bucket made; (process, endpoint)."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError(f"moto server did not start: {log.read_text()[-500:]}") from None
-            time.sleep(0.2)
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT"), timeout=10)
-    return server, endpoint
 
 
 def main() -> None:
@@ -59,6 +34,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="linreg-store-bench-") as folder:
         base = Path(folder)
         moto, endpoint = start_moto(base / "moto.log")
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT"), timeout=10)
         server = start_server(base / "server")
         try:
             aws = {

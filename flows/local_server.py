@@ -114,3 +114,28 @@ def start_server(home: Path, timeout: float = 120.0, **extra_env: str) -> Server
             time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"prefect server did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def start_moto(log: Path, **extra_env: str) -> tuple[subprocess.Popen, str]:
+    """moto's standalone S3 server (``moto[server]``) on a free loopback port: (process, endpoint URL), once it
+    answers. For the tests and benchmarks that need an S3-protocol store; ``extra_env`` goes to the server."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **extra_env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            return server, endpoint
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                server.wait(timeout=10)
+                raise RuntimeError(f"moto server did not start: {log.read_text()[-500:]}") from None
+            time.sleep(0.2)

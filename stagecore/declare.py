@@ -151,23 +151,22 @@ class Stage:
             mine = isinstance(value, str) and value.startswith(base) and artifact_of(value) is not None
             return localize(value) if mine else value
 
-        out = dict(args)
-        for name in self.files:
-            if name in out:
-                value = out[name]
-                out[name] = local(value) if isinstance(value, str | os.PathLike) else [local(v) for v in value]
-        return out
+        return self._map_files(args, local)
 
     def published(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """The call's arguments as any process can use them: on an object store, each input file that is in this
         process's scratch mirror by its URL (`localize`'s inverse); anything else as it is."""
         if not is_remote(str(args.get(ROOT_ARGUMENT, ""))):
             return dict(args)
+        return self._map_files(args, public)
+
+    def _map_files(self, args: Mapping[str, Any], each: Callable[[Any], Any]) -> dict[str, Any]:
+        """``args`` with ``each`` applied to every input file (a ``File``, or each path of a ``Files``)."""
         out = dict(args)
         for name in self.files:
             if name in out:
                 value = out[name]
-                out[name] = public(value) if isinstance(value, str | os.PathLike) else [public(v) for v in value]
+                out[name] = each(value) if isinstance(value, str | os.PathLike) else [each(v) for v in value]
         return out
 
     def parameters(self, args: Mapping[str, Any]) -> dict[str, Any]:

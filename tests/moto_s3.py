@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from flows.local_server import start_moto
 
 
 @contextmanager
@@ -31,26 +22,8 @@ def s3_server(log_dir: Path, bucket: str) -> Iterator[dict[str, str]]:
     """moto's server with auth enforced after the 4 set-up calls (IAM user, key, policy, bucket); its env."""
     import boto3
 
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / "server.log"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    server, endpoint = start_moto(log_dir / "server.log", INITIAL_NO_AUTH_ACTION_COUNT="4")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"moto server did not start: {log.read_text()[-500:]}") from None
-                time.sleep(0.2)
         setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
         setup.update(aws_access_key_id="setup", aws_secret_access_key="setup")
         iam = boto3.client("iam", **setup)
