@@ -4,6 +4,7 @@ Stages import this package as ``core`` and use what it exports; each submodule d
 """
 
 from stagecore.atomic import atomic_path, sweep_temporary_files, write_bytes, write_json
+from stagecore.behind import write_behind
 from stagecore.declare import ROOT_ARGUMENT, File, Files, Outputs, Stage, discard_if_empty, new_folder, outputs, stage
 from stagecore.errors import InputError, IntegrityError
 from stagecore.hashing import HASHING, check_regular, refuse_special, sha256_file
@@ -136,6 +137,7 @@ __all__ = [
     "verify",
     "verify_used",
     "versions",
+    "write_behind",
     "write_bytes",
     "write_json",
     "write_run_record",

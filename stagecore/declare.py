@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from stagecore.atomic import atomic_path, write_json
+from stagecore.behind import ParquetWriteBehind, WriteBehind
 from stagecore.errors import InputError
 from stagecore.hashing import HashingWriter, remember, sha256_file
 from stagecore.keys import code_digest, plain, stage_key
@@ -271,8 +272,9 @@ class Outputs:
         return self._write(name, "parquet", lambda sink: pq.write_table(table, sink))
 
     @contextmanager
-    def parquet_writer(self, name: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-        """Write ``name`` batch by batch, for a table too large to hold whole (millions of predictions).
+    def parquet_writer(self, name: str, schema: pa.Schema) -> Iterator[ParquetWriteBehind]:
+        """Write ``name`` batch by batch, for a table too large to hold whole (millions of predictions); each
+        batch is encoded on a second thread while the caller makes the next (`stagecore.behind`).
 
         The same guarantees as `write_parquet`: the batches go to a temp file (hashed as they are written) that
         is renamed into place once the writer has closed, then the manifest is written; an exception in the
@@ -281,8 +283,8 @@ class Outputs:
         final = self.folder / name
         with atomic_path(final) as tmp, open(tmp, "wb") as raw:
             sink = HashingWriter(raw)
-            with pq.ParquetWriter(sink, schema) as writer:
-                yield writer
+            with pq.ParquetWriter(sink, schema) as writer, WriteBehind(writer.write) as behind:
+                yield ParquetWriteBehind(behind)
         remember(final, sink.sha256.hexdigest(), sink.size)
         self.record(name, "parquet")
 

@@ -1,10 +1,10 @@
 """Stage 1: read the CSV (a local path or an http(s) URL) or Parquet file and store it unchanged as Parquet.
 
-The CSV is streamed in blocks into a Parquet file with one row group per block, so a file of tens of millions
-of rows never sits in memory twice. pyarrow infers column types from the first block; if a later block
-contradicts them (an integer column that turns decimal further down), the file is read again whole, which lets
-pyarrow widen the types. pyarrow's streaming CSV reader parses on one thread, so each block is encoded to
-Parquet on a second thread while the next block is parsed (both release the GIL). The delimiter (comma,
+The CSV is read in blocks of whole lines, each parsed by pyarrow on all cores and stored as one Parquet row
+group, so a file of tens of millions of rows never sits in memory whole. The column types are inferred from the
+first block; if a later block contradicts them (an integer column that turns decimal further down), the file is
+read again whole, which lets pyarrow widen the types. Each block is encoded to Parquet on a second thread while
+the next is parsed (both release the GIL). The delimiter (comma,
 semicolon, tab or pipe) is read off the header line; a CSV compressed with gzip or bzip2 (``.csv.gz``,
 ``.csv.bz2``) is decompressed on the fly.
 """
@@ -14,13 +14,12 @@ from __future__ import annotations
 import bz2
 import codecs
 import gzip
+import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -35,11 +34,10 @@ DELIMITERS = (",", ";", "\t", "|")  # the ones a header line is searched for, in
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}  # suffixes pyarrow decompresses too (by the file's name)
 _QUOTED = re.compile(r'"[^"]*"')
-# pyarrow's streaming CSV reader reads up to 32 blocks ahead of its parser: 2 MB blocks hold that to 64 MB
-# (16 MB blocks peaked at 716 MB RSS on a 540 MB file, 2 MB at 179 MB, at the same speed), and batches are
-# gathered into one Parquet row group per 16 MB of CSV.
-BLOCK_BYTES = 2 << 20
-ROW_GROUP_BLOCKS = 8
+# Bytes of CSV per block and so per row group: a block is parsed by pyarrow's multithreaded reader (its own
+# streaming reader parses on one thread: 9.0 s against 5.0 s for a 558 MB file on 2 cores), and memory holds
+# about two blocks and their tables at a time.
+BLOCK_BYTES = 16 << 20
 
 
 @contextmanager
@@ -201,42 +199,42 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
 
 
 def _stream(path: Path, out: Path, parse: pacsv.ParseOptions, source: str) -> tuple[int, pa.Schema]:
-    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES), parse_options=parse)
-    check_schema(reader.schema, source)  # before a byte is written
-    with pq.ParquetWriter(out, reader.schema) as writer:
-        rows = write_behind(row_groups(reader, ROW_GROUP_BLOCKS), writer.write_table)
-    return rows, reader.schema
+    tables = parsed_blocks(path, parse)
+    first = next(tables)
+    check_schema(first.schema, source)  # before a byte is written
+    with pq.ParquetWriter(out, first.schema) as writer:
+        rows = core.write_behind(itertools.chain([first], tables), writer.write_table)
+    return rows, first.schema
 
 
-def row_groups(batches: Iterable[pa.RecordBatch], blocks: int) -> Iterator[pa.Table]:
-    """The batches gathered ``blocks`` at a time, as tables (the last one may be shorter)."""
-    group: list[pa.RecordBatch] = []
-    for batch in batches:
-        group.append(batch)
-        if len(group) == blocks:
-            yield pa.Table.from_batches(group)
-            group = []
-    if group:
-        yield pa.Table.from_batches(group)
+def parsed_blocks(path: Path, parse: pacsv.ParseOptions) -> Iterator[pa.Table]:
+    """The CSV as tables of ``BLOCK_BYTES`` of whole lines each: the first one parses the header and infers the
+    types, the later ones are parsed with its names and types (a value that does not fit is an
+    ``ArrowInvalid`` "conversion error"). Like pyarrow's own block reader, a line break always ends a row."""
+    blocks = line_blocks(path, BLOCK_BYTES)
+    first = pacsv.read_csv(pa.py_buffer(next(blocks, b"")), parse_options=parse)
+    yield first
+    read = pacsv.ReadOptions(column_names=first.column_names)
+    convert = pacsv.ConvertOptions(column_types=first.schema)
+    for block in blocks:
+        table = pacsv.read_csv(pa.py_buffer(block), read_options=read, parse_options=parse, convert_options=convert)
+        if table.num_rows:
+            yield table
 
 
-def write_behind(batches: Iterable[pa.RecordBatch | pa.Table], write: Callable[[Any], None]) -> int:
-    """``write`` each batch on a second thread while the next one is read; returns the rows written.
-
-    In order, with one batch written while the next is read; an error on either side is raised here once
-    both sides have stopped.
-    """
-    rows = 0
-    pending: Future | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="parquet-writer") as pool:
-        for batch in batches:
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(write, batch)
-            rows += batch.num_rows
-        if pending is not None:
-            pending.result()
-    return rows
+def line_blocks(path: Path, size: int) -> Iterator[bytes]:
+    """The file's bytes (decompressed for ``.gz``, ``.bz2``) in blocks of about ``size`` that end at a line break."""
+    opener = COMPRESSED.get(path.suffix.lower(), open)
+    with opener(path, "rb") as fh:
+        rest = b""
+        while chunk := fh.read(size):
+            chunk = rest + chunk
+            cut = chunk.rfind(b"\n") + 1
+            rest = chunk[cut:]
+            if cut:
+                yield chunk[:cut]
+        if rest:
+            yield rest
 
 
 @task(name="ingest_csv")

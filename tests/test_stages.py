@@ -22,7 +22,7 @@ from stagecore.errors import InputError
 from tasks import ingest
 from tasks.drop_index import drop_index, drop_index_column
 from tasks.evaluate import evaluate, least_squares, qr_factor, regression_metrics
-from tasks.ingest import check_file, csv_to_parquet, ingest_csv, write_behind
+from tasks.ingest import check_file, csv_to_parquet, ingest_csv
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
@@ -119,14 +119,14 @@ def test_check_file_missing_file_and_folder(tmp_path):
 def test_write_behind_keeps_order_and_raises_either_sides_error():
     batches = [pa.record_batch({"x": [i, i]}) for i in range(5)]
     got: list[int] = []
-    assert write_behind(iter(batches), lambda b: got.append(b.column(0)[0].as_py())) == 10
+    assert core.write_behind(iter(batches), lambda b: got.append(b.column(0)[0].as_py())) == 10
     assert got == [0, 1, 2, 3, 4]
 
     def broken_write(batch):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        write_behind(iter(batches), broken_write)
+        core.write_behind(iter(batches), broken_write)
 
     def broken_read():
         yield batches[0]
@@ -134,7 +134,7 @@ def test_write_behind_keeps_order_and_raises_either_sides_error():
 
     written: list[int] = []
     with pytest.raises(pa.ArrowInvalid):
-        write_behind(broken_read(), lambda b: written.append(b.num_rows))
+        core.write_behind(broken_read(), lambda b: written.append(b.num_rows))
     assert written == [2]  # the batch read before the error was written before the error surfaced
 
 
