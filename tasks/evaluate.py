@@ -8,8 +8,10 @@ check both against scikit-learn.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -37,19 +39,37 @@ class Sums:
     y_max: float = -math.inf
 
     def add(self, y: np.ndarray, predicted: np.ndarray) -> None:
+        self.merge(Sums.of(y, predicted))
+
+    @classmethod
+    def of(cls, y: np.ndarray, predicted: np.ndarray) -> Sums:
+        """The sums of one block of rows."""
         if len(y) == 0:
+            return cls()
+        return cls.of_target(y).with_error(y - predicted)
+
+    @classmethod
+    def of_target(cls, y: np.ndarray) -> Sums:
+        """The target's part of one (non-empty) block's sums, which every model scored on it shares."""
+        mean = float(y.mean())
+        return cls(len(y), mean, float(((y - mean) ** 2).sum()), 0.0, 0.0, float(y.min()), float(y.max()))
+
+    def with_error(self, error: np.ndarray) -> Sums:
+        """These target sums with the errors ``y − predicted`` of one model on the same rows."""
+        return replace(self, sse=float(error @ error), sae=float(np.abs(error).sum()))
+
+    def merge(self, other: Sums) -> None:
+        """Add the sums of other rows (Chan's update): in a fixed order, the result does not depend on threads."""
+        if other.n == 0:
             return
-        n_b, mean_b = len(y), float(y.mean())
-        m2_b = float(((y - mean_b) ** 2).sum())
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * other.n / n
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
         self.n = n
-        error = y - predicted
-        self.sse += float(error @ error)
-        self.sae += float(np.abs(error).sum())
-        self.y_min, self.y_max = min(self.y_min, float(y.min())), max(self.y_max, float(y.max()))
+        self.sse += other.sse
+        self.sae += other.sae
+        self.y_min, self.y_max = min(self.y_min, other.y_min), max(self.y_max, other.y_max)
 
     @property
     def mean_square(self) -> float:
@@ -75,6 +95,37 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 def predict(x: torch.Tensor, weights: np.ndarray, bias: float) -> np.ndarray:
     """``x @ weights + bias`` in float64, a chunk of rows at a time: no float64 copy of the whole of x."""
     return np.concatenate([chunk.double().numpy() @ weights + bias for chunk in x.split(CHUNK_ROWS)])
+
+
+Model = tuple[np.ndarray, float]  # float64 weights, bias
+
+
+def score(
+    x: torch.Tensor, y: torch.Tensor, models: dict[str, Model], keep: str | None = None
+) -> tuple[dict[str, Sums], np.ndarray | None]:
+    """Each model's `Sums` over the rows of ``x``, ``y``, and the predictions of model ``keep`` (else None).
+
+    A chunk of rows at a time, in float64, the chunks scored on threads (numpy releases the GIL) and merged in
+    their order, so the sums are the same on any number of threads. Each chunk is converted to float64, and its
+    target summed, once for all the models.
+    """
+
+    def chunk(rows: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, Sums], np.ndarray | None]:
+        xd, yd = rows[0].double().numpy(), rows[1].double().numpy().ravel()
+        predicted = {name: xd @ w + b for name, (w, b) in models.items()}
+        target = Sums.of_target(yd) if len(yd) else Sums()
+        sums = {name: target.with_error(yd - p) if len(yd) else Sums() for name, p in predicted.items()}
+        return sums, predicted[keep] if keep else None
+
+    total = {name: Sums() for name in models}
+    kept: list[np.ndarray] = []
+    with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="score") as pool:
+        for sums, predicted in pool.map(chunk, zip(x.split(CHUNK_ROWS), y.split(CHUNK_ROWS), strict=True)):
+            for name, part in sums.items():
+                total[name].merge(part)
+            if predicted is not None:
+                kept.append(predicted)
+    return total, (np.concatenate(kept) if kept else np.empty(0)) if keep else None
 
 
 # --- the closed-form reference: least squares by QR, a chunk at a time ---------------------------
@@ -197,16 +248,17 @@ def evaluate(partitions: Iterable[dict], trained: dict, ols: Reference) -> dict:
     are None: its numbers are still reported, but nothing is measured against them.
     """
     weights = trained["weights"].double().numpy()
-    sums = {(model, part): Sums() for model in ("gd", "ols") for part in PARTS}
+    models = {"gd": (weights, float(trained["bias"])), "ols": (ols.weights, float(ols.bias))}
+    sums = {(model, part): Sums() for model in models for part in PARTS}
     actual, predicted = [], []
     for tensors in partitions:
         for part in PARTS:
-            x, y = tensors[f"x_{part}"], tensors[f"y_{part}"].double().numpy().ravel()
-            gd = predict(x, weights, trained["bias"])
-            sums["gd", part].add(y, gd)
-            sums["ols", part].add(y, predict(x, ols.weights, ols.bias))
+            x, y = tensors[f"x_{part}"], tensors[f"y_{part}"]
+            scored, gd = score(x, y, models, keep="gd" if part == "test" else None)
+            for model, part_sums in scored.items():
+                sums[model, part].merge(part_sums)
             if part == "test":
-                actual.append(y)
+                actual.append(y.double().numpy().ravel())
                 predicted.append(gd)
     metrics = {part: sums["gd", part].metrics() for part in PARTS}
     baseline = {part: sums["ols", part].metrics() for part in PARTS}

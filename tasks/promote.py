@@ -39,7 +39,7 @@ from prefect.cache_policies import NO_CACHE
 import stagecore as core
 from stagecore import remote
 from stagecore.atomic import write_json
-from tasks.evaluate import Sums, predict
+from tasks.evaluate import Sums, score
 
 CHAMPION_VERSION = 1
 POINTER = "champion.json"
@@ -68,9 +68,9 @@ class NotPromoted(core.InputError):
 def mse(partitions: Iterable[dict], weights: torch.Tensor, bias: float) -> float:
     """Test MSE of ``x @ weights + bias`` over every partition's test rows, in float64 (as evaluate computes it)."""
     sums = Sums()
-    w = weights.double().numpy().ravel()
+    model = {"model": (weights.double().numpy().ravel(), float(bias))}
     for tensors in partitions:
-        sums.add(tensors["y_test"].double().numpy().ravel(), predict(tensors["x_test"], w, float(bias)))
+        sums.merge(score(tensors["x_test"], tensors["y_test"], model)[0]["model"])
     return float(sums.metrics()["mse"])
 
 

@@ -141,14 +141,19 @@ class Stats:
         for xc, yc in zip(x.split(chunk_rows), y.split(chunk_rows), strict=True):
             if len(xc) == 0:
                 continue
-            xd = xc.double().cpu()
-            a = torch.cat([xd, torch.ones(len(xc), 1, dtype=torch.float64)], dim=1)
-            yd = yc.double().cpu().reshape(-1)
-            g += a.T @ a
-            c += a.T @ yd
+            xd, yd = xc.double().cpu(), yc.double().cpu().reshape(-1)
+            column_sums = xd.sum(0)  # AᵀA and Aᵀy for A = [x 1], without building A
+            g[:d, :d] += xd.T @ xd
+            g[:d, d] += column_sums
+            g[d, :d] += column_sums
+            g[d, d] += len(xc)
+            c[:d] += xd.T @ yd
+            c[d] += yd.sum()
             yy += float(yd @ yd)
-            x_min, x_max = torch.minimum(x_min, xd.amin(0)), torch.maximum(x_max, xd.amax(0))
-            y_min, y_max = min(y_min, float(yd.min())), max(y_max, float(yd.max()))
+            lo, hi = torch.aminmax(xc, dim=0)  # on the stored values: exact, in half the memory of float64
+            x_min, x_max = torch.minimum(x_min, lo.double().cpu()), torch.maximum(x_max, hi.double().cpu())
+            lo, hi = torch.aminmax(yc)
+            y_min, y_max = min(y_min, float(lo)), max(y_max, float(hi))
         return cls(g, c, yy, x.shape[0], x_min, x_max, y_min, y_max)
 
     @classmethod
