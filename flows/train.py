@@ -46,12 +46,15 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     root = str(core.prepare_root(p.artifacts_dir))
     run = StageRunner(root, refresh=p.refresh)
     sources = core.partition_sources(p.data) if core.is_partitioned(p.data) else [core.data_source(p.data)]
+    threads = p.task_runner == "threads"
     with task_runner(p) as pool:
 
         def each(task: Task, calls: list[tuple]) -> list[dict[str, str]]:
             return run.map(pool, task, calls, sources)
 
         raw = each(ingest.ingest_csv, [(s, root) for s in sources])
+        # the split's permutation needs only the row count: drawn beside drop_index for splits in this process
+        ahead = split.DrawAhead(sum(split.count_rows([r["table"] for r in raw])), p.seed) if threads else None
         clean = [
             c["table"] for c in each(drop_index.drop_index_column, [(r["table"], p.index_column, root) for r in raw])
         ]
@@ -59,6 +62,7 @@ def linear_regression(**values: Any) -> dict[str, Any]:
         offsets = split.partition_offsets(rows)
         calls = [(t, p.test_size, p.seed, o, sum(rows), root) for t, o in zip(clean, offsets, strict=True)]
         parts = each(split.split_data, calls)
+        del ahead  # the splits are done with it
         calls = [(s["train"], s["test"], p.target, p.features, root) for s in parts]
         tensors = [t["tensors"] for t in each(tensorize.tensorize, calls)]
         stats = [s["stats"] for s in each(accumulate.accumulate_stats, [(t, root) for t in tensors])]

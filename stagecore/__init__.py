@@ -5,7 +5,18 @@ Stages import this package as ``core`` and use what it exports; each submodule d
 
 from stagecore.atomic import atomic_path, sweep_temporary_files, write_bytes, write_json
 from stagecore.behind import write_behind
-from stagecore.declare import ROOT_ARGUMENT, File, Files, Outputs, Stage, discard_if_empty, new_folder, outputs, stage
+from stagecore.declare import (
+    PARQUET_OPTIONS,
+    ROOT_ARGUMENT,
+    File,
+    Files,
+    Outputs,
+    Stage,
+    discard_if_empty,
+    new_folder,
+    outputs,
+    stage,
+)
 from stagecore.errors import InputError, IntegrityError
 from stagecore.hashing import HASHING, check_regular, refuse_special, sha256_file
 from stagecore.keys import code_digest, import_closure, library_versions, stage_key
@@ -76,6 +87,7 @@ __all__ = [
     "MANIFEST_VERSION",
     "MARKER",
     "PACKAGES",
+    "PARQUET_OPTIONS",
     "PARQUET_SUFFIXES",
     "PARTITION_SUFFIXES",
     "PROJECT_PACKAGES",

@@ -257,6 +257,12 @@ def new_folder(base: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+# How every stage writes Parquet. No column statistics: the stages read whole files, never filter row groups by
+# them, and computing min/max of every page costs as much as encoding it (20M rows × 4 float columns: 1.7 s →
+# 1.0 s plain, 2.1 → 1.6 s with dictionaries).
+PARQUET_OPTIONS: dict[str, Any] = {"write_statistics": False}
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Writes one stage's artifacts, each atomically and with its manifest beside it."""
@@ -269,7 +275,7 @@ class Outputs:
     remote: str | None = None  # the folder's URL on an object store, where `record` uploads each file
 
     def write_parquet(self, table: pa.Table, name: str) -> str:
-        return self._write(name, "parquet", lambda sink: pq.write_table(table, sink))
+        return self._write(name, "parquet", lambda sink: pq.write_table(table, sink, **PARQUET_OPTIONS))
 
     @contextmanager
     def parquet_writer(self, name: str, schema: pa.Schema) -> Iterator[ParquetWriteBehind]:
@@ -283,7 +289,7 @@ class Outputs:
         final = self.folder / name
         with atomic_path(final) as tmp, open(tmp, "wb") as raw:
             sink = HashingWriter(raw)
-            with pq.ParquetWriter(sink, schema) as writer, WriteBehind(writer.write) as behind:
+            with pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS) as writer, WriteBehind(writer.write) as behind:
                 yield ParquetWriteBehind(behind)
         remember(final, sink.sha256.hexdigest(), sink.size)
         self.record(name, "parquet")

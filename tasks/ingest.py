@@ -172,7 +172,7 @@ def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None =
             raise _parse_error(exc2, source) from None
         check_schema(table.schema, source)  # a later block's invalid UTF-8 turns its column binary
         with core.atomic_path(final) as tmp:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, **core.PARQUET_OPTIONS)
         schema = table.schema
     return schema
 
@@ -187,7 +187,7 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
         reader = pq.ParquetFile(path, pre_buffer=False)  # read a row group at a time, keep none
         check_header(reader.schema_arrow.names, source)
         with core.atomic_path(final) as tmp:
-            with pq.ParquetWriter(tmp, reader.schema_arrow) as writer:
+            with pq.ParquetWriter(tmp, reader.schema_arrow, **core.PARQUET_OPTIONS) as writer:
                 for group in range(reader.num_row_groups):
                     writer.write_table(reader.read_row_group(group))
             if reader.metadata.num_rows == 0:
@@ -202,7 +202,7 @@ def _stream(path: Path, out: Path, parse: pacsv.ParseOptions, source: str) -> tu
     tables = parsed_blocks(path, parse)
     first = next(tables)
     check_schema(first.schema, source)  # before a byte is written
-    with pq.ParquetWriter(out, first.schema) as writer:
+    with pq.ParquetWriter(out, first.schema, **core.PARQUET_OPTIONS) as writer:
         rows = core.write_behind(itertools.chain([first], tables), writer.write_table)
     return rows, first.schema
 

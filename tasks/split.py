@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import subprocess
+import sys
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +46,7 @@ _PERMUTATION_LOCK = threading.Lock()
 _PERMUTATION: dict[tuple[int, int], weakref.ref] = {}
 
 
-def permutation(n: int, seed: int) -> np.ndarray:
+def permutation(n: int, seed: int, helper: bool = False) -> np.ndarray:
     """``RandomState(seed).permutation(n)`` (read-only), drawn once while any caller still holds it.
 
     It is the slowest step of a split (2.4 s at 20M rows), and the same for every partition of one input:
@@ -53,11 +56,56 @@ def permutation(n: int, seed: int) -> np.ndarray:
         known = _PERMUTATION.get((n, seed))
         drawn = known() if known is not None else None
         if drawn is None:
-            drawn = np.random.RandomState(seed).permutation(n)
+            drawn = draw(n, seed, helper)
             drawn.flags.writeable = False
             _PERMUTATION.clear()
             _PERMUTATION[n, seed] = weakref.ref(drawn)
         return drawn
+
+
+# From this many rows a permutation drawn ahead is drawn in a helper process: legacy RandomState's shuffle holds
+# the GIL (2.4 s at 20M rows) and would stall the stages it is meant to overlap; in a helper it takes 3.5 s (the
+# interpreter starts, the array comes back through a pipe) but stalls nothing.
+HELPER_ROWS = 1_000_000
+_DRAW = (
+    "import sys, numpy as np; n, seed = map(int, sys.argv[1:]); "
+    "sys.stdout.buffer.write(memoryview(np.random.RandomState(seed).permutation(n).astype(np.int64, copy=False)))"
+)
+
+
+def draw(n: int, seed: int, helper: bool = False) -> np.ndarray:
+    """``RandomState(seed).permutation(n)``; with ``helper``, from `HELPER_ROWS` rows, drawn by this interpreter
+    in a helper process (the same numpy) and read back through a pipe, so this process's threads keep running."""
+    if not helper or n < HELPER_ROWS:
+        return np.random.RandomState(seed).permutation(n)
+    drawn = np.empty(n, dtype=np.int64)
+    view, got = memoryview(drawn).cast("B"), 0
+    with subprocess.Popen([sys.executable, "-c", _DRAW, str(n), str(seed)], stdout=subprocess.PIPE) as helper:
+        assert helper.stdout is not None
+        while got < len(view) and (read := helper.stdout.readinto(view[got:])):
+            got += read
+    if helper.returncode or got != len(view):
+        raise RuntimeError(f"drawing the split's permutation of {n} rows failed (exit {helper.returncode})")
+    return drawn
+
+
+class DrawAhead:
+    """The permutation of ``total`` rows, drawn on a background thread (and a helper process) as soon as the
+    row count is known.
+
+    The flow starts it once ingest has counted the rows, so the draw overlaps drop_index; while this object
+    lives, the split stages of this process find it drawn, or wait for it, through `permutation`. The thread is
+    a daemon: a run that fails first does not wait for it.
+    """
+
+    def __init__(self, total: int, seed: int):
+        self.drawn: np.ndarray | None = None
+
+        def run() -> None:
+            with contextlib.suppress(Exception):  # the split draws it again, and reports the error itself
+                self.drawn = permutation(total, seed, helper=True)
+
+        threading.Thread(target=run, name="draw-permutation", daemon=True).start()
 
 
 def split_partition(table: pa.Table, test_size: float, seed: int, offset: int, total: int) -> tuple[pa.Table, pa.Table]:
@@ -123,9 +171,9 @@ def split_data(
     """Read one partition's clean table (a single file is the one partition), write ``train.parquet`` and
     ``test.parquet``: its rows ``offset … offset+len`` of the ``total`` rows of the input."""
     with ThreadPoolExecutor(1, thread_name_prefix="split") as pool:
-        # drawn on one core while the other reads; `drawn` holds it for split_rows (see `permutation`)
+        # drawn while the table is read, unless the flow drew it ahead; `drawn` holds it for split_rows
         drawn = pool.submit(shuffle, total, test_size, seed)
-        table = core.open_parquet(table_path).read(use_threads=False)
+        table = core.read_parquet(table_path)
         drawn.result()
     columns = [gatherable(column) for column in table.columns]
     parts = dict(zip(("train", "test"), split_rows(table.num_rows, test_size, seed, offset, total), strict=True))

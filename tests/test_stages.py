@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from sklearn.model_selection import train_test_split
 import stagecore as core
 from conftest import ADVERTISING
 from stagecore.errors import InputError
-from tasks import ingest
+from tasks import ingest, split
 from tasks.drop_index import drop_index, drop_index_column
 from tasks.evaluate import evaluate, least_squares, qr_factor, regression_metrics
 from tasks.ingest import check_file, csv_to_parquet, ingest_csv
@@ -184,6 +185,23 @@ def test_split_matches_sklearn_rows_and_order(test_size, seed):
     train, test = split_table(pa.Table.from_pandas(frame, preserve_index=False), test_size, seed)
     pd.testing.assert_frame_equal(train.to_pandas(), expected_train.reset_index(drop=True))
     pd.testing.assert_frame_equal(test.to_pandas(), expected_test.reset_index(drop=True))
+
+
+def test_permutation_drawn_ahead_in_a_helper_process_is_legacy_randomstates(monkeypatch):
+    """The helper process draws the very permutation scikit-learn's split takes; a split then finds it drawn."""
+    monkeypatch.setattr(split, "HELPER_ROWS", 10)
+    assert np.array_equal(split.draw(1000, 7, helper=True), np.random.RandomState(7).permutation(1000))
+    ahead = split.DrawAhead(1001, 3)
+    for _ in range(200):
+        if ahead.drawn is not None:
+            break
+        time.sleep(0.05)
+    assert split.permutation(1001, 3) is ahead.drawn  # shared, not drawn again
+    assert np.array_equal(ahead.drawn, np.random.RandomState(3).permutation(1001))
+    mixed = table(a=list(range(1001)), b=[float(i) for i in range(1001)], c=[None, *map(str, range(1000))])
+    train, test = split_table(mixed, 0.2, 3)  # numeric columns gathered by numpy, the rest by Arrow
+    order = np.random.RandomState(3).permutation(1001)
+    assert train.equals(mixed.take(order[201:])) and test.equals(mixed.take(order[:201]))
 
 
 @pytest.mark.parametrize("test_size", [0.0, 1.0, -0.1, 1.5])
