@@ -80,12 +80,12 @@ def draw(n: int, seed: int, helper: bool = False) -> np.ndarray:
         return np.random.RandomState(seed).permutation(n)
     drawn = np.empty(n, dtype=np.int64)
     view, got = memoryview(drawn).cast("B"), 0
-    with subprocess.Popen([sys.executable, "-c", _DRAW, str(n), str(seed)], stdout=subprocess.PIPE) as helper:
-        assert helper.stdout is not None
-        while got < len(view) and (read := helper.stdout.readinto(view[got:])):
+    with subprocess.Popen([sys.executable, "-c", _DRAW, str(n), str(seed)], stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        while got < len(view) and (read := process.stdout.readinto(view[got:])):
             got += read
-    if helper.returncode or got != len(view):
-        raise RuntimeError(f"drawing the split's permutation of {n} rows failed (exit {helper.returncode})")
+    if process.returncode or got != len(view):
+        raise RuntimeError(f"drawing the split's permutation of {n} rows failed (exit {process.returncode})")
     return drawn
 
 
