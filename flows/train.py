@@ -68,10 +68,12 @@ def linear_regression(**values: Any) -> dict[str, Any]:
         stats = [s["stats"] for s in each(accumulate.accumulate_stats, [(t, root) for t in tensors])]
     trained = run(train.train_model, tensors, stats, p.training(), root)
     evaluation = run(evaluate.evaluate_model, tensors, stats, trained["model"], root)
+    # the champion decision needs the model and the test rows, not the plots: it runs beside them
+    promoting = promote.promote_model.submit(tensors, trained["model"], str(flow_run.id), p.promote_tolerance, root)
     run(plot.plot_results, evaluation["predictions"], trained["model"], root)
     data = p.data if len(sources) > 1 else sources[0]
     shown = core.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root})
-    promotion = promote.promote_model(tensors, trained["model"], str(flow_run.id), p.promote_tolerance, root)
+    promotion = promoting.result()
     history.record_history(root, str(flow_run.id), shown, run.results, promotion)
     publish_report(shown, run.results, promotion, root)
     record = core.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)

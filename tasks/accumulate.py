@@ -8,6 +8,8 @@ along for the evaluation's closed-form reference, which merges the factors (see 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from prefect import get_run_logger, task
 
 import stagecore as core
@@ -24,8 +26,10 @@ def accumulate_stats(tensors_path: core.File, root: str) -> dict[str, str]:
     that is constant over all partitions and standardizes a constant feature to exactly zero.
     """
     data = core.read_pt(tensors_path)
-    stats = Stats.of(data["x_train"], data["y_train"])
-    r = qr_factor(data["x_train"], data["y_train"])
+    with ThreadPoolExecutor(1, thread_name_prefix="qr") as pool:  # torch releases the GIL: the two passes overlap
+        r = pool.submit(qr_factor, data["x_train"], data["y_train"])
+        stats = Stats.of(data["x_train"], data["y_train"])
+        r = r.result()
     saved = {**stats.as_dict(), "r": r, "features": data["features"], "target": data["target"]}
     out = core.outputs().write_pt(saved, "stats.pt")
     get_run_logger().info(

@@ -178,10 +178,14 @@ def split_data(
     columns = [gatherable(column) for column in table.columns]
     parts = dict(zip(("train", "test"), split_rows(table.num_rows, test_size, seed, offset, total), strict=True))
     outputs = core.outputs()
-    for part, rows in parts.items():
+
+    def write(part: str, rows: np.ndarray) -> None:
         with outputs.parquet_writer(f"{part}.parquet", table.schema) as writer:
             for start in range(0, max(len(rows), 1), ROW_GROUP_ROWS):  # a group is written while the next is gathered
                 writer.write_table(take(columns, table.schema, rows[start : start + ROW_GROUP_ROWS]))
+
+    with ThreadPoolExecutor(2, thread_name_prefix="split-part") as pool:  # the test part beside the train part
+        list(pool.map(write, parts, parts.values()))
     out = {part: str(outputs.folder / f"{part}.parquet") for part in parts}
     get_run_logger().info(
         "read %s (rows %d…%d of %d); %d train / %d test rows (test_size=%s, seed=%d); wrote %s and %s",
