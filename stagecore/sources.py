@@ -38,7 +38,7 @@ def download(source: str, dest: Path) -> None:
         raise InputError(f"{redact(source)}: cannot download ({reason}); check the URL passed to --data") from None
 
 
-COMPRESSED_SUFFIXES = (".gz", ".bz2")  # kept on a download's name: pyarrow decompresses by the file's name
+COMPRESSED_SUFFIXES = (".gz", ".bz2")  # kept on a download's name: ingest decompresses by the file's name
 
 
 def download_name(source: str) -> str:

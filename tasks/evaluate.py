@@ -92,11 +92,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return sums.metrics()
 
 
-def predict(x: torch.Tensor, weights: np.ndarray, bias: float) -> np.ndarray:
-    """``x @ weights + bias`` in float64, a chunk of rows at a time: no float64 copy of the whole of x."""
-    return np.concatenate([chunk.double().numpy() @ weights + bias for chunk in x.split(CHUNK_ROWS)])
-
-
 Model = tuple[np.ndarray, float]  # float64 weights, bias
 
 
@@ -113,8 +108,8 @@ def score(
     def chunk(rows: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, Sums], np.ndarray | None]:
         xd, yd = rows[0].double().numpy(), rows[1].double().numpy().ravel()
         predicted = {name: xd @ w + b for name, (w, b) in models.items()}
-        target = Sums.of_target(yd) if len(yd) else Sums()
-        sums = {name: target.with_error(yd - p) if len(yd) else Sums() for name, p in predicted.items()}
+        target = Sums.of_target(yd) if len(yd) else None
+        sums = {name: target.with_error(yd - p) if target is not None else Sums() for name, p in predicted.items()}
         return sums, predicted[keep] if keep else None
 
     total = {name: Sums() for name in models}

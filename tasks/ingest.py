@@ -32,7 +32,7 @@ from stagecore.errors import InputError
 _SNIFF_BYTES = 8192
 DELIMITERS = (",", ";", "\t", "|")  # the ones a header line is searched for, in order of preference
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}  # suffixes pyarrow decompresses too (by the file's name)
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}  # by the file's name, which a download keeps (core.sources)
 _QUOTED = re.compile(r'"[^"]*"')
 # Bytes of CSV per block and so per row group: a block is parsed by pyarrow's multithreaded reader (its own
 # streaming reader parses on one thread: 9.0 s against 5.0 s for a 558 MB file on 2 cores), and memory holds

@@ -170,11 +170,7 @@ def split_data(
 ) -> dict[str, str]:
     """Read one partition's clean table (a single file is the one partition), write ``train.parquet`` and
     ``test.parquet``: its rows ``offset … offset+len`` of the ``total`` rows of the input."""
-    with ThreadPoolExecutor(1, thread_name_prefix="split") as pool:
-        # drawn while the table is read, unless the flow drew it ahead; `drawn` holds it for split_rows
-        drawn = pool.submit(shuffle, total, test_size, seed)
-        table = core.read_parquet(table_path)
-        drawn.result()
+    table = core.read_parquet(table_path)  # the permutation is drawn by now where the flow drew it ahead
     columns = [gatherable(column) for column in table.columns]
     parts = dict(zip(("train", "test"), split_rows(table.num_rows, test_size, seed, offset, total), strict=True))
     outputs = core.outputs()
