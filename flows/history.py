@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import stagecore as core
+from flows.cli import exit_with
 from stagecore import remote
 from stagecore.errors import InputError
 from tasks.history import read_history, table_rows
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

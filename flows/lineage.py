@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import stagecore as core
+from flows.cli import exit_with
 from stagecore import remote
 from stagecore.errors import InputError
 
@@ -249,4 +250,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -22,6 +22,7 @@ from prefect import Task, flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 import stagecore as core
+from flows.cli import exit_with
 from flows.params import Params, _typed
 from flows.train import settle_prefect, task_runner
 from stagecore import remote
@@ -205,4 +206,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

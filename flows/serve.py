@@ -20,6 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.schedules import Cron, Schedule
 from prefect.settings import PREFECT_API_URL
 
+from flows.cli import exit_with
 from stagecore.errors import InputError
 from stagecore.project import PROJECT_ROOT
 
@@ -79,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import stagecore as core
+from flows.cli import exit_with
 from flows.params import PRESETS, Params
 from stagecore.cache import StageRunner
 from stagecore.errors import InputError
@@ -233,4 +234,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -15,6 +15,7 @@ from stagecore.declare import (
     discard_if_empty,
     new_folder,
     outputs,
+    parquet_options,
     stage,
 )
 from stagecore.errors import InputError, IntegrityError
@@ -128,6 +129,7 @@ __all__ = [
     "new_folder",
     "open_parquet",
     "outputs",
+    "parquet_options",
     "partition_sources",
     "prepare_root",
     "public",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO, ClassVar, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -260,6 +261,26 @@ def new_folder(base: Path) -> Path:
 # them, and computing min/max of every page costs as much as encoding it (20M rows × 4 float columns: 1.7 s →
 # 1.0 s plain, 2.1 → 1.6 s with dictionaries).
 PARQUET_OPTIONS: dict[str, Any] = {"write_statistics": False}
+
+
+def parquet_options(sample: pa.Table) -> dict[str, Any]:
+    """`PARQUET_OPTIONS` for a table whose rows look like ``sample``'s: an integer column of mostly distinct values
+    (a row index, an id) delta-encoded, every other column dictionary-encoded as by default.
+
+    A dictionary of distinct values only grows until the writer gives up on it and falls back to plain values,
+    so it costs time and saves nothing; the deltas of a row index are all 1. The 20M-row CSV's index column:
+    1.02 s and 85 MB with a dictionary, 0.19 s and 0.1 MB delta-encoded (2026-11-27).
+    """
+    delta = [
+        field.name
+        for field, column in zip(sample.schema, sample.columns, strict=True)
+        if pa.types.is_integer(field.type) and len(column) and 2 * pc.count_distinct(column).as_py() > len(column)
+    ]
+    if not delta:
+        return dict(PARQUET_OPTIONS)
+    dictionary = [name for name in sample.column_names if name not in delta]
+    encoding = dict.fromkeys(delta, "DELTA_BINARY_PACKED")
+    return {**PARQUET_OPTIONS, "use_dictionary": dictionary, "column_encoding": encoding}
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None =
             raise _parse_error(exc2, source) from None
         check_schema(table.schema, source)  # a later block's invalid UTF-8 turns its column binary
         with core.atomic_path(final) as tmp:
-            pq.write_table(table, tmp, **core.PARQUET_OPTIONS)
+            pq.write_table(table, tmp, **core.parquet_options(table))
         schema = table.schema
     return schema
 
@@ -186,10 +186,12 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     try:
         reader = pq.ParquetFile(path, pre_buffer=False)  # read a row group at a time, keep none
         check_header(reader.schema_arrow.names, source)
+        groups = (reader.read_row_group(group) for group in range(reader.num_row_groups))
+        first = next(groups, reader.schema_arrow.empty_table())
         with core.atomic_path(final) as tmp:
-            with pq.ParquetWriter(tmp, reader.schema_arrow, **core.PARQUET_OPTIONS) as writer:
-                for group in range(reader.num_row_groups):
-                    writer.write_table(reader.read_row_group(group))
+            with pq.ParquetWriter(tmp, reader.schema_arrow, **core.parquet_options(first)) as writer:
+                for table in itertools.chain([first], groups):
+                    writer.write_table(table)
             if reader.metadata.num_rows == 0:
                 raise InputError(f"{source}: has a schema but no rows; add rows or pass another --data")
     except (pa.ArrowInvalid, OSError) as exc:
@@ -202,7 +204,7 @@ def _stream(path: Path, out: Path, parse: pacsv.ParseOptions, source: str) -> tu
     tables = parsed_blocks(path, parse)
     first = next(tables)
     check_schema(first.schema, source)  # before a byte is written
-    with pq.ParquetWriter(out, first.schema, **core.PARQUET_OPTIONS) as writer:
+    with pq.ParquetWriter(out, first.schema, **core.parquet_options(first)) as writer:
         rows = core.write_behind(itertools.chain([first], tables), writer.write_table)
     return rows, first.schema
 

@@ -70,6 +70,22 @@ def test_cli_subprocess_bad_input_is_one_line_without_traceback(tmp_path: Path):
     assert errors == [f"error: {tmp_path / 'nope.csv'}: file not found; pass --data with the path of a CSV file"]
 
 
+def test_exit_with_keeps_the_code_and_still_flushes_joins_and_runs_atexit():
+    """`flows.cli.exit_with` skips only the last collections: Prefect's atexit flush and a thread still writing
+    must finish as with sys.exit, and buffered stdout must reach a pipe."""
+    script = (
+        "import atexit, threading, time, gc\n"
+        "from flows.cli import exit_with\n"
+        "atexit.register(lambda: print('atexit ran', gc.get_freeze_count() > 0))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start()\n"
+        "print('buffered', end='')\n"
+        "exit_with(3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "bufferedthread done\natexit ran True\n"
+
+
 def test_help_lists_every_option():
     result = subprocess.run(
         [sys.executable, "-m", "flows.train", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120

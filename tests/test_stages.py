@@ -61,6 +61,17 @@ def test_csv_to_parquet_streams_blocks_into_row_groups(tmp_path, monkeypatch):
     assert parquet.read().equals(pacsv.read_csv(tmp_path / "big.csv"))
 
 
+def test_csv_to_parquet_delta_encodes_a_row_index_and_keeps_dictionaries_for_the_rest(tmp_path):
+    rows = ",x,k\n" + "".join(f"{i},{i % 7 * 0.5},{i % 3}\n" for i in range(5000))  # index, low-cardinality x, k
+    (tmp_path / "indexed.csv").write_text(rows)
+    csv_to_parquet(tmp_path / "indexed.csv", tmp_path / "raw.parquet", "indexed.csv")
+    parquet = pq.ParquetFile(tmp_path / "raw.parquet")
+    encodings = [set(parquet.metadata.row_group(0).column(i).encodings) for i in range(3)]
+    assert "DELTA_BINARY_PACKED" in encodings[0] and "RLE_DICTIONARY" not in encodings[0]
+    assert all("RLE_DICTIONARY" in e and "DELTA_BINARY_PACKED" not in e for e in encodings[1:])
+    assert parquet.read().equals(pacsv.read_csv(tmp_path / "indexed.csv"))
+
+
 def test_csv_to_parquet_widens_a_type_contradicted_by_a_later_block(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
     rows = "a,b\n" + "".join(f"{i},{i}\n" for i in range(5000)) + "1.5,2\n"

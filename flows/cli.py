@@ -1,0 +1,20 @@
+"""How the command-line entry points end: with their exit code, without the interpreter's slow last collections."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import NoReturn
+
+
+def exit_with(code: int) -> NoReturn:
+    """``sys.exit(code)``, with every live object moved out of the cyclic collector's reach first (`gc.freeze`).
+
+    When a process ends, CPython's finalisation runs the cyclic garbage collector over every object still alive;
+    with torch and Prefect loaded that is a long walk: the Advertising run's exit took 1.7–2.1 s, 0.35 s frozen
+    (2026-11-27). The operating system takes the memory back anyway. Everything else about exiting is as usual:
+    non-daemon threads are joined, atexit handlers run (Prefect sends its queued logs and events), streams are
+    flushed. Only for a process about to end: a frozen object is never collected.
+    """
+    gc.freeze()
+    sys.exit(code)
