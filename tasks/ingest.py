@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -158,8 +159,8 @@ def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None =
         delimiter = sniff_csv(path, source)
     parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
-        with core.atomic_path(final) as tmp:
-            rows, schema = _stream(path, tmp, parse, source)
+        with core.hashed_file(final) as sink:
+            rows, schema = _stream(path, sink, parse, source)
             if rows == 0:
                 raise InputError(f"{source}: has a header but no data rows; add rows or pass another --data")
     except pa.ArrowInvalid as exc:
@@ -171,8 +172,8 @@ def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None =
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc2:
             raise _parse_error(exc2, source) from None
         check_schema(table.schema, source)  # a later block's invalid UTF-8 turns its column binary
-        with core.atomic_path(final) as tmp:
-            pq.write_table(table, tmp, **core.parquet_options(table))
+        with core.hashed_file(final) as sink:
+            pq.write_table(table, sink, **core.parquet_options(table))
         schema = table.schema
     return schema
 
@@ -188,8 +189,8 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
         check_header(reader.schema_arrow.names, source)
         groups = (reader.read_row_group(group) for group in range(reader.num_row_groups))
         first = next(groups, reader.schema_arrow.empty_table())
-        with core.atomic_path(final) as tmp:
-            with pq.ParquetWriter(tmp, reader.schema_arrow, **core.parquet_options(first)) as writer:
+        with core.hashed_file(final) as sink:
+            with pq.ParquetWriter(sink, reader.schema_arrow, **core.parquet_options(first)) as writer:
                 for table in itertools.chain([first], groups):
                     writer.write_table(table)
             if reader.metadata.num_rows == 0:
@@ -200,7 +201,7 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     return reader.schema_arrow
 
 
-def _stream(path: Path, out: Path, parse: pacsv.ParseOptions, source: str) -> tuple[int, pa.Schema]:
+def _stream(path: Path, out: BinaryIO, parse: pacsv.ParseOptions, source: str) -> tuple[int, pa.Schema]:
     tables = parsed_blocks(path, parse)
     first = next(tables)
     check_schema(first.schema, source)  # before a byte is written

@@ -90,6 +90,16 @@ def test_ingest_task_writes_parquet_unchanged(write_csv, artifacts):
 
 
 @pytest.mark.usefixtures("no_run_logger")
+def test_ingest_hashes_the_csv_once_and_its_parquet_as_it_is_written(write_csv, artifacts):
+    source = write_csv(SMALL)
+    before = dict(core.HASHING)
+    out = ingest_csv.fn(source, str(artifacts))
+    assert core.HASHING["bytes"] - before["bytes"] == Path(source).stat().st_size  # read to hash: the CSV only
+    assert core.HASHING["streamed"] - before["streamed"] == Path(out["table"]).stat().st_size
+    assert core.read_manifest(out["table"])["sha256"] == core.sha256_file(out["table"])
+
+
+@pytest.mark.usefixtures("no_run_logger")
 def test_ingest_reads_an_http_url(tmp_path, artifacts):
     (tmp_path / "d.csv").write_text(SMALL)
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
