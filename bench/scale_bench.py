@@ -130,6 +130,9 @@ def bench_size(
     return {
         "imports_wall": med("imports", 0),
         "floor_wall": med("floor", 0),
+        # each repeat's flow ÷ the floor run just before it: on a shared machine whose speed drifts, the pairs
+        # are steadier than the ratio of the two medians
+        "paired": [f[0] / s[0] for f, s in zip(results["seed"], results["floor"], strict=False)],
         "imports_rss": med("imports", 1),
         "threads_wall": med("threads", 0),
         "threads_rss": med("threads", 1),
@@ -205,9 +208,11 @@ def main() -> None:
         "read and one sha256 of the CSV)"
     )
     for r in rows:
+        paired = ", ".join(f"{x:.2f}" for x in r["paired"])
         print(
             f"{r['rows']:>10,} {r['floor_wall']:>8.2f} {r['seed_wall']:>8.2f} {r['seed_wall'] / r['floor_wall']:>8.2f} "
-            f"{r['default_wall']:>9.2f} {r['default_wall'] / r['floor_wall']:>8.2f}"
+            f"{r['default_wall']:>9.2f} {r['default_wall'] / r['floor_wall']:>8.2f}  each repeat's flow ÷ its floor: "
+            f"{paired} (median {statistics.median(r['paired']) if r['paired'] else math.nan:.2f})"
         )
     for r in rows:
         print(

@@ -5,7 +5,9 @@
 
 The flow's run adds Prefect, the cache's lookups and the overlaps between stages; this shows what each stage
 itself costs, and how much of both cores it uses (CPU ÷ wall near 2 means both were busy). On a noisy
-machine, compare two variants in one command's passes, never across commands.
+machine, compare two variants in one command's passes, never across commands. Point PREFECT_API_URL at a
+running server: train publishes a progress artifact, and without one Prefect starts a temporary server inside
+train's first pass.
 """
 
 from __future__ import annotations
