@@ -111,7 +111,7 @@ class DrawAhead:
 def split_partition(table: pa.Table, test_size: float, seed: int, offset: int, total: int) -> tuple[pa.Table, pa.Table]:
     """(train, test) of one partition, holding rows ``offset … offset+len`` of a ``total``-row input (see
     `split_rows`)."""
-    columns = [gatherable(column) for column in table.columns]
+    columns = gatherable_columns(table)
     train, test = split_rows(table.num_rows, test_size, seed, offset, total)
     return take(columns, table.schema, train), take(columns, table.schema, test)
 
@@ -145,6 +145,13 @@ def gatherable(column: pa.ChunkedArray) -> np.ndarray | pa.ChunkedArray:
     return column
 
 
+def gatherable_columns(table: pa.Table) -> list[np.ndarray | pa.ChunkedArray]:
+    """Every column of ``table`` made `gatherable`, a column per thread: joining a column's chunks into one array
+    is mostly the first touch of fresh memory, which threads share (20M rows × 4 columns: 1.95 s on one)."""
+    with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="split-column") as pool:
+        return list(pool.map(gatherable, table.columns))
+
+
 def take(columns: list[np.ndarray | pa.ChunkedArray], schema: pa.Schema, rows: np.ndarray) -> pa.Table:
     """The table of ``columns`` (see `gatherable`) at ``rows``, in that order: a column per thread."""
 
@@ -172,11 +179,8 @@ def split_data(
     ``test.parquet``: its rows ``offset … offset+len`` of the ``total`` rows of the input."""
     table = core.read_parquet(table_path)  # the permutation is drawn by now where the flow drew it ahead
     schema, num_rows = table.schema, table.num_rows
-    # a column per thread: joining a column's chunks into one array is mostly the first touch of fresh memory,
-    # which threads share (20M rows × 4 columns: 1.95 s on one thread); the Arrow table is dropped once copied
-    with ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="split-column") as pool:
-        columns = list(pool.map(gatherable, table.columns))
-    del table
+    columns = gatherable_columns(table)
+    del table  # its numeric columns are copied out: the gathers read the copies
     parts = dict(zip(("train", "test"), split_rows(num_rows, test_size, seed, offset, total), strict=True))
     outputs = core.outputs()
 
