@@ -118,6 +118,11 @@ def linear_regression_predict(**values: Any) -> dict[str, Any]:
     started = time.perf_counter()
     p = PredictParams.parse(**values)
     root = str(core.prepare_root(p.artifacts_dir))
+    with core.in_use(root):  # held for the whole run: a --clean-artifacts refuses meanwhile, and the reverse
+        return _predict(p, root, started)
+
+
+def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
     model_path = resolve_model(p.model, root)
     features = list(core.read_pt(model_path)["features"])
     run = StageRunner(root, refresh=p.refresh)

@@ -45,6 +45,11 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     p = Params.parse(**values)
     plot.preload()
     root = str(core.prepare_root(p.artifacts_dir))
+    with core.in_use(root):  # held for the whole run: a --clean-artifacts refuses meanwhile, and the reverse
+        return _train(p, root)
+
+
+def _train(p: Params, root: str) -> dict[str, Any]:
     run = StageRunner(root, refresh=p.refresh)
     sources = core.partition_sources(p.data) if core.is_partitioned(p.data) else [core.data_source(p.data)]
     threads = p.task_runner == "threads"
@@ -211,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     clean = args.pop("clean_artifacts", False)
     try:
         if clean:
-            root, count = core.clear(args.get("artifacts_dir"))
-            left = core.store_exists(root)
-            kept = " (files the store did not write were kept, and so was the folder)" if left else ""
-            print(f"deleted {count} files the store wrote under {root}{kept}")
+            cleared = core.clear(core.store_root(args.get("artifacts_dir")))
+            kept = (
+                f"; kept {cleared.kept} files the store did not write, and the store's marker" if cleared.kept else ""
+            )
+            print(f"deleted {cleared.deleted} files the store wrote under {cleared.where}{kept}")
             return 0
         p = Params.parse(**args)  # fail on bad parameters (and a --data that is none) before starting Prefect
         core.prepare_root(p.artifacts_dir)  # and on an artifacts folder that cannot be written

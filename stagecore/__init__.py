@@ -5,6 +5,7 @@ Stages import this package as ``core`` and use what it exports; each submodule d
 
 from stagecore.atomic import atomic_path, sweep_temporary_files, write_bytes, write_json
 from stagecore.behind import write_behind
+from stagecore.clean import clear, in_use
 from stagecore.declare import (
     PARQUET_OPTIONS,
     ROOT_ARGUMENT,
@@ -22,6 +23,16 @@ from stagecore.declare import (
 from stagecore.errors import InputError, IntegrityError
 from stagecore.hashing import HASHING, check_regular, refuse_special, sha256_file
 from stagecore.keys import code_digest, import_closure, library_versions, stage_key
+from stagecore.layout import (
+    CACHE_DIR,
+    CHAMPION_DIR,
+    CHAMPION_GENERATIONS,
+    HISTORY_DIR,
+    MARKER,
+    RUNS_DIR,
+    STORE_NAME,
+    STORE_VERSION,
+)
 from stagecore.lock import exclusive
 from stagecore.manifest import (
     MANIFEST_SUFFIX,
@@ -44,23 +55,7 @@ from stagecore.manifest import (
 )
 from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
 from stagecore.remote import is_remote, public
-from stagecore.root import (
-    CACHE_DIR,
-    CHAMPION_DIR,
-    CHAMPION_GENERATIONS,
-    HISTORY_DIR,
-    MARKER,
-    ROOT_ENV,
-    RUNS_DIR,
-    STORE_NAME,
-    STORE_VERSION,
-    artifacts_root,
-    clear,
-    prepare_root,
-    store_exists,
-    store_relative,
-    store_root,
-)
+from stagecore.root import ROOT_ENV, artifacts_root, prepare_root, store_relative, store_root
 from stagecore.runs import write_run_record
 from stagecore.sources import (
     PARQUET_SUFFIXES,
@@ -122,6 +117,7 @@ __all__ = [
     "exclusive",
     "hashed_file",
     "import_closure",
+    "in_use",
     "is_partitioned",
     "is_remote",
     "is_url",
@@ -146,7 +142,6 @@ __all__ = [
     "sha256_file",
     "stage",
     "stage_key",
-    "store_exists",
     "store_relative",
     "store_root",
     "sweep_temporary_files",

@@ -15,10 +15,11 @@ from typing import Any
 
 from stagecore.errors import InputError
 
-_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"  # in temporary files' names, with the pid
+HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"  # in temporary files' names, with the pid
 
 
-_TEMP_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp$")
+# ``.<name>.<host>-<pid>.<random>.tmp``: a writer's temporary file, named by `atomic_path`
+TEMP_OWNER = re.compile(r"\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[^.]+\.tmp")
 
 
 TEMPORARY = re.compile(r"\..+\.tmp")
@@ -32,8 +33,8 @@ def sweep_temporary_files(root: Path) -> int:
     """
     removed = 0
     for path in root.rglob(".*.tmp"):
-        match = _TEMP_OWNER.search(path.name)
-        if match is None or match["host"] != _HOST or _alive(int(match["pid"])):
+        match = TEMP_OWNER.fullmatch(path.name)
+        if match is None or match["host"] != HOST or alive(int(match["pid"])):
             continue
         with suppress(OSError):
             path.unlink()
@@ -41,7 +42,7 @@ def sweep_temporary_files(root: Path) -> int:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -55,7 +56,7 @@ def _alive(pid: int) -> bool:
 def atomic_path(final: Path):
     """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.{_HOST}-{os.getpid()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.{HOST}-{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
         raise InputError(f"cannot write in {final.parent} ({exc.strerror}); check space and permissions") from None
     os.close(fd)

@@ -44,10 +44,10 @@ from stagecore.atomic import write_json
 from stagecore.declare import Stage
 from stagecore.errors import InputError, IntegrityError
 from stagecore.hashing import sha256_file
+from stagecore.layout import CACHE_DIR
 from stagecore.lock import exclusive
 from stagecore.manifest import verify
 from stagecore.remote import is_remote, public
-from stagecore.root import CACHE_DIR
 from stagecore.sources import downloaded
 
 RECORD_VERSION = 1

@@ -285,6 +285,18 @@ def find(url: str) -> list[str]:
         fs.invalidate_cache(base)
 
 
+def find_sizes(url: str) -> dict[str, int]:
+    """Every object under ``url`` with its size in bytes, as paths relative to it, listed afresh."""
+    fs, base = filesystem(url)
+    base = base.rstrip("/")
+    fs.invalidate_cache(base)
+    try:
+        found = fs.find(base, detail=True)
+    finally:
+        fs.invalidate_cache(base)
+    return {p[len(base) + 1 :]: int(info.get("size") or 0) for p, info in found.items() if p.startswith(base + "/")}
+
+
 def names(url: str) -> list[str]:
     """The names of the objects directly under ``url`` (a "folder"), listed afresh; [] when there are none."""
     fs, base = filesystem(url)

@@ -9,8 +9,8 @@ from pathlib import PurePosixPath
 
 from stagecore import remote
 from stagecore.cache import MAX_RECORD_BYTES, RECORD_SUFFIX, RECORD_VERSION, parse_record
+from stagecore.layout import CACHE_DIR
 from stagecore.manifest import MANIFEST_SUFFIX
-from stagecore.root import CACHE_DIR
 
 
 def record_url(root: str, stage: str, key: str) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 
 from stagecore import remote
 from stagecore.atomic import write_json
+from stagecore.layout import RUNS_DIR
 from stagecore.manifest import verify_used, versions
-from stagecore.root import RUNS_DIR
 from stagecore.sources import redact_all
 
 

@@ -26,25 +26,11 @@ from prefect.cache_policies import NO_CACHE
 import stagecore as core
 from stagecore import remote
 from stagecore.atomic import atomic_path
+from stagecore.layout import HISTORY_SCHEMA
 
 HISTORY_KEY = "linear-regression-history"
 SHOWN = 30  # runs in the UI's history table
-SCHEMA = pa.schema(
-    [
-        ("time", pa.timestamp("us", tz="UTC")),
-        ("flow_run_id", pa.string()),
-        ("data_sha256", pa.string()),
-        ("rows", pa.int64()),
-        ("params", pa.string()),  # JSON
-        ("train_mse", pa.float64()),
-        ("test_mse", pa.float64()),
-        ("train_r2", pa.float64()),
-        ("test_r2", pa.float64()),
-        ("optimality_gap", pa.float64()),
-        ("promoted", pa.bool_()),
-        ("model", pa.string()),  # relative to the root, posix
-    ]
-)
+SCHEMA = HISTORY_SCHEMA  # fixed: the parameters are one JSON column
 MAX_FILE_BYTES = 1 << 20  # one row is a few kB; a larger object under history/ is not ours
 _FILE = re.compile(r"\d{8}T\d{6}\d*Z-[A-Za-z0-9-]+\.parquet")
 

@@ -111,12 +111,18 @@ def test_report_leads_with_the_headline_and_embeds_the_trend(store):
 
 
 def test_clean_deletes_history_and_champion_but_not_user_files(store):
+    rows = sorted(p.name for p in (store / core.HISTORY_DIR).iterdir())
     champion = store / core.CHAMPION_DIR
     champion.mkdir()
-    for name in ("champion.json", "champion.json.manifest.json", "champion.lock"):
+    for name in ("champion.json", "champion.json.manifest.json"):  # named as the store's, but not its content
         (champion / name).write_text("{}")
     (champion / "mine.txt").write_text("keep")
-    core.prepare_root(store)  # the new folders are store entries
-    _, deleted = core.clear(store)
-    assert deleted == 3 + 3 + 1  # history files, champion files, marker
-    assert [p.name for p in store.rglob("*")] == ["champion", "mine.txt"]
+    cleared = core.clear(store)
+    assert cleared.deleted == len(rows) and cleared.kept == 3  # the history rows; the marker stays
+    assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*")) == [
+        core.MARKER,
+        "champion",
+        "champion/champion.json",
+        "champion/champion.json.manifest.json",
+        "champion/mine.txt",
+    ]

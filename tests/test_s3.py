@@ -351,6 +351,45 @@ def test_two_concurrent_runs_on_one_prefix(s3, capsys):
     no_local_url_folder()
 
 
+def test_s3_clean_proves_what_it_deletes_knows_predict_and_waits_for_no_run(s3, capsys):
+    url = f"s3://{BUCKET}/proven"
+    assert run(capsys, "--artifacts-dir", url)[0] == 0
+    cli(capsys, predict_cli.main, "--data", str(ADVERTISING), "--artifacts-dir", url)
+    key = "0" * 64
+    mine = {  # a user's objects, named as the store names its own
+        "runs/my-analysis.json": b'{"run_id": "mine"}',
+        "runs/20260101T000000-mine.json": b'{"run_id": "mine"}',
+        "history/20260101T000000000000Z-mine.parquet": b"PAR1 not ours PAR1",
+        f".cache/train/{key}.json": b"{}",
+        f"train/{key}/model.pt": b"mine",
+        "predict/README.md": b"mine",
+        ".notes.tmp": b"mine",
+    }
+    for rel, content in mine.items():
+        fs().pipe_file(f"{BUCKET}/proven/{rel}", content)
+
+    with core.in_use(url):  # a run holds the store: a clean refuses, in one line, and deletes nothing
+        before = sorted(fs().find(f"{BUCKET}/proven"))
+        assert train.main(["--artifacts-dir", url, "--clean-artifacts"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"error: artifacts store {url} is in use by a running flow; "
+            "run --clean-artifacts again once it has finished"
+        ]
+        assert sorted(fs().find(f"{BUCKET}/proven")) == before
+    # a lease of a dead process on this host is stale: it does not hold the store
+    dead = {"host": core.atomic.HOST, "pid": 2**22 + 1, "started": "2026-12-01T00:00:00+00:00"}
+    fs().pipe_file(f"{BUCKET}/proven/.cache/active/{'a' * 32}.json", json.dumps(dead).encode())
+
+    assert train.main(["--artifacts-dir", url, "--clean-artifacts"]) == 0
+    assert f"kept {len(mine)} files the store did not write" in capsys.readouterr().out
+    left = sorted(p.removeprefix(f"{BUCKET}/proven/") for p in fs().find(f"{BUCKET}/proven"))
+    assert left == sorted([*mine, core.MARKER])
+    assert all(fs().cat_file(f"{BUCKET}/proven/{rel}") == content for rel, content in mine.items())
+    assert run(capsys, "--artifacts-dir", url)[0] == 0  # still a store: the next run works
+    assert not fs().exists(f"{BUCKET}/proven/.cache/active") or not fs().ls(f"{BUCKET}/proven/.cache/active")
+
+
 def test_s3_data_and_clean_deletes_only_what_the_store_wrote(s3, capsys):
     url = f"s3://{BUCKET}/cleaned"
     data = f"s3://{BUCKET}/inputs/Advertising.csv"
@@ -364,7 +403,8 @@ def test_s3_data_and_clean_deletes_only_what_the_store_wrote(s3, capsys):
         fs().pipe_file(f"{BUCKET}/{path}", b"mine")
     assert train.main(["--artifacts-dir", url, "--clean-artifacts"]) == 0
     OUTPUT.append(capsys.readouterr().out)
-    assert sorted(fs().find(f"{BUCKET}/cleaned")) == sorted(f"{BUCKET}/{p}" for p in mine)
+    kept = [*mine, f"cleaned/{core.MARKER}"]  # the user's objects, and the marker that keeps the prefix a store
+    assert sorted(fs().find(f"{BUCKET}/cleaned")) == sorted(f"{BUCKET}/{p}" for p in kept)
     assert fs().exists(data)  # outside the prefix: untouched
 
 

@@ -142,6 +142,12 @@ def test_planted_manifests_markers_and_run_records_are_plain_data(artifacts: Pat
     run_record = Path(first["run_record"])
     run_record.write_bytes(payload)  # a run record that is a pickle
 
+    # a damaged marker beside files nothing proves to be the store's: refused in one line, nothing touched
+    with pytest.raises(core.InputError, match=r"its marker \.linreg-store is not a store's marker") as refused:
+        run(artifacts)
+    assert "\n" not in str(refused.value) and (artifacts / core.MARKER).read_bytes() == payload
+    (artifacts / core.MARKER).write_text(json.dumps({"store": core.STORE_NAME, "version": 1}))  # restored
+
     second = run(artifacts)
     assert second["cached"]["drop_index"] is False and second["cached"]["ingest"] is True
     assert lineage_main([str(run_record)]) == 2
@@ -176,10 +182,10 @@ def test_a_users_non_empty_folder_is_never_adopted_and_clean_deletes_only_store_
     (Path(summary["artifacts"]["train"]["model"]).parent / "my-notes.txt").write_text("mine too")
     (mine / "runs" / "todo.md").write_text("mine too")
     assert main(["--clean-artifacts", "--artifacts-dir", str(mine)]) == 0
-    assert "files the store did not write were kept" in capsys.readouterr().out
+    assert "kept 3 files the store did not write, and the store's marker" in capsys.readouterr().out
     left = sorted(str(p.relative_to(mine)) for p in mine.rglob("*") if p.is_file())
     model_dir = Path(summary["artifacts"]["train"]["model"]).parent.relative_to(mine)
-    assert left == sorted(["notes.txt", str(model_dir / "my-notes.txt"), "runs/todo.md"])
+    assert left == sorted([core.MARKER, "notes.txt", str(model_dir / "my-notes.txt"), "runs/todo.md"])
 
 
 def test_clean_artifacts_on_a_file_or_a_missing_folder_is_one_line(tmp_path: Path, capsys):
@@ -214,7 +220,7 @@ def test_temporary_files_of_dead_writers_are_swept(artifacts: Path):
     core.prepare_root(artifacts)
     folder = artifacts / "ingest" / "0123456789abcdef"
     folder.mkdir(parents=True)
-    host = core.atomic._HOST
+    host = core.atomic.HOST
     orphan = folder / f".raw.parquet.{host}-{dead_pid}.abc123.tmp"
     live = folder / f".raw.parquet.{host}-{os.getpid()}.def456.tmp"
     other_host = folder / f".raw.parquet.elsewhere-{dead_pid}.ghi789.tmp"

@@ -1,0 +1,34 @@
+"""The store's layout: the names of what it writes at its root, and the fixed schema of its history rows.
+
+Every module that reads or writes one of these places imports its name from here, so none depends on another
+for a constant (and `clean` proves files by content, not by these names alone).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+MARKER = ".linreg-store"  # marks a folder as an artifacts store (JSON naming the store), written at creation
+STORE_NAME, STORE_VERSION = "linreg-flow", 1
+CACHE_DIR = ".cache"  # the stages' cache records and locks (stagecore/cache.py)
+RUNS_DIR = "runs"  # one JSON run record per flow run (stagecore/runs.py)
+CHAMPION_DIR = "champion"  # the champion pointer, its manifest and its lock (tasks/promote.py)
+CHAMPION_GENERATIONS = "gen"  # on an object store: champion/gen/<n>.json, one immutable pointer per promotion
+HISTORY_DIR = "history"  # one Parquet row per flow run (tasks/history.py)
+HISTORY_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("flow_run_id", pa.string()),
+        ("data_sha256", pa.string()),
+        ("rows", pa.int64()),
+        ("params", pa.string()),  # JSON
+        ("train_mse", pa.float64()),
+        ("test_mse", pa.float64()),
+        ("train_r2", pa.float64()),
+        ("test_r2", pa.float64()),
+        ("optimality_gap", pa.float64()),
+        ("promoted", pa.bool_()),
+        ("model", pa.string()),  # relative to the root, posix
+    ]
+)
+HISTORY_COLUMNS = tuple(HISTORY_SCHEMA.names)
