@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import ROOT
+from flows.cli import one_line
 from flows.predict import linear_regression_predict
 from flows.train import linear_regression
 from stagecore.errors import InputError
@@ -43,3 +48,35 @@ def test_predict_takes_a_bool_column_as_one_and_zero_and_refuses_its_gaps_by_row
     np.testing.assert_array_equal(stage.predict_batch(full, ["flag"], np.array([2.0]), 0.5), [2.5, 0.5, 2.5])
     with pytest.raises(InputError, match=r"feature column 'flag' is empty or NaN at data row 1"):
         stage.predict_batch(batch, ["flag"], np.array([1.0]), 0.0)
+
+
+def test_one_line_writes_control_characters_as_escapes():
+    assert one_line("bad\nname.csv\r\t\x1b[31m é — ×") == "bad\\nname.csv\\r\\t\\x1b[31m é — ×"
+    assert one_line("a\u2028b\x85c") == "a\\u2028b\\x85c"
+
+
+def test_every_command_line_prints_errors_through_one_function():
+    """A `print(f"error: …")` of its own would not keep the message to one line."""
+    offenders = [
+        path.name
+        for path in sorted((ROOT / "flows").glob("*.py"))
+        if path.name != "cli.py" and re.search(r"""print\(f?["']error:""", path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_a_data_path_with_a_newline_is_one_error_line(tmp_path: Path):
+    data = tmp_path / "bad\nname.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.train", "--data", str(data), "--artifacts-dir", str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    shown = str(data).replace("\n", "\\n")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {shown}: file not found; pass --data with the path of a CSV file"]
+    assert not any(line.startswith("name.csv") for line in result.stderr.splitlines())
