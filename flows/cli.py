@@ -1,4 +1,4 @@
-"""How the command-line entry points end: with their exit code, without the interpreter's slow last collections."""
+"""How the command-line entry points end: an error as one line, the exit code without the slow last collections."""
 
 from __future__ import annotations
 
@@ -18,3 +18,14 @@ def exit_with(code: int) -> NoReturn:
     """
     gc.freeze()
     sys.exit(code)
+
+
+def one_line(message: object) -> str:
+    """``message`` on one line: every character that is not printable (a newline or tab in a path, an escape
+    sequence in a column name) written as Python writes it in a string literal (``\\n``, ``\\t``, ``\\x1b``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
+def print_error(error: object) -> None:
+    """The one way a command line reports a problem: ``error: …`` on stderr, always one line."""
+    print(f"error: {one_line(error)}", file=sys.stderr)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import stagecore as core
-from flows.cli import exit_with
+from flows.cli import exit_with, print_error
 from stagecore import remote
 from stagecore.errors import InputError
 from tasks.history import read_history, table_rows
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         runs = load(args.artifacts_dir, args.last)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     print(json.dumps({"runs": runs}) if args.json else format_runs(runs))
     return 0

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import stagecore as core
-from flows.cli import exit_with
+from flows.cli import exit_with, print_error
 from stagecore import remote
 from stagecore.errors import InputError
 
@@ -243,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = explain(args.path)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     print(json.dumps(report) if args.json else format_report(report))
     return 0 if report["ok"] else 1

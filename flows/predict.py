@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from prefect import Task, flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 import stagecore as core
-from flows.cli import exit_with
+from flows.cli import exit_with, print_error
 from flows.params import Params, _typed
 from flows.train import settle_prefect, task_runner
 from stagecore import remote
@@ -193,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         p = PredictParams.parse(**args)  # bad parameters, no champion, a broken model: before Prefect starts
         resolve_model(p.model, str(core.prepare_root(p.artifacts_dir)))
     except (InputError, IntegrityError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     try:
         summary = linear_regression_predict(**args)
     except (InputError, IntegrityError) as exc:
         settle_prefect()
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     shown = summary["predictions"] if isinstance(summary["predictions"], list) else [summary["predictions"]]
     cached = ", ".join(stage for stage, hit in summary["cached"].items() if hit) or "none"

@@ -11,7 +11,6 @@ serves them; the UI shows the deployment as paused. Starting it again un-pauses 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from prefect.client.orchestration import get_client
 from prefect.schedules import Cron, Schedule
 from prefect.settings import PREFECT_API_URL
 
-from flows.cli import exit_with
+from flows.cli import exit_with, print_error
 from stagecore.errors import InputError
 from stagecore.project import PROJECT_ROOT
 
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         schedule = daily_schedule()
         check_server()
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     from flows.train import linear_regression  # after the schedule checks: importing torch takes seconds
 

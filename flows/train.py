@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 from prefect import Task, flow, get_client
@@ -16,7 +15,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import stagecore as core
-from flows.cli import exit_with
+from flows.cli import exit_with, print_error
 from flows.params import PRESETS, Params
 from stagecore.cache import StageRunner
 from stagecore.errors import InputError
@@ -225,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         p = Params.parse(**args)  # fail on bad parameters (and a --data that is none) before starting Prefect
         core.prepare_root(p.artifacts_dir)  # and on an artifacts folder that cannot be written
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     try:
         summary = linear_regression(**args)
     except InputError as exc:
         settle_prefect()
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     print(format_summary(summary))
     if as_json:

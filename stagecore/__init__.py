@@ -6,6 +6,7 @@ Stages import this package as ``core`` and use what it exports; each submodule d
 from stagecore.atomic import atomic_path, sweep_temporary_files, write_bytes, write_json
 from stagecore.behind import write_behind
 from stagecore.clean import clear, in_use
+from stagecore.columns import float_values, is_numeric
 from stagecore.declare import (
     PARQUET_OPTIONS,
     ROOT_ARGUMENT,
@@ -53,6 +54,7 @@ from stagecore.manifest import (
     verify_used,
     versions,
 )
+from stagecore.markup import escape_cells, escape_mathtext, escape_md, markdown_artifact, table_artifact
 from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
 from stagecore.remote import is_remote, public
 from stagecore.root import ROOT_ENV, artifacts_root, prepare_root, store_relative, store_root
@@ -114,16 +116,22 @@ __all__ = [
     "download",
     "downloaded",
     "downloaded_copy",
+    "escape_cells",
+    "escape_mathtext",
+    "escape_md",
     "exclusive",
+    "float_values",
     "hashed_file",
     "import_closure",
     "in_use",
+    "is_numeric",
     "is_partitioned",
     "is_remote",
     "is_url",
     "library_versions",
     "localize",
     "manifest_path",
+    "markdown_artifact",
     "new_folder",
     "open_parquet",
     "outputs",
@@ -145,6 +153,7 @@ __all__ = [
     "store_relative",
     "store_root",
     "sweep_temporary_files",
+    "table_artifact",
     "verify",
     "verify_used",
     "versions",

@@ -20,7 +20,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
@@ -183,7 +182,7 @@ def record_history(
     shown = table_rows(read_history(root, SHOWN))
     for r in shown:
         r.pop("params")
-    create_table_artifact(shown, key=HISTORY_KEY, description=f"The last {SHOWN} runs under this artifacts folder")
+    core.table_artifact(shown, key=HISTORY_KEY, description=f"The last {SHOWN} runs under this artifacts folder")
     get_run_logger().info(
         "read %s and the last %d runs; wrote %s; published %s",
         core.public(artifacts["evaluate"]["summary"]),

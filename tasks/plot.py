@@ -56,7 +56,8 @@ def predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, target: str) 
     ax.scatter(actual[shown], predicted[shown], s=18 if len(shown) < 500 else 4, alpha=0.75, label=label)
     low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
     ax.plot([low, high], [low, high], color="black", linewidth=1, label="y = x")
-    ax.set(xlabel=f"actual {target}", ylabel=f"predicted {target}", title="Predicted vs actual (test set)")
+    shown_target = core.escape_mathtext(target)  # a column name: shown as written, never parsed as math text
+    ax.set(xlabel=f"actual {shown_target}", ylabel=f"predicted {shown_target}", title="Predicted vs actual (test set)")
     ax.legend()
     return png_bytes(fig)
 

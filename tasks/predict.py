@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
@@ -30,7 +29,8 @@ HISTOGRAM_BINS = 40
 
 
 def check_features(schema: pa.Schema, features: list[str], source: str) -> None:
-    """Refuse data the model cannot be applied to: a feature missing, or one that is not numeric."""
+    """Refuse data the model cannot be applied to: a feature missing, or one that is not numeric (training's
+    rule, `core.is_numeric`: a boolean column is 1/0 in both)."""
     missing = [f for f in features if f not in schema.names]
     if missing:
         raise InputError(
@@ -39,7 +39,7 @@ def check_features(schema: pa.Schema, features: list[str], source: str) -> None:
         )
     for name in features:
         kind = schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        if not core.is_numeric(kind):
             raise InputError(
                 f"{source}: feature column {name!r} is {kind}, not numeric; fix the column and pass it again"
             )
@@ -58,7 +58,7 @@ def predict_batch(
     columns = []
     for name in features:
         column = batch.column(name)
-        values = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+        values = core.float_values(column).astype(np.float64, copy=False)
         invalid = np.isnan(values)
         if column.null_count:
             invalid |= ~np.asarray(column.is_valid())
@@ -188,7 +188,7 @@ def histogram_png(counts: np.ndarray, edges: np.ndarray) -> bytes:
 
 def render_report(rows: int, model: str, features: list[str], paths: list[str], png: bytes) -> str:
     image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    files = "\n".join(f"- `{p}`" for p in paths)
+    files = "\n".join(f"- {core.escape_md(p)}" for p in paths)
     return "\n".join(
         [
             "# Predictions",
@@ -196,8 +196,8 @@ def render_report(rows: int, model: str, features: list[str], paths: list[str], 
             "| | |",
             "|---|---|",
             f"| rows | {rows} |",
-            f"| model | `{model}` |",
-            f"| features | {', '.join(features)} |",
+            f"| model | {core.escape_md(model)} |",
+            f"| features | {', '.join(map(core.escape_md, features))} |",
             "",
             f"![Histogram of predictions]({image})",
             "",
@@ -213,6 +213,6 @@ def publish_predictions(paths: list[str], model: str, features: list[str]) -> in
     counts, edges, rows = histogram(paths)
     shown = [core.public(p) for p in paths]  # on an object store: the URLs, not the scratch mirror's files
     report = render_report(rows, core.public(model), features, shown, histogram_png(counts, edges))
-    create_markdown_artifact(report, key=REPORT_KEY, description="Rows, histogram and model of this prediction run")
+    core.markdown_artifact(report, key=REPORT_KEY, description="Rows, histogram and model of this prediction run")
     get_run_logger().info("read %d predictions from %d file(s); published the report %s", rows, len(paths), REPORT_KEY)
     return rows

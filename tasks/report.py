@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow as pa
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
@@ -69,14 +68,14 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}" if math.isfinite(value) else str(value)
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value) or "—"
-    return str(value).replace("|", "\\|")
+        return ", ".join(core.escape_md(v) for v in value) or "—"
+    return core.escape_md(value)  # a column name, a path or URL, a parameter's value: inert markdown
 
 
 def markdown_table(rows: list[Mapping[str, Any]]) -> str:
-    """A GitHub-flavoured markdown table of ``rows`` (all with the same keys)."""
+    """A GitHub-flavoured markdown table of ``rows`` (all with the same keys); every cell and header escaped."""
     header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(map(core.escape_md, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(row[key]) for key in header) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -91,8 +90,8 @@ def headline(summary: Mapping[str, Any], promotion: Mapping[str, Any] | None) ->
     lines = [f"- test MSE **{gd:.6g}** (least squares {ols:.6g}); optimality gap {describe_gap(summary)}"]
     if promotion is not None:
         verdict = "**promoted** to champion" if promotion["promoted"] else "**not promoted**: the champion stays"
-        lines.append(f"- {verdict}: {promotion['reason']}")
-        lines.append(f"- champion: `{promotion['champion']}`")
+        lines.append(f"- {verdict}: {core.escape_md(promotion['reason'])}")
+        lines.append(f"- champion: {core.escape_md(promotion['champion'])}")
     return lines
 
 
@@ -126,7 +125,7 @@ def render_report(
         "### Metrics",
         markdown_table(metrics),
         "### Fit",
-        *(f"> **{note}**" for note in reference_notes(summary)),
+        *(f"> **{core.escape_md(note)}**" for note in reference_notes(summary)),
         f"- optimality gap (train MSE of gradient descent vs least squares, relative): **{describe_gap(summary)}**",
         f"- {stop}; step size {summary['lr']:.4g} (largest stable {summary['max_stable_lr']:.4g})",
         "### Coefficients",
@@ -160,14 +159,14 @@ def publish_report(
     runs = read_history(root, SHOWN) if root is not None else None
     if runs is not None and runs.num_rows:
         plots[TREND] = trend_png(runs)
-    create_table_artifact(
+    core.table_artifact(
         metrics, key=METRICS_KEY, description="Train/test MSE, RMSE, MAE and R² of gradient descent and least squares"
     )
-    create_table_artifact(
+    core.table_artifact(
         coefficients, key=COEFFICIENTS_KEY, description="Weights in raw feature units, and the intercept"
     )
     report = render_report(parameters, summary, metrics, coefficients, plots, artifacts, promotion)
-    create_markdown_artifact(report, key=REPORT_KEY, description="Parameters, metrics, plots and files of this run")
+    core.markdown_artifact(report, key=REPORT_KEY, description="Parameters, metrics, plots and files of this run")
     get_run_logger().info(
         "read %s, %s, %s and %d plots; published artifacts %s, %s and %s (%.1f kB)",
         evaluation["summary"],

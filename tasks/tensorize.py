@@ -63,7 +63,7 @@ def select_columns(table: Columns, target: str, features: list[str] | None) -> l
             raise InputError(f"column {name!r} is the target; leave it out of --features")
     for name in [*chosen, target]:
         kind = table.schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        if not core.is_numeric(kind):  # the rule predict applies too
             role = "target" if name == target else "feature"
             hint = "pass a numeric --target" if name == target else "choose numeric columns with --features"
             raise InputError(f"{role} column {name!r} is not numeric ({kind}); {hint}")
@@ -73,10 +73,7 @@ def select_columns(table: Columns, target: str, features: list[str] | None) -> l
 def _fill(dest: np.ndarray, table: Columns, name: str, part: str, role: str = "feature") -> None:
     """Copy a column into a float32 slot (no float64 copy of the whole matrix); refuse NaN, inf, nulls, and
     finite values too large for float32 (which would turn to inf and be taken for missing ones)."""
-    column = table.column(name)
-    if pa.types.is_boolean(column.type):  # else a boolean column with nulls arrives as objects
-        column = column.cast(pa.float64())
-    values = column.to_numpy(zero_copy_only=False)  # nulls arrive as NaN
+    values = core.float_values(table.column(name))  # nulls arrive as NaN; booleans as 1.0/0.0
     bad = int(np.count_nonzero(~np.isfinite(values))) if values.dtype.kind == "f" else 0
     leave_out = "leave the column out with --features" if role == "feature" else "pass another --target"
     if bad:

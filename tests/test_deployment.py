@@ -19,6 +19,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
 
+import stagecore as core
 from conftest import ROOT
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.params import Params
@@ -218,11 +219,11 @@ def test_triggered_run_publishes_metrics_coefficients_report_and_progress(deploy
             [source["mse"], source["rmse"], source["mae"], source["r2"]], rel=1e-12
         )
     assert {(r["model"], r["part"]) for r in metrics} == {
-        (model, part) for model in ("gradient descent", "least squares (closed form)") for part in ("train", "test")
-    }
+        (model, part) for model in ("gradient descent", r"least squares \(closed form\)") for part in ("train", "test")
+    }  # string cells are markdown in the UI: escaped (docs/security.md)
 
     coefficients = json.loads(artifacts[COEFFICIENTS_KEY].data)
-    assert [r["feature"] for r in coefficients] == [*summary["weights"], "(intercept)"]
+    assert [r["feature"] for r in coefficients] == [*summary["weights"], r"\(intercept\)"]
     gd = [*summary["weights"].values(), summary["bias"]]
     assert [r["gradient descent"] for r in coefficients] == pytest.approx(gd)
     assert [r["least squares"] for r in coefficients] == pytest.approx(
@@ -238,7 +239,7 @@ def test_triggered_run_publishes_metrics_coefficients_report_and_progress(deploy
     assert f"| epochs | {EPOCHS} |" in report.data
     assert f"stopped at the epoch cap ({EPOCHS} epochs)" in report.data
     assert f"{summary['optimality_gap']:.3e}" in report.data
-    assert str(summary_file) in report.data
+    assert core.escape_md(summary_file) in report.data
 
     progress = artifacts["linear-regression-training"]
     assert progress.type == "progress" and float(progress.data) == 100.0

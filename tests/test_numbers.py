@@ -181,7 +181,7 @@ def test_a_reference_that_fails_its_check_is_reported_untrusted(huge_tv, caplog,
     report = render_report(
         {"epochs": 1}, result, rows, coefficients, {"predicted_vs_actual": b"", "loss_curve": b""}, files
     )
-    assert "cannot be trusted: the normal-equation check failed" in report
+    assert core.escape_md("cannot be trusted: the normal-equation check failed") in report
     # and the stage logs a WARNING
     monkeypatch.setattr(evaluate_module, "get_run_logger", lambda: logging.getLogger("test-evaluate"))
     outputs = core.Stage("evaluate", "tasks.evaluate").outputs(tmp_path, {})

@@ -176,7 +176,7 @@ def test_predict_deployment_runs_on_a_process_worker(store, prefect_api_url, tmp
         stop_process(worker)
     [report] = [a for a in found if a.key == REPORT_KEY]
     assert report.type == "markdown" and "| rows | 200 |" in report.data
-    assert str(store["model"]) in report.data and "data:image/png;base64," in report.data
+    assert core.escape_md(store["model"]) in report.data and "data:image/png;base64," in report.data
 
 
 def test_streaming_follows_the_row_order_across_batches_and_row_groups(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+import stagecore as core
 from tasks.evaluate import coefficients_table, metrics_table
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.report import coefficient_rows, markdown_table, metrics_rows, png_data_uri, render_report
@@ -90,13 +91,13 @@ def test_report_embeds_both_plots_and_lists_everything(result):
     assert all(base64.b64decode(i)[:8] == PNG_SIGNATURE for i in images)
     assert "| epochs | 40 |" in report and "| features | — |" in report
     assert "| gradient descent | test | 6 | 2.44949 | 3 | 0.98 |" in report
-    assert "| least squares (closed form) | train | 2 |" in report
+    assert "| least squares \\(closed form\\) | train | 2 |" in report  # escaped: rendered as written
     assert "**1.250e-09**" in report
     assert "stopped at the epoch cap (40 epochs)" in report
-    assert "| (intercept) | 2.979 | 2.98 |" in report
+    assert "| \\(intercept\\) | 2.979 | 2.98 |" in report
     for stage, names in files.items():
         for name, path in names.items():
-            assert f"| {stage} | {name} | {path} |" in report
+            assert f"| {stage} | {core.escape_md(name)} | {core.escape_md(path)} |" in report
 
 
 def test_png_data_uri_round_trips():
