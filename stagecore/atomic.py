@@ -4,6 +4,7 @@ temporary files that killed writers left behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -52,24 +53,50 @@ def alive(pid: int) -> bool:
     return True
 
 
+def write_error(folder: Path, exc: OSError, final: Path | None = None) -> InputError:
+    """A failed write in ``folder`` as one line that says what to do: a full disk, a read-only or refused
+    folder by name; any other failure (EFBIG, EIO, …) with its reason."""
+    what = f"cannot write {final}" if final is not None else f"cannot write in {folder}"
+    if exc.errno == errno.ENOSPC:
+        return InputError(f"{what}: no space left on device in {folder}; free space or pass --artifacts-dir elsewhere")
+    if exc.errno == errno.EROFS:
+        return InputError(f"{what}: {folder} is on a read-only file system; pass --artifacts-dir elsewhere")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return InputError(f"{what}: permission denied in {folder}; fix its permissions or pass --artifacts-dir")
+    where = f" in {folder}" if final is not None else ""
+    return InputError(f"{what}{where} ({exc.strerror or exc}); check space and permissions")
+
+
 @contextmanager
 def atomic_path(final: Path):
-    """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds."""
+    """Yield a temporary path beside ``final``; rename it over ``final`` only if the block succeeds.
+
+    Whatever fails, the temporary file is removed; a write that fails (a full disk, a read-only or refused
+    folder) is `write_error`'s one line. An `InputError` raised in the block (a store that cannot be reached,
+    while downloading into ``tmp``) is the block's own and passes through as it is.
+    """
     try:
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.{HOST}-{os.getpid()}.", suffix=".tmp")
     except OSError as exc:
-        raise InputError(f"cannot write in {final.parent} ({exc.strerror}); check space and permissions") from None
+        raise write_error(final.parent, exc) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, final)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InputError(
-                f"cannot write {final} in {final.parent} ({exc.strerror}); check space and permissions"
-            ) from None
+        if isinstance(exc, OSError) and not isinstance(exc, InputError):
+            raise write_error(final.parent, exc, final) from None
         raise
+
+
+def makedirs(folder: Path) -> Path:
+    """``mkdir -p folder``; a failure is `write_error`'s one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
+    return folder
 
 
 def write_bytes(data: bytes, final: Path) -> str:

@@ -47,7 +47,7 @@ from stagecore.hashing import sha256_file
 from stagecore.layout import CACHE_DIR
 from stagecore.lock import exclusive
 from stagecore.manifest import verify
-from stagecore.remote import is_remote, public
+from stagecore.remote import StoreUnreachable, is_remote, public
 from stagecore.sources import downloaded
 
 RECORD_VERSION = 1
@@ -170,6 +170,8 @@ def check_record(root: str | os.PathLike[str], stage: str, key: str) -> tuple[di
             return None, None
         for artifact in outputs.values():
             verify(artifact, key=key, load=True)
+    except StoreUnreachable:  # the store did not answer: the record may be good, it is not dropped
+        raise
     except (ValueError, IntegrityError) as exc:
         if is_remote(root):
             from stagecore import remote_cache

@@ -26,9 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from stagecore.atomic import atomic_path, write_json
+from stagecore.atomic import atomic_path, makedirs, write_error, write_json
 from stagecore.behind import ParquetWriteBehind, WriteBehind
-from stagecore.errors import InputError
 from stagecore.hashing import HashingWriter, remember, sha256_file
 from stagecore.keys import code_digest, plain, stage_key
 from stagecore.manifest import MANIFEST_VERSION, describe_pt, describe_schema, localize, manifest_path, versions
@@ -223,9 +222,7 @@ class Stage:
         try:
             folder = new_folder(Path(root) / self.name / key)
         except OSError as exc:
-            raise InputError(
-                f"artifacts folder {Path(root)} is not writable ({exc.strerror}); pass --artifacts-dir"
-            ) from None
+            raise write_error(Path(root) / self.name, exc) from None
         return Outputs(folder, self.name, key, params, inputs)
 
     def _remote_outputs(self, root: str, key: str, params: dict[str, Any], inputs: list[dict[str, str]]) -> Outputs:
@@ -234,8 +231,7 @@ class Stage:
             name = claim_folder(root, self.name, key)
         except OSError as exc:
             raise storage_error(root, exc) from None
-        folder = scratch(root) / self.name / name
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = makedirs(scratch(root) / self.name / name)
         return Outputs(folder, self.name, key, params, inputs, remote=join(root, self.name, name))
 
 
@@ -263,7 +259,14 @@ def hashed_file(final: Path) -> Iterator[HashingWriter]:
     has ended, the file is in place and `sha256_file` knows its digest without reading it back."""
     with atomic_path(final) as tmp, open(tmp, "wb") as raw:
         sink = HashingWriter(raw)
-        yield sink
+        try:
+            yield sink
+        except Exception as exc:
+            # torch.save reports a write that failed (a full disk) as "RuntimeError: [enforce fail at
+            # inline_container.cc…]": the OSError underneath is what `atomic_path` names in one line
+            if sink.failed is not None and not isinstance(exc, OSError):
+                raise sink.failed from None
+            raise
     remember(final, sink.sha256.hexdigest(), sink.size)
 
 
@@ -368,7 +371,11 @@ class Outputs:
             "versions": versions(),
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        write_json(manifest, manifest_path(final))
+        try:
+            write_json(manifest, manifest_path(final))
+        except BaseException:  # no artifact without its manifest: a full disk leaves neither
+            final.unlink(missing_ok=True)
+            raise
         if self.remote is not None:
             try:
                 upload(final, join(self.remote, name))

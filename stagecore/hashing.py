@@ -57,11 +57,19 @@ class HashingWriter(io.RawIOBase):
     def __init__(self, raw: BinaryIO):
         super().__init__()
         self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+        self.failed: OSError | None = None  # the write that failed (torch reports it only as a RuntimeError)
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
+        try:
+            return self._write(data)
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def _write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         if len(view) < _BESIDE_BYTES:
             self.raw.write(view)

@@ -94,6 +94,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(_read_text(path))
     except FileNotFoundError:
         raise IntegrityError(f"{path}: no manifest ({mpath.name} is missing)") from None
+    except remote.StoreUnreachable:  # the store's fault: not a manifest to give up on
+        raise
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"{path}: manifest {mpath.name} is unreadable ({exc})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), str):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import json
@@ -30,8 +31,9 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
@@ -43,6 +45,14 @@ from stagecore.keys import KEY_PATTERN
 CLAIM = ".claim"  # the first object of a stage folder on an object store: whoever creates it owns the folder
 
 _CHUNK = 1 << 20
+
+# How often, and how long, the S3 client tries before a store counts as unreachable: botocore's "standard"
+# retries (3 attempts, jittered backoff) and a 5 s connect timeout. botocore's default (legacy mode, 5 attempts)
+# took 10 s per call against a closed port, and a run makes dozens of calls. AWS_MAX_ATTEMPTS/AWS_RETRY_MODE, or
+# fsspec's own config (``fsspec.config.conf["s3"]["config_kwargs"]``), override these.
+S3_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5}
+
+R = TypeVar("R")
 
 
 def is_remote(root: str | os.PathLike[str]) -> bool:
@@ -59,10 +69,66 @@ def local_path(url: str) -> str:
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     """The one filesystem interface: fsspec's (fs, path) for ``url``; a one-line error for an unknown scheme."""
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **_options(url))
     except (ImportError, ValueError) as exc:
         scheme = url.split("://", 1)[0]
         raise InputError(f"{url}: no storage backend for {scheme}:// ({exc}); install its fsspec package") from None
+
+
+def _options(url: str) -> dict[str, Any]:
+    """Storage options for ``url``'s backend: on S3, `S3_CONFIG` under whatever the user configured."""
+    if not url.startswith(("s3://", "s3a://")):
+        return {}
+    configured = fsspec.config.conf.get("s3", {}).get("config_kwargs", {})
+    defaults = dict(S3_CONFIG)
+    if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
+        defaults.pop("retries")  # botocore reads them, unless a client config says otherwise
+    return {"config_kwargs": {**defaults, **configured}}
+
+
+class StoreUnreachable(ConnectionError, InputError):
+    """A store's transport failed: the endpoint is closed or unreachable, the connection dropped, a request
+    timed out (botocore's and aiohttp's own exceptions, which are not OSErrors, after the client's retries).
+
+    An OSError, so every caller that turns a store's OSError into `storage_error` names its own store; and an
+    `InputError`, so a path that does not still ends in one line. Never taken for a missing or damaged file.
+    """
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(
+            f"object store bucket {bucket(url)!r} cannot be reached ({reason}); check AWS_ENDPOINT_URL and the network"
+        )
+        self.url, self.reason = url, reason
+
+    def __reduce__(self):  # pickled across processes (Dask) and by Prefect: rebuilt from its arguments
+        return type(self), (self.url, self.reason)
+
+
+def _transport(exc: BaseException) -> bool:
+    """Whether ``exc`` is a backend's transport failure that is no OSError (botocore's, aiobotocore's, aiohttp's)."""
+    return not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "aiohttp")
+
+
+@contextlib.contextmanager
+def translated(url: str) -> Iterator[None]:
+    """Around a call to a store's backend: a transport failure becomes `StoreUnreachable` (an OSError)."""
+    try:
+        yield
+    except Exception as exc:
+        if _transport(exc):
+            raise StoreUnreachable(url, _reason(exc)) from exc
+        raise
+
+
+def _talks(fn: Callable[..., R]) -> Callable[..., R]:
+    """A function whose first argument is a store URL, its backend's transport failures `translated`."""
+
+    @functools.wraps(fn)
+    def call(url: Any, *args: Any, **kwargs: Any) -> R:
+        with translated(str(url)):
+            return fn(url, *args, **kwargs)
+
+    return call
 
 
 def join(url: str, *parts: str) -> str:
@@ -80,6 +146,8 @@ def storage_error(
 
     ``what`` and ``option`` say whose URL it is: the artifacts store's, or ``--data``'s partitions."""
     where = f"{what} {url} (bucket {bucket(url)!r})"
+    if isinstance(exc, StoreUnreachable):
+        return InputError(f"{where}: cannot be reached ({exc.reason}); check AWS_ENDPOINT_URL and the network")
     if isinstance(exc, PermissionError):
         return InputError(
             f"{where}: access denied ({_reason(exc)}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws"
@@ -168,22 +236,24 @@ def create(fs: AbstractFileSystem, path: str, data: bytes) -> bool:
     A backend without conditional writes falls back to check-then-write, which two writers can both pass:
     on such a store two runs may race for one folder (docs/storage.md).
     """
-    try:
-        fs.pipe_file(path, data, mode="create")
-        return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno == errno.EINVAL and "recondition" in str(exc):
+    with translated(fs.unstrip_protocol(path)):
+        try:
+            fs.pipe_file(path, data, mode="create")
+            return True
+        except FileExistsError:
             return False
-        raise
-    except TypeError:  # a backend whose pipe_file has no `mode`
-        if fs.exists(path):
-            return False
-        fs.pipe_file(path, data)
-        return True
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and "recondition" in str(exc):
+                return False
+            raise
+        except TypeError:  # a backend whose pipe_file has no `mode`
+            if fs.exists(path):
+                return False
+            fs.pipe_file(path, data)
+            return True
 
 
+@_talks
 def claim_folder(root: str, stage: str, key: str) -> str:
     """The name of a new stage folder under ``root``: ``<key>``, else ``<key>.1``, ``<key>.2``…
 
@@ -202,7 +272,8 @@ def claim_folder(root: str, stage: str, key: str) -> str:
 def upload(local: str | os.PathLike[str], url: str) -> None:
     """Stream a local file to ``url`` (one PUT, or a multipart upload that appears only when complete)."""
     fs, path = filesystem(url)
-    fs.put_file(str(local), path)
+    with translated(url):
+        fs.put_file(str(local), path)
 
 
 def download(url: str, local: Path) -> None:
@@ -211,7 +282,10 @@ def download(url: str, local: Path) -> None:
     local.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(local) as tmp:
         try:
-            fs.get_file(path, str(tmp))
+            with translated(url):
+                fs.get_file(path, str(tmp))
+        except StoreUnreachable:  # the store's fault, not the file's: never taken for a missing artifact
+            raise
         except FileNotFoundError:  # raised inside: atomic_path would report an OSError as a write failure
             raise IntegrityError(f"{url}: file is missing") from None
         except OSError as exc:
@@ -225,6 +299,7 @@ def fetch(root: str, rel: str) -> Path:
     return local
 
 
+@_talks
 def read_bytes(url: str, limit: int | None = None) -> bytes | None:
     """The content of a small object (records, manifests, the marker); None when there is none."""
     fs, path = filesystem(url)
@@ -235,26 +310,32 @@ def read_bytes(url: str, limit: int | None = None) -> bytes | None:
         return None
 
 
+@_talks
 def write_bytes(url: str, data: bytes) -> str:
     fs, path = filesystem(url)
     fs.pipe_file(path, data)
     return url
 
 
+@_talks
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     try:
         return fs.exists(path)
+    except StoreUnreachable:
+        raise
     except (OSError, ValueError):
         return False
 
 
+@_talks
 def remove(url: str) -> None:
     fs, path = filesystem(url)
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(path)
 
 
+@_talks
 def size(url: str) -> int | None:
     fs, path = filesystem(url)
     try:
@@ -263,6 +344,7 @@ def size(url: str) -> int | None:
         return None
 
 
+@_talks
 def sha256(url: str) -> str:
     """sha256 of an object, streamed (lineage verifies artifacts it does not download)."""
     fs, path = filesystem(url)
@@ -273,6 +355,7 @@ def sha256(url: str) -> str:
     return digest.hexdigest()
 
 
+@_talks
 def find(url: str) -> list[str]:
     """Every object under ``url``, as paths relative to it (listed afresh: another process may just have
     written one; and no listing is left cached, where fsspec would answer later lookups from it)."""
@@ -285,6 +368,7 @@ def find(url: str) -> list[str]:
         fs.invalidate_cache(base)
 
 
+@_talks
 def find_sizes(url: str) -> dict[str, int]:
     """Every object under ``url`` with its size in bytes, as paths relative to it, listed afresh."""
     fs, base = filesystem(url)
@@ -297,6 +381,7 @@ def find_sizes(url: str) -> dict[str, int]:
     return {p[len(base) + 1 :]: int(info.get("size") or 0) for p, info in found.items() if p.startswith(base + "/")}
 
 
+@_talks
 def names(url: str) -> list[str]:
     """The names of the objects directly under ``url`` (a "folder"), listed afresh; [] when there are none."""
     fs, base = filesystem(url)
@@ -311,6 +396,7 @@ def names(url: str) -> list[str]:
     return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in entries if p.rstrip("/") != base})
 
 
+@_talks
 def cat(url: str, limit: int | None = None) -> bytes | None:
     """The content of an object in one GET (at most ``limit`` + 1 bytes), never from a cached listing; None
     when there is none. For objects another process may have created a moment ago (the champion's pointer)."""
@@ -321,6 +407,7 @@ def cat(url: str, limit: int | None = None) -> bytes | None:
         return None
 
 
+@_talks
 def remove_many(url: str, paths: list[str]) -> None:
     fs, base = filesystem(url)
     if paths:

@@ -39,6 +39,8 @@ def read_record(root: str, stage: str, key: str) -> dict[str, str] | None:
     there is no record; ValueError if it is not valid; IntegrityError if a listed file is missing."""
     try:
         content = remote.read_bytes(record_url(root, stage, key), limit=MAX_RECORD_BYTES)
+    except remote.StoreUnreachable:  # a good record is not dropped because the store did not answer
+        raise
     except OSError as exc:
         raise ValueError(f"record unreadable ({exc})") from None
     if content is None:

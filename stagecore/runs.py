@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stagecore import remote
-from stagecore.atomic import write_json
+from stagecore.atomic import makedirs, write_json
 from stagecore.layout import RUNS_DIR
 from stagecore.manifest import verify_used, versions
 from stagecore.sources import redact_all
@@ -48,6 +48,4 @@ def write_run_record(
             return remote.write_bytes(url, (json.dumps(record, indent=2) + "\n").encode())
         except OSError as exc:
             raise remote.storage_error(str(root), exc) from None
-    folder = Path(root) / RUNS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_json(record, folder / name)
+    return write_json(record, makedirs(Path(root) / RUNS_DIR) / name)

@@ -15,7 +15,7 @@ from typing import Any
 
 from stagecore.errors import InputError
 from stagecore.project import DEFAULT_DATA
-from stagecore.remote import filesystem, is_remote, local_path, storage_error
+from stagecore.remote import filesystem, is_remote, local_path, storage_error, translated
 
 
 def is_url(source: str) -> bool:
@@ -32,7 +32,8 @@ def download(source: str, dest: Path) -> None:
                 shutil.copyfileobj(response, out, 1 << 20)
         else:
             fs, path = filesystem(source)
-            fs.get_file(path, str(dest))
+            with translated(source):
+                fs.get_file(path, str(dest))
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{redact(source)}: cannot download ({reason}); check the URL passed to --data") from None
@@ -158,7 +159,8 @@ def _remote_partitioned(url: str) -> bool:
     try:  # a prefix given without its trailing slash: one listing tells (an error is left to ingest to report)
         fs, key = filesystem(url)
         fs.invalidate_cache(key)
-        return bool(fs.isdir(key))
+        with translated(url):
+            return bool(fs.isdir(key))
     except (OSError, ValueError, InputError):
         return False
 
@@ -197,15 +199,8 @@ def remote_partitions(url: str) -> list[str]:
     pattern = bool(_GLOB_CHARS.search(path))
     fs.invalidate_cache()
     try:
-        if pattern:
-            found = [name for name, info in fs.glob(path, detail=True).items() if info.get("type") == "file"]
-        else:
-            base = path.rstrip("/")
-            found = [
-                info["name"]
-                for info in fs.ls(base, detail=True)
-                if info.get("type") == "file" and info["name"].rsplit("/", 1)[-1].lower().endswith(PARTITION_SUFFIXES)
-            ]
+        with translated(url):
+            found = _listed(fs, path, pattern)
     except FileNotFoundError:  # no object under the prefix, or no bucket at all: told apart below
         found = []
     except OSError as exc:  # access denied, an endpoint that cannot be reached
@@ -219,11 +214,23 @@ def remote_partitions(url: str) -> list[str]:
     return sorted(f"{scheme}://{name.lstrip('/')}" for name in found)
 
 
+def _listed(fs: Any, path: str, pattern: bool) -> list[str]:
+    """The files a glob matches, or the data files directly under a prefix."""
+    if pattern:
+        return [name for name, info in fs.glob(path, detail=True).items() if info.get("type") == "file"]
+    return [
+        info["name"]
+        for info in fs.ls(path.rstrip("/"), detail=True)
+        if info.get("type") == "file" and info["name"].rsplit("/", 1)[-1].lower().endswith(PARTITION_SUFFIXES)
+    ]
+
+
 def _bucket_exists(fs: Any, path: str, url: str) -> bool:
     bucket = path.split("/", 1)[0]
     try:
         fs.invalidate_cache(bucket)
-        return bool(fs.exists(bucket))
+        with translated(url):
+            return bool(fs.exists(bucket))
     except OSError as exc:
         raise storage_error(url, exc, "--data", "--data") from None
 

@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
 from stagecore import remote
-from stagecore.atomic import atomic_path
+from stagecore.atomic import atomic_path, makedirs
 from stagecore.layout import HISTORY_SCHEMA
 
 HISTORY_KEY = "linear-regression-history"
@@ -82,8 +82,7 @@ def write_row(root: str | Path, row: pa.Table) -> str:
     name = f"{when:%Y%m%dT%H%M%S%f}Z-{row.column('flow_run_id')[0].as_py()}.parquet"
     remote_root = str(root) if core.is_remote(root) else None
     folder = remote.scratch(remote_root) / core.HISTORY_DIR if remote_root else history_dir(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / name
+    final = makedirs(folder) / name
     with atomic_path(final) as tmp:
         pq.write_table(row, tmp)
     if remote_root is None:

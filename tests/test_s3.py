@@ -53,7 +53,8 @@ def s3(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 
 def fs():
-    return s3fs.S3FileSystem()
+    """The very filesystem object the store's code uses (same options, so the same cached instance and listings)."""
+    return remote.filesystem(f"s3://{BUCKET}")[0]
 
 
 def run(capsys, *args: str) -> tuple[int, dict]:

