@@ -9,12 +9,12 @@ project calls Prefect's ``create_*_artifact``; tests/test_escaping.py checks). S
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 from typing import Any
 
 # one pass, one character at a time: an entity this makes is never escaped again, and no escape is undone
-_HTML = {c: html.escape(c, quote=True) for c in "&<>\"'"}  # & → &amp;, < → &lt;, ' → &#x27;, …
+# the five entities the UI's markdown renderer decodes back for display (it shows &#x27; as written)
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
 # markdown's active characters, plus $ (math in some renderers), : and @ (autolinks: http://…, www., a@b.c)
 _MARKDOWN = "\\`*_{}[]()#+-.!|~=$:@"
 _CONTROL = [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]  # a newline would end a table row, a line
@@ -43,9 +43,10 @@ def escape_mathtext(text: Any) -> str:
 
 
 def escape_cells(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Table-artifact rows with every string (column names, cells) through `escape_md`; numbers, booleans and
-    None are left as they are (the UI shows them as text)."""
-    return [{escape_md(k): escape_md(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+    """Table-artifact rows with every string cell through `escape_md` (the UI renders string cells as markdown);
+    numbers, booleans and None are left as they are, and so are the column names: the UI shows those as plain
+    text, and they are the project's own (``feature``, ``test_mse``), never data."""
+    return [{k: escape_md(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
 
 
 def markdown_artifact(markdown: str, *, key: str, description: str) -> Any:

@@ -103,8 +103,16 @@ def test_every_artifact_is_published_through_the_escaping_helpers():
 
 
 def test_table_artifacts_escape_string_cells_only():
-    rows = core.escape_cells([{"feature": LINK, "weight": 0.5, "promoted": True, "note": None}])
-    assert rows == [{"feature": core.escape_md(LINK), "weight": 0.5, "promoted": True, "note": None}]
+    """String cells are markdown in the UI; column names (ours) are plain text there, so they stay as they are."""
+    rows = core.escape_cells([{"feature": LINK, "test_mse": 0.5, "promoted": True, "note": None}])
+    assert rows == [{"feature": core.escape_md(LINK), "test_mse": 0.5, "promoted": True, "note": None}]
+
+
+def test_only_the_entities_the_ui_decodes_are_used():
+    """The UI's renderer turns &lt; &gt; &quot; &#39; &amp; back into characters for display, and no other
+    entity: an &#x27; (Python's html.escape) would show as those six characters."""
+    entities = set(re.findall(r"&#?\w+;", core.escape_md("".join(map(chr, range(32, 127))))))
+    assert entities == {"&amp;", "&lt;", "&gt;", "&quot;", "&#39;"}
 
 
 def _nasty_csv(path: Path) -> str:
