@@ -39,6 +39,7 @@ from stagecore.manifest import (
     read_parquet,
     read_pt,
     verify,
+    verify_model,
     verify_used,
     versions,
 )
@@ -151,6 +152,7 @@ __all__ = [
     "store_root",
     "sweep_temporary_files",
     "verify",
+    "verify_model",
     "verify_used",
     "versions",
     "write_behind",

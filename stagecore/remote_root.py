@@ -7,7 +7,7 @@ import json
 import re
 from collections import defaultdict
 
-from stagecore import remote
+from stagecore import remote, validate
 from stagecore.declare import Stage
 from stagecore.errors import InputError
 from stagecore.manifest import MANIFEST_SUFFIX
@@ -18,6 +18,7 @@ from stagecore.root import (
     CHAMPION_GENERATIONS,
     HISTORY_DIR,
     MARKER,
+    MARKER_BYTES,
     RUNS_DIR,
     STORE_NAME,
     STORE_VERSION,
@@ -36,7 +37,7 @@ def prepare_remote(url: str) -> str:
     """
     marker = remote.join(url, MARKER)
     try:
-        content = remote.read_bytes(marker, limit=4096)
+        content = remote.read_bytes(marker, limit=MARKER_BYTES)
         if content is None or not _marker_ok(content):
             foreign = [p for p in remote.find(url) if not _store_object(p)]
             if foreign:
@@ -57,10 +58,10 @@ def prepare_remote(url: str) -> str:
 
 def _marker_ok(content: bytes) -> bool:
     try:
-        body = json.loads(content[:4096])
-    except ValueError:
+        validate.marker(validate.load_json(content, MARKER, limit=MARKER_BYTES))
+    except validate.Invalid:
         return False
-    return isinstance(body, dict) and body.get("store") == STORE_NAME
+    return True
 
 
 def _store_object(path: str) -> bool:

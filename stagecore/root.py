@@ -5,7 +5,6 @@ the store wrote.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import tempfile
@@ -13,6 +12,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 
+from stagecore import validate
 from stagecore.atomic import TEMPORARY, sweep_temporary_files, write_json
 from stagecore.declare import Stage
 from stagecore.errors import InputError
@@ -28,6 +28,9 @@ MARKER = ".linreg-store"  # marks a folder as an artifacts store (JSON naming th
 
 
 STORE_NAME, STORE_VERSION = "linreg-flow", 1
+
+
+MARKER_BYTES = 4096  # a marker is a few fields; anything larger is not one
 
 
 CACHE_DIR = ".cache"  # the stages' cache records and locks (see tasks/cache.py)
@@ -113,10 +116,10 @@ def _marker_ok(marker: Path) -> bool:
     """Whether ``marker`` is this store's marker (plain JSON naming the store)."""
     try:
         with open(marker, "rb") as fh:
-            content = json.loads(fh.read(4096))
-    except (OSError, ValueError):
+            validate.marker(validate.load_json(fh.read(MARKER_BYTES + 1), MARKER, limit=MARKER_BYTES))
+    except (OSError, validate.Invalid):
         return False
-    return isinstance(content, dict) and content.get("store") == STORE_NAME
+    return True
 
 
 _KEY_FOLDER = re.compile(rf"{KEY_PATTERN}(\.\d+)?")
