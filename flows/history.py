@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import stagecore as core
 from flows.cli import exit_with, print_error
-from stagecore import remote
+from stagecore import remote, validate
 from stagecore.errors import InputError
 from tasks.history import read_history, table_rows
 
@@ -48,9 +49,9 @@ def load(artifacts_dir: str | None, last: int | None) -> list[dict[str, Any]]:
         root = core.artifacts_root(artifacts_dir)
         if not root.is_dir():
             raise InputError(f"--artifacts-dir {root}: no such folder; pass the folder the flow wrote to")
-    rows = table_rows(read_history(root, last))
+    rows = table_rows(read_history(root, last, lambda message: print(f"warning: {message}", file=sys.stderr)))
     for row in rows:
-        row["params"] = json.loads(row["params"])
+        row["params"] = validate.load_json(row["params"], "params")  # checked by read_history: a JSON object
     return rows
 
 

@@ -18,12 +18,8 @@ from typing import Any
 
 import stagecore as core
 from flows.cli import exit_with, print_error
-from stagecore import remote
+from stagecore import remote, validate
 from stagecore.errors import InputError
-
-
-def _is_path(value: Any) -> bool:
-    return isinstance(value, str) and bool(value) and "\x00" not in value
 
 
 def _exists(path: str) -> bool:
@@ -35,46 +31,71 @@ def _exists(path: str) -> bool:
         return False
 
 
+MAX_CHAIN = 100  # steps from an artifact back to its source: the store's chains are under 10 (plot … ingest, CSV)
+MAX_NODES = 1_000_000  # files one walk visits: a 10,000-partition run's chain is some 60,000
+
+
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """``core.read_manifest``, plus the shape this walk relies on; IntegrityError naming what is malformed."""
-    manifest = core.read_manifest(path)
-    name = core.manifest_path(path).name
-    problems = []
-    if not isinstance(manifest["sha256"], str):
-        problems.append("sha256 is not a string")
-    for field in ("stage", "key", "created"):
-        if not isinstance(manifest.get(field), str | None):
-            problems.append(f"{field} is not a string")
-    if not isinstance(manifest.get("params", {}), dict):
-        problems.append("params is not an object")
-    inputs = manifest.get("inputs", [])
-    if not isinstance(inputs, list) or not all(
-        isinstance(i, dict) and _is_path(i.get("path")) and isinstance(i.get("sha256"), str) for i in inputs
-    ):
-        problems.append("inputs is not a list of {path, sha256} objects")
-    if problems:
-        raise core.IntegrityError(f"{path}: manifest {name} is malformed ({'; '.join(problems)})")
-    return manifest
+    """``core.read_manifest``: checked against a manifest's shape (`stagecore.validate.manifest`), so the walk can
+    rely on its stage, key, params and ``inputs`` being ``[{path, sha256}]``; IntegrityError naming what is not."""
+    return core.read_manifest(path)
 
 
 def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The artifact at ``path`` with its manifest's stage, key, parameters and, recursively, its inputs.
+    """The artifact at ``path`` with its manifest's stage, key, parameters and, in turn, its inputs.
 
     An input with a manifest is another artifact (traced in turn); one without is the source CSV, reported
     with the sha256 that was ingested and whether the file still has it. A manifest that is there but cannot
-    be read or is malformed makes its file one that does not verify.
+    be read or is malformed makes its file one that does not verify. Walked with a stack of its own, not by
+    recursion; a chain longer than `MAX_CHAIN` steps, or more than `MAX_NODES` files, is a one-line error
+    (no file the store writes comes near either).
     """
     seen = {} if seen is None else seen
-    path = _absolute(path)
+    top, pending = _visit(_absolute(path), seen)
+    # each frame: a node whose inputs are being walked, those still to walk, and the entry that named it
+    stack: list[tuple[dict[str, Any], Any, dict[str, Any] | None]] = [(top, iter(pending), None)]
+    while stack:
+        node, todo, named = stack[-1]
+        recorded = next(todo, None)
+        if recorded is not None:
+            if len(stack) >= MAX_CHAIN:
+                raise InputError(
+                    f"{top['path']}: its lineage is more than {MAX_CHAIN} steps long, which no store writes "
+                    "(its manifests were altered); rebuild it with python -m flows.train --refresh"
+                )
+            if _exists(recorded["path"]):
+                child, more = _visit(_absolute(recorded["path"]), seen)
+            else:
+                child, more = _source(recorded["path"]), []
+            node["inputs"].append(child)
+            stack.append((child, iter(more), recorded))
+            if len(seen) > MAX_NODES:
+                raise InputError(
+                    f"{top['path']}: its lineage names more than {MAX_NODES} files; not one the store wrote"
+                )
+            continue
+        stack.pop()
+        if node.get("inputs") and not node.get("broken"):
+            node["ok"] = node["ok"] and all(child["ok"] for child in node["inputs"])
+        if named is not None:
+            node["recorded_sha256"] = named["sha256"]
+            if node.get("sha256") and node["sha256"] != named["sha256"] and node["ok"]:
+                node["ok"] = False
+                node["problem"] = f"{named['path']}: changed since it was used (sha256 {node['sha256'][:12]}…)"
+    return top
+
+
+def _visit(path: str, seen: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The node for ``path`` (its own checks done, its inputs not yet walked) and the inputs its manifest lists."""
     if path in seen:
-        return {"path": path, "see_above": True, "ok": seen[path]["ok"]}
+        return {"path": path, "see_above": True, "ok": seen[path]["ok"]}, []
     try:
         manifest = read_manifest(path)
     except core.IntegrityError as exc:
         if not _exists(_manifest_of(path)):
-            return _source(path)
+            return _source(path), []
         seen[path] = {"path": path, "stage": None, "broken": True, "ok": False, "problem": str(exc), "inputs": []}
-        return seen[path]
+        return seen[path], []
     node: dict[str, Any] = {
         "path": path,
         "stage": manifest.get("stage"),
@@ -90,15 +111,7 @@ def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> di
         node["ok"], node["problem"] = False, str(exc)
     seen[path] = node
     node["inputs"] = []
-    for recorded in manifest.get("inputs", []):
-        child = trace(recorded["path"], seen) if _exists(recorded["path"]) else _source(recorded["path"])
-        child["recorded_sha256"] = recorded["sha256"]
-        if child.get("sha256") and child["sha256"] != recorded["sha256"] and child["ok"]:
-            child["ok"] = False
-            child["problem"] = f"{recorded['path']}: changed since it was used (sha256 {child['sha256'][:12]}…)"
-        node["inputs"].append(child)
-    node["ok"] = node["ok"] and all(child["ok"] for child in node["inputs"])
-    return node
+    return node, list(manifest.get("inputs", []))
 
 
 def _source(path: str) -> dict[str, Any]:
@@ -183,21 +196,19 @@ def explain(path: str | Path) -> dict[str, Any]:
 
 
 def read_run_record(path: str) -> tuple[dict[str, Any], list[str]]:
-    """A run record and the artifact paths it lists, stage by stage; a one-line error if it is malformed."""
+    """A run record and the artifact paths it lists, stage by stage; a one-line error if it is malformed
+    (`stagecore.validate.run_record`)."""
     try:
-        record = json.loads((remote.read_bytes(path) or b"") if core.is_remote(path) else Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable run record ({exc})") from None
-    stages = record.get("stages") if isinstance(record, dict) else None
-    if not isinstance(stages, dict) or not all(
-        isinstance(stage, dict)
-        and isinstance(stage.get("artifacts"), dict)
-        and all(isinstance(entry, dict) and _is_path(entry.get("path")) for entry in stage["artifacts"].values())
-        for stage in stages.values()
-    ):
-        raise InputError(
-            f"{path}: not a readable run record (its stages are not {{stage: {{artifacts: {{name: {{path}}}}}}}})"
-        )
+        limit = validate.MAX_JSON_BYTES
+        if core.is_remote(path):
+            content = remote.read_bytes(path, limit=limit) or b""
+        else:
+            with open(path, "rb") as fh:
+                content = fh.read(limit + 1)
+        record = validate.run_record(validate.load_json(content, path), path)
+    except (OSError, validate.Invalid) as exc:
+        raise InputError(f"{path}: not a readable run record ({str(exc).removeprefix(f'{path}: ')})") from None
+    stages = record["stages"]
     return record, [entry["path"] for stage in stages.values() for entry in stage["artifacts"].values()]
 
 

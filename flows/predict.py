@@ -24,7 +24,7 @@ import stagecore as core
 from flows.cli import exit_with, print_error
 from flows.params import Params, _typed
 from flows.train import settle_prefect, task_runner
-from stagecore import remote
+from stagecore import remote, validate
 from stagecore.cache import StageRunner
 from stagecore.errors import InputError, IntegrityError
 from tasks import drop_index, ingest, predict
@@ -91,7 +91,11 @@ def resolve_model(model: str, root: str) -> str:
         path = str(Path(model).expanduser().resolve())
         if not Path(path).is_file():
             raise InputError(f"{model}: model file not found; pass --model with the path of a model.pt, or champion")
-    core.verify(path, load=True)  # IntegrityError when it does not match its manifest
+    manifest = core.verify(path, load=True)  # IntegrityError when it does not match its manifest
+    try:
+        validate.model_manifest(manifest, what=model if model != CHAMPION else path)
+    except validate.Invalid as exc:
+        raise InputError(f"{exc}; pass --model with the path of a model.pt the training flow wrote") from None
     return path
 
 

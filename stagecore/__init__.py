@@ -51,6 +51,7 @@ from stagecore.manifest import (
     read_parquet,
     read_pt,
     verify,
+    verify_model,
     verify_used,
     versions,
 )
@@ -155,6 +156,7 @@ __all__ = [
     "sweep_temporary_files",
     "table_artifact",
     "verify",
+    "verify_model",
     "verify_used",
     "versions",
     "write_behind",

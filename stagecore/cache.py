@@ -26,11 +26,9 @@ import ctypes
 import ctypes.util
 import functools
 import inspect
-import json
 import os
-import re
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -40,6 +38,7 @@ from prefect.futures import wait
 from prefect.states import Completed, State
 from prefect.task_runners import TaskRunner
 
+from stagecore import validate
 from stagecore.atomic import write_json
 from stagecore.declare import Stage
 from stagecore.errors import InputError, IntegrityError
@@ -50,10 +49,9 @@ from stagecore.manifest import verify
 from stagecore.remote import StoreUnreachable, is_remote, public
 from stagecore.sources import downloaded
 
-RECORD_VERSION = 1
+RECORD_VERSION = validate.RECORD_VERSION
 RECORD_SUFFIX = ".json"
 MAX_RECORD_BYTES = 64 << 10  # a record lists a few file names; anything larger is not one of ours
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])?")
 
 
 def records_dir(root: str | os.PathLike[str]) -> Path:
@@ -101,38 +99,20 @@ def write_record(
     return final
 
 
-def parse_record(content: bytes, stage: str, key: str) -> dict[str, str]:
-    """A record's outputs (name → path relative to the store), checked field by field, on disk or on a store.
-
-    ValueError unless it has exactly our shape, and each path is a relative path inside this stage's folder
-    (no ``..``, no absolute path).
-    """
-    if len(content) > MAX_RECORD_BYTES:
-        raise ValueError("record unreadable (too large to be a cache record)")
+def parse_record(content: bytes, stage: str, key: str, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """A record's outputs (name → path relative to the store), on disk or on a store: `stagecore.validate`'s
+    bounds (size, depth, JSON), then `stagecore.validate.cache_record` (exactly our shape, each path a relative
+    path inside this stage's folder). Invalid (a ValueError) when it is not one: a cache miss."""
     try:
-        record = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"record unreadable ({type(exc).__name__})") from None
-    expected = {"record_version": RECORD_VERSION, "stage": stage, "key": key}
-    if not isinstance(record, dict) or set(record) != {*expected, "outputs"}:
-        raise ValueError("record unreadable (not a cache record)")
-    if any(record[field] != value for field, value in expected.items()):
-        raise ValueError("record unreadable (written for another stage, key or version)")
-    files = record["outputs"]
-    if not isinstance(files, dict) or not files:
-        raise ValueError("record unreadable (lists no outputs)")
-    outputs = {}
-    for name, relative in files.items():
-        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(relative, str)):
-            raise ValueError("record unreadable (an output entry is not a name and a path)")
-        parts = PurePosixPath(relative)
-        if parts.is_absolute() or ".." in parts.parts or parts.parts[:1] != (stage,):
-            raise ValueError(f"record points outside the stage's folder ({relative!r})")
-        outputs[name] = relative
-    return outputs
+        record = validate.load_json(content, "record", limit=MAX_RECORD_BYTES)
+    except validate.Invalid as exc:
+        raise validate.Invalid(f"record unreadable ({str(exc).removeprefix('record: ')})") from None
+    return validate.cache_record(record, stage, key, names)
 
 
-def read_record(root: str | os.PathLike[str], stage: str, key: str) -> dict[str, str] | None:
+def read_record(
+    root: str | os.PathLike[str], stage: str, key: str, names: tuple[str, ...] = ()
+) -> dict[str, str] | None:
     """The outputs (name → absolute path) a record lists; None if there is none; ValueError if it is not valid.
 
     Parsed by ``json`` and checked field by field: a record must have exactly our shape, and each path must be
@@ -141,7 +121,7 @@ def read_record(root: str | os.PathLike[str], stage: str, key: str) -> dict[str,
     if is_remote(root):
         from stagecore import remote_cache
 
-        return remote_cache.read_record(str(root), stage, key)
+        return remote_cache.read_record(str(root), stage, key, names)
     path = record_path(root, stage, key)
     try:
         with open(path, "rb") as fh:
@@ -150,7 +130,7 @@ def read_record(root: str | os.PathLike[str], stage: str, key: str) -> dict[str,
         return None
     except OSError as exc:
         raise ValueError(f"record unreadable ({exc.strerror})") from None
-    files = parse_record(content, stage, key)
+    files = parse_record(content, stage, key, names)
     base = Path(root).resolve()
     stage_dir = base / stage
     outputs = {}
@@ -162,10 +142,13 @@ def read_record(root: str | os.PathLike[str], stage: str, key: str) -> dict[str,
     return outputs
 
 
-def check_record(root: str | os.PathLike[str], stage: str, key: str) -> tuple[dict[str, str] | None, str | None]:
-    """(outputs, None) for a record whose files all verify; (None, why) after dropping a bad one; (None, None)."""
+def check_record(
+    root: str | os.PathLike[str], stage: str, key: str, names: tuple[str, ...] = ()
+) -> tuple[dict[str, str] | None, str | None]:
+    """(outputs, None) for a record whose files all verify (and that lists exactly ``names``, when given);
+    (None, why) after dropping a bad one; (None, None) when there is none."""
     try:
-        outputs = read_record(root, stage, key)
+        outputs = read_record(root, stage, key, names)
         if outputs is None:
             return None, None
         for artifact in outputs.values():
@@ -222,7 +205,7 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
         logger = get_run_logger()
         with key_lock(root, stage.name, key):
             if not refresh:
-                outputs, problem = check_record(root, stage.name, key)
+                outputs, problem = check_record(root, stage.name, key, stage.returns)
                 if outputs is not None:
                     message = f"{stage.name} {key}: every output verified"
                     return Completed(name="Cached", data=published(outputs), message=message)
@@ -231,6 +214,8 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
                         "%s: cached result %s is not usable (%s); running the stage again", stage.name, key, problem
                     )
             outputs = fn(**call)
+            if stage.returns and sorted(outputs) != sorted(stage.returns):
+                raise TypeError(f"stage {stage.name} returned {sorted(outputs)}, declared {sorted(stage.returns)}")
             write_record(root, stage.name, key, outputs, replace=refresh)
         return published(outputs)
 

@@ -57,9 +57,10 @@ Files = Annotated[list[str], FILES]  # a list of input files (one per partition)
 ROOT_ARGUMENT = "root"  # where the store is: not part of what a stage computes
 
 
-def stage(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+def stage(name: str, outputs: tuple[str, ...] = ()) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Declare a stage function once, by its typed signature: ``File``/``Files`` arguments are inputs keyed by
     content, every other argument but ``root`` is a parameter in the key. Nothing is listed by hand.
+    ``outputs`` names what the function returns (name → file): a cache record must list exactly those.
 
     Inside the function, `outputs` gives the writer for this very call's folder, so the arguments are never
     written out again either. The declaration is the function's ``.stage`` (and its Prefect task's
@@ -73,7 +74,7 @@ def stage(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
             raise TypeError(f"stage {name}: {fn.__qualname__} needs a `root: str` argument (the store)")
         files = tuple(p for p in signature.parameters if _is_file_argument(hints.get(p)))
         params = tuple(p for p in signature.parameters if p not in files and p != ROOT_ARGUMENT)
-        declared = Stage(name, fn.__module__, params=params, files=files)
+        declared = Stage(name, fn.__module__, params=params, files=files, returns=tuple(outputs))
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> R:
@@ -128,6 +129,7 @@ class Stage:
     module: str  # the stage module, whose source is part of the key
     params: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # arguments that are input file paths (or lists of them), keyed by content
+    returns: tuple[str, ...] = ()  # the output names the function returns; () when not declared (not checked)
 
     names: ClassVar[set[str]] = set()  # every stage's name: the top-level folders a store may hold
 

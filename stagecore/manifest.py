@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from stagecore import remote
+from stagecore import remote, validate
 from stagecore.errors import IntegrityError
 from stagecore.hashing import sha256_file
 from stagecore.remote import is_remote
@@ -87,30 +87,42 @@ def manifest_path(path: str | os.PathLike[str]) -> Path:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of ``path`` (an artifact, or its URL on an object store); IntegrityError when it is missing
-    or unreadable."""
+    """The manifest of ``path`` (an artifact, or its URL on an object store), checked against its kind's shape
+    (`stagecore.validate.manifest`); IntegrityError when it is missing, unreadable or malformed: the artifact is
+    then treated as missing, and the stage that wrote it runs again."""
     mpath = manifest_path(path)
     try:
-        manifest = json.loads(_read_text(path))
+        content = _read_content(path)
     except FileNotFoundError:
         raise IntegrityError(f"{path}: no manifest ({mpath.name} is missing)") from None
     except remote.StoreUnreachable:  # the store's fault: not a manifest to give up on
         raise
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"{path}: manifest {mpath.name} is unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), str):
-        raise IntegrityError(f"{path}: manifest {mpath.name} has no sha256")
-    return manifest
+    try:
+        body = validate.load_json(content, mpath.name)
+    except validate.Invalid as exc:
+        raise IntegrityError(f"{path}: manifest {mpath.name} is unreadable ({_problem(exc, mpath.name)})") from None
+    try:
+        return validate.manifest(body, file=Path(str(path)).name, what=mpath.name)
+    except validate.Invalid as exc:
+        raise IntegrityError(f"{path}: manifest {mpath.name} is malformed ({_problem(exc, mpath.name)})") from None
 
 
-def _read_text(path: str | os.PathLike[str]) -> str:
-    """The text of ``path``'s manifest, on disk or on an object store."""
+def _problem(exc: validate.Invalid, name: str) -> str:
+    return str(exc).removeprefix(f"{name}: ")
+
+
+def _read_content(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of ``path``'s manifest, on disk or on an object store (at most one byte over the limit)."""
+    limit = validate.MAX_JSON_BYTES
     if is_remote(path):
-        data = remote.read_bytes(str(path) + MANIFEST_SUFFIX)
+        data = remote.read_bytes(str(path) + MANIFEST_SUFFIX, limit=limit)
         if data is None:
             raise FileNotFoundError(str(path) + MANIFEST_SUFFIX)
-        return data.decode()
-    return manifest_path(path).read_text()
+        return data
+    with open(manifest_path(path), "rb") as fh:
+        return fh.read(limit + 1)
 
 
 def _verify_remote(url: str, key: str | None) -> dict[str, Any]:
@@ -156,6 +168,16 @@ def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = Fa
         if schema != manifest.get("schema"):
             raise IntegrityError(f"{path}: its entries do not match its manifest's schema")
     return manifest
+
+
+def verify_model(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """`verify` (loading it) of a file that must be a model: the ``model.pt`` of the train stage, with the entries
+    a model has (`stagecore.validate.model_manifest`); IntegrityError saying what it is instead."""
+    manifest = verify(path, load=True)
+    try:
+        return validate.model_manifest(manifest, what=str(path))
+    except validate.Invalid as exc:
+        raise IntegrityError(str(exc)) from None
 
 
 def verify_used(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -251,7 +273,12 @@ def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    return json.loads(Path(_verified(path)).read_text())
+    """A JSON artifact, verified, and parsed within `stagecore.validate.load_json`'s bounds."""
+    local = _verified(path)
+    try:
+        return validate.load_json(Path(local).read_bytes(), str(path))
+    except validate.Invalid as exc:
+        raise IntegrityError(f"{exc}; run the flow again with --refresh to rebuild it") from None
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:

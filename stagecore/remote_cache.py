@@ -34,7 +34,7 @@ def write_record(root: str, stage: str, key: str, outputs: dict[str, str], repla
     return url
 
 
-def read_record(root: str, stage: str, key: str) -> dict[str, str] | None:
+def read_record(root: str, stage: str, key: str, names: tuple[str, ...] = ()) -> dict[str, str] | None:
     """The outputs (name → local scratch path) a record lists, each downloaded with its manifest; None if
     there is no record; ValueError if it is not valid; IntegrityError if a listed file is missing."""
     try:
@@ -45,7 +45,7 @@ def read_record(root: str, stage: str, key: str) -> dict[str, str] | None:
         raise ValueError(f"record unreadable ({exc})") from None
     if content is None:
         return None
-    files = parse_record(content, stage, key)
+    files = parse_record(content, stage, key, names)
     outputs = {}
     for name, relative in files.items():
         if len(PurePosixPath(relative).parts) != 3:  # <stage>/<key folder>/<file>

@@ -41,7 +41,7 @@ CHAMPION_FIELDS: dict[str, type] = {
     "promoted_at": str,
 }
 MODEL_STAGE = "train"
-MODEL_ENTRIES = ("weights", "bias")  # what predict and promote read from a model (tasks/train.py writes more)
+MODEL_ENTRIES = ("weights", "bias", "features", "target")  # what predict and promote read (train writes more)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[\d+\])?")
@@ -138,18 +138,18 @@ def _size(value: Any, field: str, what: str) -> int:
 
 def manifest(obj: Any, file: str | None = None, what: str = "manifest") -> dict[str, Any]:
     """A manifest (stagecore/declare.py `Outputs.record`, tasks/promote.py ``_manifest``): ``sha256``, ``size``
-    and ``format`` always; every other field `Outputs.record` writes is checked when present. With ``file``, the
-    manifest must name that file."""
+    and ``format`` always; every other field `Outputs.record` writes is checked when present. With ``file``, a
+    manifest that names its file must name that one."""
     obj = _object(obj, what)
     _sha256(obj.get("sha256"), "sha256", what)
     _size(obj.get("size"), "size", what)
-    if obj.get("format") not in FORMATS:
+    if not isinstance(obj.get("format"), str) or obj["format"] not in FORMATS:
         raise Invalid(f"{what}: field 'format' is not one of {sorted(FORMATS)}")
     version = _field(obj, "manifest_version", int, what, required=False)
     if version is not None and version != MANIFEST_VERSION:
         raise Invalid(f"{what}: manifest_version {version}, expected {MANIFEST_VERSION}")
-    name = _field(obj, "file", str, what, required=file is not None)
-    if file is not None and name != file:
+    name = _field(obj, "file", str, what, required=False)
+    if file is not None and name is not None and name != file:
         raise Invalid(f"{what}: names file {name!r}, not {file!r}")
     for field in ("stage", "key", "created"):
         _field(obj, field, str, what, required=False)
@@ -180,7 +180,9 @@ def model_manifest(obj: Any, what: str = "manifest") -> dict[str, Any]:
     entries = (obj.get("schema") or {}).get("entries") or {}
     missing = [name for name in MODEL_ENTRIES if name not in entries]
     if missing:
-        raise Invalid(f"{what}: not a model (no {' or '.join(missing)} entry)")
+        raise Invalid(f"{what}: not a model (no {', '.join(missing)} entry)")
+    if "shape" not in entries["weights"]:
+        raise Invalid(f"{what}: not a model (its weights are not a tensor)")
     return obj
 
 
@@ -196,9 +198,10 @@ def marker(obj: Any) -> dict[str, Any]:
     return obj
 
 
-def cache_record(obj: Any, stage: str, key: str) -> dict[str, str]:
+def cache_record(obj: Any, stage: str, key: str, names: tuple[str, ...] = ()) -> dict[str, str]:
     """A cache record's outputs (name → path relative to the store): exactly the shape stagecore/cache.py
-    writes, for this ``stage`` and ``key``, each path a relative path inside the stage's folder."""
+    writes, for this ``stage`` and ``key``, each path a relative path inside the stage's folder; with
+    ``names`` (what the stage declares it returns), exactly those outputs."""
     expected = {"record_version": RECORD_VERSION, "stage": stage, "key": key}
     if not isinstance(obj, dict) or set(obj) != {*expected, "outputs"}:
         raise Invalid("record unreadable (not a cache record)")
@@ -215,6 +218,8 @@ def cache_record(obj: Any, stage: str, key: str) -> dict[str, str]:
         if "\x00" in relative or parts.is_absolute() or ".." in parts.parts or parts.parts[:1] != (stage,):
             raise Invalid(f"record points outside the stage's folder ({relative!r})")
         outputs[name] = relative
+    if names and sorted(outputs) != sorted(names):
+        raise Invalid(f"record unreadable (lists outputs {sorted(outputs)}, the stage writes {sorted(names)})")
     return outputs
 
 

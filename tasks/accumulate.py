@@ -18,7 +18,7 @@ from tasks.train import Stats
 
 
 @task(name="accumulate_stats")
-@core.stage("accumulate")
+@core.stage("accumulate", outputs=("stats",))
 def accumulate_stats(tensors_path: core.File, root: str) -> dict[str, str]:
     """Read one partition's ``tensors.pt``; write ``stats.pt`` (G = AᵀA, c = Aᵀy, yᵀy, n; A = [x 1]; R of [A y]).
 

@@ -43,7 +43,7 @@ BATCH_ROWS = 1 << 20  # rows per batch read and row group written: bounded memor
 
 
 @task(name="drop_index_column")
-@core.stage("drop_index")
+@core.stage("drop_index", outputs=("table",))
 def drop_index_column(table_path: core.File, column: str | None, root: str) -> dict[str, str]:
     """Read the raw table a batch at a time, without its index column; write ``clean.parquet``."""
     raw = core.open_parquet(table_path)

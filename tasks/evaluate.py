@@ -310,7 +310,7 @@ def coefficients_table(result: dict) -> pa.Table:
 
 
 @task(name="evaluate_model")
-@core.stage("evaluate")
+@core.stage("evaluate", outputs=("metrics", "coefficients", "predictions", "summary"))
 def evaluate_model(
     tensors_paths: core.Files, stats_paths: core.Files, model_path: core.File, root: str
 ) -> dict[str, str]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
-from stagecore import remote
+from stagecore import remote, validate
 from stagecore.atomic import atomic_path, makedirs
 from stagecore.layout import HISTORY_SCHEMA
 
@@ -95,12 +96,15 @@ def write_row(root: str | Path, row: pa.Table) -> str:
     return url
 
 
-def read_history(root: str | Path, last: int | None = None) -> pa.Table:
+def read_history(root: str | Path, last: int | None = None, warn: Callable[[str], Any] | None = None) -> pa.Table:
     """The runs recorded under ``root``, oldest first (the last ``last`` of them); empty when there are none.
 
-    Files whose name is not ours, or that do not have this schema, are skipped (and named in the log of the
-    caller, not here): a history is a report, and one bad file must not hide the others.
+    Files whose name is not ours, that cannot be read, do not have this schema, or hold a row that is not a
+    run's (`stagecore.validate.history_row`: a null time, parameters that are not a JSON object…) are skipped,
+    each named through ``warn`` (default: this module's logger): a history is a report, and one bad file must
+    not hide the others, nor break the promotion or the report that read it.
     """
+    warn = warn or logging.getLogger(__name__).warning
     if core.is_remote(root):
         folder_url = remote.join(str(root), core.HISTORY_DIR)
         try:
@@ -118,10 +122,14 @@ def read_history(root: str | Path, last: int | None = None) -> pa.Table:
     for file in files:
         try:
             table = pq.read_table(pa.BufferReader(_object(file))) if isinstance(file, str) else pq.read_table(file)
-        except (OSError, pa.ArrowException):
+            if not table.schema.remove_metadata().equals(SCHEMA):
+                raise validate.Invalid("not a history file (its columns are not the history's)")
+            for row in table.to_pylist():
+                validate.history_row(row, "a row")
+        except (OSError, pa.ArrowException, validate.Invalid) as exc:
+            warn(f"history file {file} skipped: {str(exc).splitlines()[0][:300]}")
             continue
-        if table.schema.remove_metadata().equals(SCHEMA):
-            tables.append(table.replace_schema_metadata(None))
+        tables.append(table.replace_schema_metadata(None))
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
 
@@ -178,7 +186,7 @@ def record_history(
     now = dt.datetime.now(dt.UTC)
     row = history_row(now, run_id, data_digest(ingest), rows, params, summary, promotion["promoted"], model)
     path = write_row(root, row)
-    shown = table_rows(read_history(root, SHOWN))
+    shown = table_rows(read_history(root, SHOWN, get_run_logger().warning))
     for r in shown:
         r.pop("params")
     core.table_artifact(shown, key=HISTORY_KEY, description=f"The last {SHOWN} runs under this artifacts folder")

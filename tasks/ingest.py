@@ -241,7 +241,7 @@ def line_blocks(path: Path, size: int) -> Iterator[bytes]:
 
 
 @task(name="ingest_csv")
-@core.stage("ingest")
+@core.stage("ingest", outputs=("table",))
 def ingest_csv(source: core.File, root: str) -> dict[str, str]:
     """Read ``source`` (CSV, or Parquet by its suffix) and write ``raw.parquet``: column names and types kept."""
     label = core.redact(source)  # what messages and logs name: a URL without its secrets

@@ -73,7 +73,7 @@ def loss_curve(history: np.ndarray) -> bytes:
 
 
 @task(name="plot_results")
-@core.stage("plot")
+@core.stage("plot", outputs=("predicted_vs_actual", "loss_curve"))
 def plot_results(predictions_path: core.File, model_path: core.File, root: str) -> dict[str, str]:
     """Read test predictions and the loss history; write ``predicted_vs_actual.png`` and ``loss_curve.png``."""
     predictions = core.read_parquet(predictions_path)

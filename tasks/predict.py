@@ -119,7 +119,7 @@ def predictions(
 
 
 @task(name="predict_rows")
-@core.stage("predict")
+@core.stage("predict", outputs=("predictions",))
 def predict_rows(
     table_path: core.File, raw_path: core.File, model_path: core.File, index_column: str | None, root: str
 ) -> dict[str, str]:

@@ -37,25 +37,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
-from stagecore import remote
+from stagecore import remote, validate
 from stagecore.atomic import write_json
 from tasks.evaluate import Sums, score
 
-CHAMPION_VERSION = 1
+CHAMPION_VERSION = validate.CHAMPION_VERSION
 POINTER = "champion.json"
 LOCK = "champion.lock"
 _GENERATION = re.compile(r"(\d{8,})\.json")  # champion/gen/<n>.json on an object store
-MAX_POINTER_BYTES = 64 << 10
-FIELDS = {
-    "champion_version": int,
-    "model": str,
-    "model_sha256": str,
-    "flow_run_id": str,
-    "features": list,
-    "target": str,
-    "test_mse": float,
-    "promoted_at": str,
-}
+MAX_POINTER_BYTES = validate.SMALL_JSON_BYTES
+FIELDS = validate.CHAMPION_FIELDS
 
 
 class NotPromoted(core.InputError):
@@ -138,26 +129,9 @@ def _inside(root: str | Path, relative: str, pointer: str) -> Path:
 
 
 def _parse(content: bytes, pointer: str) -> dict[str, Any]:
-    """The pointer's JSON, checked field by field against its fixed shape; ValueError when it is not ours."""
-    if len(content) > MAX_POINTER_BYTES:
-        raise ValueError(f"{pointer}: too large to be a champion pointer")
-    try:
-        body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"{pointer}: not JSON") from None
-    if not isinstance(body, dict) or set(body) != set(FIELDS):
-        raise ValueError(f"{pointer}: not a champion pointer (fields {sorted(FIELDS)} expected)")
-    for name, kind in FIELDS.items():
-        value = body[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            body[name] = value = float(value)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"{pointer}: field {name} is not a {kind.__name__}")
-    if body["champion_version"] != CHAMPION_VERSION:
-        raise ValueError(f"{pointer}: champion_version {body['champion_version']}, expected {CHAMPION_VERSION}")
-    if not all(isinstance(f, str) for f in body["features"]):
-        raise ValueError(f"{pointer}: features are not column names")
-    return body
+    """The pointer's JSON, checked field by field against its fixed shape (`stagecore.validate`); ValueError
+    (`validate.Invalid`) when it is not ours."""
+    return validate.champion_pointer(validate.load_json(content, pointer, limit=MAX_POINTER_BYTES), pointer)
 
 
 def read_champion(root: str | Path, generation: int | None = None) -> dict[str, Any] | None:
@@ -194,7 +168,7 @@ def read_champion(root: str | Path, generation: int | None = None) -> dict[str, 
             return None
         body = _parse(content, pointer)
         model = _inside(root, body["model"], pointer)
-    manifest = core.verify(model)
+    manifest = core.verify_model(model)  # a pointer may name a model, and nothing else
     if manifest["sha256"] != body["model_sha256"]:
         raise core.IntegrityError(f"{core.public(model)}: sha256 does not match the champion pointer {pointer}")
     return {**body, "model": str(model)}

@@ -156,7 +156,7 @@ def publish_report(
     metrics = metrics_rows(core.read_parquet(evaluation["metrics"]), summary["reference_ok"])
     coefficients = coefficient_rows(core.read_parquet(evaluation["coefficients"]))
     plots = {name: core.read_bytes(artifacts["plot"][name]) for name, _ in PLOTS}
-    runs = read_history(root, SHOWN) if root is not None else None
+    runs = read_history(root, SHOWN, get_run_logger().warning) if root is not None else None
     if runs is not None and runs.num_rows:
         plots[TREND] = trend_png(runs)
     core.table_artifact(

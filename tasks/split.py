@@ -171,7 +171,7 @@ def partition_offsets(rows: list[int]) -> list[int]:
 
 
 @task(name="split_data")
-@core.stage("split")
+@core.stage("split", outputs=("train", "test"))
 def split_data(
     table_path: core.File, test_size: float, seed: int, offset: int, total: int, root: str
 ) -> dict[str, str]:

@@ -113,7 +113,7 @@ def to_tensors(train: Columns, test: Columns, target: str, features: list[str] |
 
 
 @task(name="tensorize")
-@core.stage("tensorize")
+@core.stage("tensorize", outputs=("tensors",))
 def tensorize(
     train_path: core.File, test_path: core.File, target: str, features: list[str] | None, root: str
 ) -> dict[str, str]:

@@ -512,7 +512,7 @@ class LatestProgress:
 
 
 @task(name="train_model")
-@core.stage("train")
+@core.stage("train", outputs=("model",))
 def train_model(tensors_paths: core.Files, stats_paths: core.Files, cfg: TrainConfig, root: str) -> dict[str, str]:
     """Train on every partition's training rows (a single file is the one partition); write ``model.pt``.
 

@@ -210,9 +210,10 @@ def test_lineage_on_malformed_manifests_never_gives_a_traceback(chain, capsys):
 
 
 def test_lineage_reports_a_malformed_manifest_as_not_verifying(chain, capsys):
-    core.manifest_path(chain).write_text(json.dumps({"sha256": "ab", "inputs": "not a list"}))
+    manifest = {"sha256": "ab" * 32, "size": 1, "format": "parquet", "inputs": "not a list"}
+    core.manifest_path(chain).write_text(json.dumps(manifest))
     assert lineage.main([str(chain)]) == 1
-    assert "manifest clean.parquet.manifest.json is malformed (inputs is not a list" in capsys.readouterr().out
+    assert "manifest clean.parquet.manifest.json is malformed (field 'inputs' is not a list" in capsys.readouterr().out
     core.manifest_path(chain).write_text("{not json")
     assert lineage.main([str(chain)]) == 1
     assert "is unreadable" in capsys.readouterr().out

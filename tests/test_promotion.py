@@ -25,14 +25,15 @@ TRUE_W = torch.tensor([2.0, -1.0])
 
 
 def save(obj: dict, path: Path) -> str:
-    """A ``.pt`` file with a manifest that ``core.verify`` accepts (what a stage would have written)."""
+    """A ``.pt`` file with a manifest that ``core.verify`` accepts (what a stage would have written): its stage
+    and entries, which a champion pointer's model must have."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     path.write_bytes(buffer.getvalue())
-    write_json(
-        {"sha256": core.sha256_file(path), "size": path.stat().st_size, "format": "pt"}, core.manifest_path(path)
-    )
+    manifest = {"sha256": core.sha256_file(path), "size": path.stat().st_size, "format": "pt"}
+    manifest.update(stage=path.parent.parent.name, schema=core.describe_pt(obj))  # <root>/<stage>/<key>/<file>
+    write_json(manifest, core.manifest_path(path))
     return str(path)
 
 

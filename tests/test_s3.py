@@ -223,6 +223,7 @@ def _save(obj: dict, path: Path) -> str:
     torch.save(obj, buffer)
     path.write_bytes(buffer.getvalue())
     manifest = {"sha256": core.sha256_file(path), "size": path.stat().st_size, "format": "pt"}
+    manifest.update(stage=path.parent.parent.name, schema=core.describe_pt(obj))  # a model's: stage train, its entries
     write_json(manifest, core.manifest_path(path))
     return str(path)
 

@@ -12,6 +12,7 @@ from stagecore.root import STORE_NAME
 from stagecore.validate import Invalid
 
 SHA = "a" * 64
+MODEL_REST = {"bias": {"type": "float"}, "features": {"type": "list"}, "target": {"type": "str"}}
 
 
 def good_manifest(**changes):
@@ -21,7 +22,7 @@ def good_manifest(**changes):
         "sha256": SHA,
         "size": 10,
         "format": "pt",
-        "schema": {"entries": {"weights": {"shape": [2, 1], "dtype": "float32"}, "bias": {"type": "float"}}},
+        "schema": {"entries": {"weights": {"shape": [2, 1], "dtype": "float32"}, **MODEL_REST}},
         "stage": "train",
         "key": "k" * 16,
         "params": {"epochs": 3},
@@ -90,6 +91,7 @@ def test_a_written_manifest_passes_and_a_minimal_one_too():
         ({"size": True}, "size"),
         ({"size": "10"}, "size"),
         ({"format": "pickle"}, "format"),
+        ({"format": ["pt"]}, "format"),
         ({"stage": 3}, "stage"),
         ({"key": None}, "key"),
         ({"params": []}, "params"),
@@ -115,8 +117,10 @@ def test_only_a_models_manifest_is_a_model():
         validate.model_manifest(tensors)
     with pytest.raises(Invalid, match="not a model \\(a parquet file"):
         validate.model_manifest(good_manifest(format="parquet"))
-    with pytest.raises(Invalid, match="no bias entry"):
+    with pytest.raises(Invalid, match="no bias, features, target entry"):
         validate.model_manifest(good_manifest(schema={"entries": {"weights": {"shape": [1], "dtype": "float32"}}}))
+    with pytest.raises(Invalid, match="weights are not a tensor"):
+        validate.model_manifest(good_manifest(schema={"entries": {"weights": {"type": "list"}, **MODEL_REST}}))
 
 
 # --- marker, cache record, run record, champion pointer, history row ------------------------------
