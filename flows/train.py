@@ -10,19 +10,21 @@ import json
 import os
 from typing import Any
 
-from prefect import Task, flow, get_client
+from prefect import Task, flow, get_client, get_run_logger
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import stagecore as core
-from flows.cli import exit_with, print_error
+from flows.cli import exit_at_once, exit_with, print_error
 from flows.params import PRESETS, Params
 from stagecore.cache import StageRunner
-from stagecore.errors import InputError
+from stagecore.errors import InputError, api_lost
 from tasks import accumulate, drop_index, evaluate, history, ingest, plot, promote, split, tensorize, train
 from tasks.report import publish_report
 
 PRESET_KNOBS = set(PRESETS["default"])  # parameters whose default comes from the preset
+API_LOST = False  # set by `main` when the run ended because the Prefect server went away
 STAGES = ("ingest", "drop_index", "split", "tensorize", "accumulate", "train", "evaluate", "plot")
 
 
@@ -74,14 +76,21 @@ def _train(p: Params, root: str) -> dict[str, Any]:
     trained = run(train.train_model, tensors, stats, p.training(), root)
     evaluation = run(evaluate.evaluate_model, tensors, stats, trained["model"], root)
     # the champion decision needs the model and the test rows, not the plots: it runs beside them
-    promoting = promote.promote_model.submit(tensors, trained["model"], str(flow_run.id), p.promote_tolerance, root)
-    run(plot.plot_results, evaluation["predictions"], trained["model"], root)
+    run_id = str(flow_run.id)
+    promoting = promote.promote_model.submit(tensors, trained["model"], run_id, p.promote_tolerance, root)
     data = p.data if len(sources) > 1 else sources[0]
     shown = core.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root})
-    promotion = promoting.result()
-    history.record_history(root, str(flow_run.id), shown, run.results, promotion)
+    # The lifecycle writes, all or nothing (docs/lifecycle.md): the champion pointer, the history row, then the
+    # run record, which commits them; a failure before it takes the first two back.
+    try:
+        run(plot.plot_results, evaluation["predictions"], trained["model"], root)
+        promotion = promoting.result()
+        history.record_history(root, run_id, shown, run.results, promotion)
+        record = core.write_run_record(root, run_id, p.model_dump(), run.results, run.cached)
+    except BaseException:
+        take_back(root, run_id, promoting)
+        raise
     publish_report(shown, run.results, promotion, root)
-    record = core.write_run_record(root, str(flow_run.id), p.model_dump(), run.results, run.cached)
     promote.enforce(promotion, p.require_promotion)
     return {**summarize(run.results, run.cached, record), "promotion": promotion}
 
@@ -91,6 +100,17 @@ linear_regression = flow(
     name="linear-regression",
     description="Train a linear regression from scratch with PyTorch, stage by stage.",
 )(linear_regression)
+
+
+def take_back(root: str, run_id: str, promoting: PrefectFuture) -> None:
+    """Undo a failed run's lifecycle writes (its history row, then its champion pointer), once its promotion has
+    ended; best effort: when the store itself is what failed, this may fail too (docs/lifecycle.md)."""
+    wait([promoting])
+    for undo in (history.take_back, promote.take_back):
+        try:
+            undo(root, run_id)
+        except Exception as exc:  # the run's own error is the one to report
+            get_run_logger().warning("could not take back this run's %s (%s)", undo.__module__, exc)
 
 
 def task_runner(p: Params) -> TaskRunner:
@@ -194,19 +214,34 @@ def format_summary(s: dict[str, Any]) -> str:
     )
 
 
-def settle_prefect() -> None:
+def settle_prefect(lost: bool = False) -> None:
     """Let Prefect finish talking now, so the ``error:`` line is the last one a person sees.
 
     Left to exit time, Prefect sends its queued events and logs (warning "Still processing items") and stops its
-    temporary server (logging "Stopping temporary server"), all after the error line.
+    temporary server (logging "Stopping temporary server"), all after the error line. With the server ``lost``,
+    nothing queued can be sent: the queues are dropped, and nothing more is sent to the API.
     """
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
 
-    EventsWorker.drain_all(timeout=10)
-    APILogWorker.drain_all(timeout=10)
+    if lost:
+        import logging
+
+        from prefect.logging.handlers import APILogHandler
+
+        for logger in [logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)]:
+            for handler in [h for h in logger.handlers if isinstance(h, APILogHandler)]:
+                logger.removeHandler(handler)
+    EventsWorker.drain_all(timeout=1 if lost else 10)
+    APILogWorker.drain_all(timeout=1 if lost else 10)
     SubprocessASGIServer().stop()  # the temporary server of a run without PREFECT_API_URL; else nothing
+
+
+def api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or "the temporary server"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,6 +267,18 @@ def main(argv: list[str] | None = None) -> int:
         settle_prefect()
         print_error(exc)
         return 2
+    except Exception as exc:
+        if not api_lost(exc):
+            raise
+        global API_LOST
+        API_LOST = True
+        settle_prefect(lost=True)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        print_error(
+            f"lost the Prefect API at {api_url()} ({reason}); start the server again (or check "
+            "PREFECT_API_URL) and rerun: the stages that finished are cached"
+        )
+        return 2
     print(format_summary(summary))
     if as_json:
         print(json.dumps(summary))
@@ -239,4 +286,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_with(main())
+    code = main()
+    (exit_at_once if API_LOST else exit_with)(code)

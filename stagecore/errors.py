@@ -10,11 +10,22 @@ class InputError(ValueError):
     """
 
 
+def api_lost(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is the Prefect API's connection failing: httpx's."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if type(exc).__module__.split(".")[0] in ("httpx", "httpcore"):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class NoTracebackForInputErrors(logging.Filter):
-    """Prefect logs a failed run's traceback; for a user's mistake the one-line message is the whole story."""
+    """Prefect logs a failed run's traceback; for a user's mistake, or a server that went away, the one-line
+    message is the whole story."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], InputError):
+        if record.exc_info and (isinstance(record.exc_info[1], InputError) or api_lost(record.exc_info[1])):
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -178,7 +178,7 @@ def scratch(url: str) -> Path:
 
 
 @atexit.register
-def _drop_scratch() -> None:
+def drop_scratch() -> None:
     with _SCRATCH_LOCK:
         for folder in _SCRATCH.values():
             shutil.rmtree(folder, ignore_errors=True)

@@ -96,6 +96,23 @@ def write_row(root: str | Path, row: pa.Table) -> str:
     return url
 
 
+def take_back(root: str | Path, run_id: str) -> list[str]:
+    """Delete run ``run_id``'s row, for a run that failed before its run record (docs/lifecycle.md); what was
+    deleted."""
+    suffix = f"Z-{run_id}.parquet"
+    if core.is_remote(root):
+        folder_url = remote.join(str(root), core.HISTORY_DIR)
+        doomed = [remote.join(folder_url, n) for n in remote.names(folder_url) if n.endswith(suffix)]
+        for url in doomed:
+            remote.remove(url)
+        return doomed
+    folder = history_dir(root)
+    doomed = [str(p) for p in folder.glob(f"*{suffix}")] if folder.is_dir() else []
+    for path in doomed:
+        Path(path).unlink(missing_ok=True)
+    return doomed
+
+
 def read_history(root: str | Path, last: int | None = None, warn: Callable[[str], Any] | None = None) -> pa.Table:
     """The runs recorded under ``root``, oldest first (the last ``last`` of them); empty when there are none.
 

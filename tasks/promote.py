@@ -225,12 +225,33 @@ def _manifest(pointer: dict[str, Any], file: str, content: bytes, model: str) ->
     }
 
 
+# (store folder, run id) → the pointer and manifest that run's promotion replaced on disk (None: there was none),
+# kept in the flow's process until the run's record is written, for `take_back`
+_REPLACED: dict[tuple[str, str], tuple[bytes, bytes] | None] = {}
+
+
+def _current(path: Path) -> tuple[bytes, bytes] | None:
+    try:
+        return path.read_bytes(), core.manifest_path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _run_of(content: bytes | None) -> str | None:
+    try:
+        body = json.loads(content) if content is not None else None
+    except ValueError:
+        return None
+    return body.get("flow_run_id") if isinstance(body, dict) else None
+
+
 def write_champion(root: str | Path, model: str, run_id: str, trained: dict, test_mse: float) -> dict[str, Any]:
     """Point the champion at ``model`` (atomically: the pointer, then its manifest). Call it under ``lock``."""
     base = Path(root).resolve()
     pointer = _pointer(base, model, run_id, trained, test_mse)
     path = pointer_path(base)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _REPLACED[(str(base), run_id)] = _current(path)
     write_json(pointer, path)
     manifest = _manifest(pointer, POINTER, path.read_bytes(), model)
     write_json(manifest, core.manifest_path(path))
@@ -254,6 +275,38 @@ def create_generation(
     except OSError as exc:
         raise remote.storage_error(root, exc) from None
     return pointer
+
+
+def take_back(root: str | Path, run_id: str) -> bool:
+    """Undo run ``run_id``'s promotion, for a run that failed before its run record (docs/lifecycle.md): when its
+    pointer is still the champion, the champion it replaced is put back (on disk: the previous pointer and
+    manifest, or none; on an object store: its generation is deleted, so the one before is the latest again). A
+    run that promoted since, over this one's, is left alone. Whether anything was taken back."""
+    if core.is_remote(root):
+        root = str(root)
+        generation = latest_generation(root)
+        url = generation_url(root, generation)
+        if generation == 0 or _run_of(remote.cat(url, limit=MAX_POINTER_BYTES)) != run_id:
+            return False
+        remote.remove(url)
+        remote.remove(url + core.MANIFEST_SUFFIX)
+        return True
+    base = Path(root).resolve()
+    if (str(base), run_id) not in _REPLACED:  # this process did not move the pointer for that run
+        return False
+    path = pointer_path(base)
+    with lock(base):
+        replaced = _REPLACED.pop((str(base), run_id))
+        current = _current(path)
+        if current is None or _run_of(current[0]) != run_id:
+            return False
+        if replaced is None:
+            path.unlink()
+            core.manifest_path(path).unlink(missing_ok=True)
+        else:
+            core.write_bytes(replaced[0], path)
+            core.write_bytes(replaced[1], core.manifest_path(path))
+    return True
 
 
 def lock(root: str | Path):

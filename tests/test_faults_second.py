@@ -183,3 +183,97 @@ def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_partial_file(tmp_pat
         for path in left:  # whatever was written whole verifies against its manifest
             if path.parent.parent.name in STAGES and not path.name.endswith(core.MANIFEST_SUFFIX):
                 core.verify(path)
+
+
+# --- the Prefect server gone mid-run, and the lifecycle writes ------------------------------------------------
+
+
+def lifecycle_files(root: Path) -> dict[str, list[str]]:
+    """What the lifecycle wrote: the champion's pointer, the history rows, the run records."""
+    return {
+        "champion": sorted(p.name for p in (root / core.CHAMPION_DIR).glob("*.json")),
+        "history": sorted(p.name for p in (root / core.HISTORY_DIR).glob("*.parquet")),
+        "runs": sorted(p.name for p in (root / core.RUNS_DIR).glob("*.json")),
+    }
+
+
+NOTHING = {"champion": [], "history": [], "runs": []}
+
+
+def test_the_prefect_server_gone_mid_run_is_one_line_naming_it_and_the_lifecycle_writes_nothing(tmp_path: Path):
+    from flows.local_server import isolated_env, start_server
+
+    server = start_server(tmp_path / "server")
+    artifacts = tmp_path / "artifacts"
+    try:
+        env = isolated_env(tmp_path / "client", PREFECT_API_URL=server.url)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.train", "--artifacts-dir", str(artifacts)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 90
+        while not (artifacts / "ingest").exists():  # the flow run has started, and its first stage has written
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its server went away"
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    lost = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    took = time.monotonic() - lost
+    print(f"exit {took:.1f} s after the server went away")
+    last = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    assert last.startswith(f"error: lost the Prefect API at {server.url} ("), last
+    assert "start the server again" in last, last
+    # two retries a call (PREFECT_CLIENT_MAX_RETRIES=2, flows/__init__.py): before, 297 s and a traceback
+    assert took < 60, took
+    # the run got as far as writing its champion pointer, then failed publishing its history: all taken back
+    assert lifecycle_files(artifacts) == NOTHING
+
+
+def test_lifecycle_writes_are_all_or_nothing(artifacts: Path, monkeypatch):
+    from flows.train import linear_regression
+    from tasks import history
+
+    real = core.write_run_record
+
+    def fails(*args, **kwargs):
+        raise core.InputError("injected: the run record could not be written")
+
+    monkeypatch.setattr(core, "write_run_record", fails)
+    with pytest.raises(core.InputError, match="injected"):  # the first run: its champion and row are taken back
+        linear_regression(artifacts_dir=str(artifacts), epochs=2, tol=0.0)
+    assert lifecycle_files(artifacts) == NOTHING
+
+    monkeypatch.setattr(core, "write_run_record", real)
+    worse = linear_regression(artifacts_dir=str(artifacts), epochs=2, tol=0.0)
+    assert worse["promotion"]["promoted"]
+    before = lifecycle_files(artifacts)
+    pointer = (artifacts / core.CHAMPION_DIR / "champion.json").read_bytes()
+    assert [len(v) for v in before.values()] == [2, 1, 1]  # the pointer and its manifest, a row, a record
+
+    monkeypatch.setattr(core, "write_run_record", fails)
+    with pytest.raises(core.InputError, match="injected"):  # a better model, promoted, then the record fails
+        linear_regression(artifacts_dir=str(artifacts))
+    assert lifecycle_files(artifacts) == before
+    assert (artifacts / core.CHAMPION_DIR / "champion.json").read_bytes() == pointer  # the earlier champion, back
+
+    monkeypatch.setattr(core, "write_run_record", real)
+
+    def no_table(*args, **kwargs):
+        raise core.InputError("injected: the history table could not be published")
+
+    monkeypatch.setattr(history, "create_table_artifact", no_table)  # after the row is written
+    with pytest.raises(core.InputError, match="injected"):
+        linear_regression(artifacts_dir=str(artifacts))
+    assert lifecycle_files(artifacts) == before
+    assert (artifacts / core.CHAMPION_DIR / "champion.json").read_bytes() == pointer
+
+    monkeypatch.undo()
+    better = linear_regression(artifacts_dir=str(artifacts))
+    assert better["promotion"]["promoted"]
+    after = lifecycle_files(artifacts)
+    assert [len(after["history"]), len(after["runs"])] == [2, 2]
