@@ -288,6 +288,41 @@ def record_end(data: bytes, odd: bool = False) -> int:
     return end + 1
 
 
+def partition_columns(table_paths: list[str], sources: list[str]) -> list[list[str]]:
+    """Each partition's column names, from its table's manifest (no file is read); a one-line error naming the
+    first partition (by its source file) whose columns are not the first partition's, in some order.
+
+    Partitions are one data set cut into files: the same columns in another order are the same data (the flow
+    aligns them by name, `aligned_features`), but a column missing from one file or extra in it is not.
+    """
+    columns = [[c["name"] for c in core.read_manifest(path)["schema"]["columns"]] for path in table_paths]
+    first = columns[0]
+    for names, source in zip(columns[1:], sources[1:], strict=True):
+        extra, missing = [n for n in names if n not in first], [n for n in first if n not in names]
+        if extra or missing:
+            differ = [f"extra column(s) {', '.join(map(repr, extra))}"] if extra else []
+            differ += [f"missing column(s) {', '.join(map(repr, missing))}"] if missing else []
+            raise InputError(
+                f"{core.redact(source)}: its columns are not those of {core.redact(sources[0])} "
+                f"({'; '.join(differ)}); give every partition the same columns (their order may differ)"
+            )
+    return columns
+
+
+def aligned_features(
+    table_paths: list[str], sources: list[str], target: str, features: list[str] | None
+) -> list[str] | None:
+    """The features to train on: ``features`` when named (each is read by name); else, when the partitions hold
+    their columns in different orders, every column but the target in the first partition's order, so each
+    partition's tensors have the same columns in the same order; else None (every column but the target)."""
+    if features is not None or len(table_paths) < 2:
+        return features
+    columns = partition_columns(table_paths, sources)
+    if all(names == columns[0] for names in columns):
+        return None
+    return [name for name in columns[0] if name != target]
+
+
 @task(name="ingest_csv")
 @core.stage("ingest")
 def ingest_csv(source: core.File, root: str) -> dict[str, str]:
