@@ -60,6 +60,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
             return run.map(pool, task, calls, sources)
 
         raw = each(ingest.ingest_csv, [(s, root) for s in sources])
+        ingest.partition_columns([r["table"] for r in raw], sources)  # a missing or extra column: refused, named
         # the split's permutation needs only the row count: drawn beside drop_index for splits in this process
         ahead = split.DrawAhead(sum(split.count_rows([r["table"] for r in raw])), p.seed) if threads else None
         clean = [
@@ -70,7 +71,8 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         calls = [(t, p.test_size, p.seed, o, sum(rows), root) for t, o in zip(clean, offsets, strict=True)]
         parts = each(split.split_data, calls)
         del ahead  # the splits are done with it
-        calls = [(s["train"], s["test"], p.target, p.features, root) for s in parts]
+        features = ingest.aligned_features(clean, sources, p.target, p.features)  # columns in another order
+        calls = [(s["train"], s["test"], p.target, features, root) for s in parts]
         tensors = [t["tensors"] for t in each(tensorize.tensorize, calls)]
         stats = [s["stats"] for s in each(accumulate.accumulate_stats, [(t, root) for t in tensors])]
     trained = run(train.train_model, tensors, stats, p.training(), root)

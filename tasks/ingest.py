@@ -1,6 +1,7 @@
 """Stage 1: read the CSV (a local path or an http(s) URL) or Parquet file and store it unchanged as Parquet.
 
-The CSV is read in blocks of whole lines, each parsed by pyarrow on all cores and stored as one Parquet row
+The CSV is read in blocks of whole records (cut at a line break outside quotes: a quoted field may hold line
+breaks, RFC 4180), each parsed by pyarrow on all cores and stored as one Parquet row
 group, so a file of tens of millions of rows never sits in memory whole. The column types are inferred from the
 first block; if a later block contradicts them (an integer column that turns decimal further down), the file is
 read again whole, which lets pyarrow widen the types. Each block is encoded to Parquet on a second thread while
@@ -158,15 +159,20 @@ def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None =
     if delimiter is None:
         delimiter = sniff_csv(path, source)
     parse = pacsv.ParseOptions(delimiter=delimiter)
+    seen: dict[str, bool] = {}
     try:
         with core.hashed_file(final) as sink:
-            rows, schema = _stream(path, sink, parse, source)
+            rows, schema = _stream(path, sink, parse, source, seen)
             if rows == 0:
                 raise InputError(f"{source}: has a header but no data rows; add rows or pass another --data")
     except pa.ArrowInvalid as exc:
-        if "conversion error" not in str(exc):
+        if "conversion error" not in str(exc) and not seen.get("quotes"):
             raise _parse_error(exc, source) from None
-        # a later block contradicts the types guessed from the first one: read whole, let pyarrow widen
+        # a later block contradicts the types guessed from the first one: read whole, let pyarrow widen; or a
+        # file with quotes that the blocks could not parse (a stray `"` inside a field, not RFC 4180, can put a
+        # cut inside a quoted field): read whole, by pyarrow's own quote rules, which decide
+        if seen.get("quotes"):
+            parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
         try:
             table = pacsv.read_csv(path, parse_options=parse)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc2:
@@ -201,8 +207,10 @@ def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
     return reader.schema_arrow
 
 
-def _stream(path: Path, out: BinaryIO, parse: pacsv.ParseOptions, source: str) -> tuple[int, pa.Schema]:
-    tables = parsed_blocks(path, parse)
+def _stream(
+    path: Path, out: BinaryIO, parse: pacsv.ParseOptions, source: str, seen: dict[str, bool]
+) -> tuple[int, pa.Schema]:
+    tables = parsed_blocks(path, parse, seen)
     first = next(tables)
     check_schema(first.schema, source)  # before a byte is written
     with pq.ParquetWriter(out, first.schema, **core.parquet_options(first)) as writer:
@@ -210,34 +218,109 @@ def _stream(path: Path, out: BinaryIO, parse: pacsv.ParseOptions, source: str) -
     return rows, first.schema
 
 
-def parsed_blocks(path: Path, parse: pacsv.ParseOptions) -> Iterator[pa.Table]:
-    """The CSV as tables of ``BLOCK_BYTES`` of whole lines each: the first one parses the header and infers the
+def parsed_blocks(path: Path, parse: pacsv.ParseOptions, seen: dict[str, bool] | None = None) -> Iterator[pa.Table]:
+    """The CSV as tables of ``BLOCK_BYTES`` of whole records each: the first one parses the header and infers the
     types, the later ones are parsed with its names and types (a value that does not fit is an
-    ``ArrowInvalid`` "conversion error"). Like pyarrow's own block reader, a line break always ends a row."""
+    ``ArrowInvalid`` "conversion error"). A block with a ``"`` in it is parsed with ``newlines_in_values`` (a
+    quoted field may hold a line break; pyarrow's own blocks would cut it), and ``seen["quotes"]`` is set."""
+    seen = {} if seen is None else seen
+    quoted = pacsv.ParseOptions(
+        delimiter=parse.delimiter, quote_char=parse.quote_char, double_quote=parse.double_quote, newlines_in_values=True
+    )
+
+    def options(block: bytes) -> pacsv.ParseOptions:
+        if b'"' not in block:
+            return parse
+        seen["quotes"] = True
+        return quoted
+
     blocks = line_blocks(path, BLOCK_BYTES)
-    first = pacsv.read_csv(pa.py_buffer(next(blocks, b"")), parse_options=parse)
+    head = next(blocks, b"")
+    first = pacsv.read_csv(pa.py_buffer(head), parse_options=options(head))
     yield first
     read = pacsv.ReadOptions(column_names=first.column_names)
     convert = pacsv.ConvertOptions(column_types=first.schema)
     for block in blocks:
-        table = pacsv.read_csv(pa.py_buffer(block), read_options=read, parse_options=parse, convert_options=convert)
+        opts = options(block)
+        table = pacsv.read_csv(pa.py_buffer(block), read_options=read, parse_options=opts, convert_options=convert)
         if table.num_rows:
             yield table
 
 
 def line_blocks(path: Path, size: int) -> Iterator[bytes]:
-    """The file's bytes (decompressed for ``.gz``, ``.bz2``) in blocks of about ``size`` that end at a line break."""
+    """The file's bytes (decompressed for ``.gz``, ``.bz2``) in blocks of about ``size`` that end at a record's
+    end (`record_end`): never inside a quoted field, however many line breaks it holds.
+
+    Each block starts at a record's start, so the quotes are counted from there; a block without a record's end
+    (a quoted field longer than ``size``) grows until it has one.
+    """
     opener = COMPRESSED.get(path.suffix.lower(), open)
     with opener(path, "rb") as fh:
-        rest = b""
+        rest: list[bytes] = []  # read since the last cut, which holds no record's end
+        odd = False  # whether ``rest`` holds an odd number of quotes
         while chunk := fh.read(size):
-            chunk = rest + chunk
-            cut = chunk.rfind(b"\n") + 1
-            rest = chunk[cut:]
+            cut = record_end(chunk, odd)
             if cut:
-                yield chunk[:cut]
-        if rest:
-            yield rest
+                yield b"".join([*rest, chunk[:cut]])
+                rest, odd = [chunk[cut:]], chunk.count(b'"', cut) % 2 == 1
+            else:
+                rest.append(chunk)
+                odd ^= chunk.count(b'"') % 2 == 1
+        if tail := b"".join(rest):
+            yield tail
+
+
+def record_end(data: bytes, odd: bool = False) -> int:
+    """The offset just past the last line break in ``data`` that ends a record, or 0 if none does.
+
+    A line break ends a record when an even number of ``"`` precede it since a record's start (RFC 4180: a
+    quoted field's own quotes are doubled, so a break inside one follows an odd number); ``odd``: the bytes
+    before ``data`` since that start held an odd number. A block without quotes costs one ``memchr``.
+    """
+    end = data.rfind(b"\n")
+    if not odd and b'"' not in data:
+        return end + 1
+    quotes = int(odd) + data.count(b'"', 0, end) if end >= 0 else 0
+    while end >= 0 and quotes % 2:
+        start = data.rfind(b"\n", 0, end)
+        quotes -= data.count(b'"', start + 1, end)
+        end = start
+    return end + 1
+
+
+def partition_columns(table_paths: list[str], sources: list[str]) -> list[list[str]]:
+    """Each partition's column names, from its table's manifest (no file is read); a one-line error naming the
+    first partition (by its source file) whose columns are not the first partition's, in some order.
+
+    Partitions are one data set cut into files: the same columns in another order are the same data (the flow
+    aligns them by name, `aligned_features`), but a column missing from one file or extra in it is not.
+    """
+    columns = [[c["name"] for c in core.read_manifest(path)["schema"]["columns"]] for path in table_paths]
+    first = columns[0]
+    for names, source in zip(columns[1:], sources[1:], strict=True):
+        extra, missing = [n for n in names if n not in first], [n for n in first if n not in names]
+        if extra or missing:
+            differ = [f"extra column(s) {', '.join(map(repr, extra))}"] if extra else []
+            differ += [f"missing column(s) {', '.join(map(repr, missing))}"] if missing else []
+            raise InputError(
+                f"{core.redact(source)}: its columns are not those of {core.redact(sources[0])} "
+                f"({'; '.join(differ)}); give every partition the same columns (their order may differ)"
+            )
+    return columns
+
+
+def aligned_features(
+    table_paths: list[str], sources: list[str], target: str, features: list[str] | None
+) -> list[str] | None:
+    """The features to train on: ``features`` when named (each is read by name); else, when the partitions hold
+    their columns in different orders, every column but the target in the first partition's order, so each
+    partition's tensors have the same columns in the same order; else None (every column but the target)."""
+    if features is not None or len(table_paths) < 2:
+        return features
+    columns = partition_columns(table_paths, sources)
+    if all(names == columns[0] for names in columns):
+        return None
+    return [name for name in columns[0] if name != target]
 
 
 @task(name="ingest_csv")

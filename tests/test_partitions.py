@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -209,7 +210,7 @@ def test_partitioned_run_on_a_loopback_dask_cluster_equals_the_single_file_run(p
     assert len(ran_on) == 2 and os.getpid() not in ran_on.values()
 
 
-def test_a_partition_without_the_target_is_a_one_line_error_naming_its_file(tmp_path, artifacts, capsys):
+def test_a_partition_without_the_target_is_a_one_line_error_naming_its_file_and_column(tmp_path, artifacts, capsys):
     parts = tmp_path / "parts"
     parts.mkdir()
     (parts / "a.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
@@ -217,14 +218,53 @@ def test_a_partition_without_the_target_is_a_one_line_error_naming_its_file(tmp_
     code = main(["--data", str(parts), "--target", "y", "--index-column", "none", "--artifacts-dir", str(artifacts)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith(f"error: {parts / 'b.csv'}: target column 'y' not found"), err[-1]
+    assert err[-1] == (
+        f"error: {parts / 'b.csv'}: its columns are not those of {parts / 'a.csv'} (extra column(s) 'z'; "
+        "missing column(s) 'y'); give every partition the same columns (their order may differ)"
+    ), err[-1]
     assert not any("Traceback" in line for line in err)
 
 
-def test_partitions_with_different_columns_are_refused(tmp_path, artifacts):
+@pytest.mark.parametrize(
+    ("header", "differ"),
+    [("x,w,y", "extra column(s) 'w'"), ("y", "missing column(s) 'x'"), ("x,y,w,v", "extra column(s) 'w', 'v'")],
+)
+def test_a_partition_with_an_extra_or_missing_column_is_refused_by_name(header, differ, tmp_path, artifacts, capsys):
     parts = tmp_path / "parts"
     parts.mkdir()
     (parts / "a.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
-    (parts / "b.csv").write_text("x,w,y\n" + "".join(f"{i},{i % 3},{2 * i + 1}\n" for i in range(10)))
-    with pytest.raises(InputError, match=r"partitions disagree on their columns"):
+    width = len(header.split(","))
+    (parts / "b.csv").write_text(header + "\n" + "".join(",".join([str(i)] * width) + "\n" for i in range(10)))
+    code = main(["--data", str(parts), "--target", "y", "--index-column", "none", "--artifacts-dir", str(artifacts)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith(f"error: {parts / 'b.csv'}: its columns are not those of {parts / 'a.csv'} ({differ})")
+    with pytest.raises(InputError, match=rf"b\.csv: its columns are not those of .*a\.csv \({re.escape(differ)}\)"):
         linear_regression(data=str(parts), target="y", index_column=None, artifacts_dir=str(artifacts))
+
+
+def test_partitions_with_their_columns_in_another_order_train_the_same_model(tmp_path, artifacts):
+    """Aligned by name, in the first partition's order: the very model of the partitions written in one order."""
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({"a": rng.uniform(0, 9, 300), "b": rng.uniform(0, 5, 300), "c": rng.uniform(0, 2, 300)})
+    frame["y"] = 1.5 * frame["a"] - 2 * frame["b"] + 0.5 * frame["c"] + rng.normal(0, 0.1, 300)
+    same, shuffled = tmp_path / "same", tmp_path / "shuffled"
+    for folder, orders in ((same, ["abcy", "abcy", "abcy"]), (shuffled, ["abcy", "ycab", "bayc"])):
+        folder.mkdir()
+        for i, (order, rows) in enumerate(zip(orders, (slice(0, 100), slice(100, 180), slice(180, 300)), strict=True)):
+            part = frame.iloc[rows][list(order)]
+            if i == 1:
+                part.to_parquet(folder / f"part-{i}.parquet", index=False)
+            else:
+                part.to_csv(folder / f"part-{i}.csv", index=False)
+    common = {"target": "y", "index_column": None, "engine": "stats", "artifacts_dir": str(artifacts)}
+    want = linear_regression(data=str(same), **common)
+    got = linear_regression(data=str(shuffled), **common)
+    assert list(got["weights"]) == ["a", "b", "c"]  # the first partition's order
+    assert got["weights"] == want["weights"] and got["bias"] == want["bias"]
+    assert got["metrics"] == want["metrics"] and got["baseline"] == want["baseline"]
+    model = core.read_pt(got["artifacts"]["train"]["model"])
+    assert model["features"] == ["a", "b", "c"]
+    # named features are read by name, in the order named, whatever each file's order
+    named = linear_regression(data=str(shuffled), features=["c", "a", "b"], **common)
+    assert named["weights"] == pytest.approx({k: want["weights"][k] for k in "cab"}, rel=WEIGHTS_RTOL)
