@@ -246,6 +246,20 @@ def _model(url: str, name: str, scale: float) -> str:
     return str(local)
 
 
+def test_a_failed_runs_promotion_is_taken_back_on_s3(s3, tmp_path):
+    """A run that fails before its run record deletes its generation (docs/lifecycle.md), unless a later run has
+    promoted over it."""
+    url = f"s3://{BUCKET}/takeback"
+    tensors = _test_rows(tmp_path)
+    assert promote.promote(url, [tensors], _model(url, "worse", 0.5), "run-a", 0.0)[0]["promoted"]
+    assert promote.promote(url, [tensors], _model(url, "best", 1.0), "run-b", 0.0)[0]["promoted"]
+    assert not promote.take_back(url, "run-a")  # not the latest: a later run decided against it, it stays
+    assert promote.take_back(url, "run-b")
+    assert [p["flow_run_id"] for p in generations(url).values()] == ["run-a"]
+    assert promote.read_champion(url)["flow_run_id"] == "run-a"
+    assert not promote.take_back(url, "run-b")  # nothing of run-b's left
+
+
 def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_path, monkeypatch):
     """b and c both decide against champion a (reads slowed down); c creates generation 2 first, so b's
     conditional create of generation 2 loses, and b decides again, against c: not promoted."""
