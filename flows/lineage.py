@@ -19,7 +19,7 @@ from typing import Any
 
 import stagecore as core
 from flows.cli import exit_with
-from stagecore import remote
+from stagecore import remote, storepaths
 from stagecore.errors import InputError
 
 
@@ -91,12 +91,29 @@ def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> di
         node["ok"], node["problem"] = False, str(exc)
     seen[path] = node
     node["inputs"] = []
+    store = None
     for recorded in manifest.get("inputs", []):
-        child = trace(recorded["path"], seen) if _exists(recorded["path"]) else _source(recorded["path"])
+        if storepaths.is_relative(recorded["path"]):  # inside the store: found wherever the store is now
+            store = store or storepaths.store_of(path)
+        try:
+            where = storepaths.resolved(store, recorded["path"])
+        except ValueError as exc:
+            node["inputs"].append(
+                {
+                    "path": recorded["path"],
+                    "stage": None,
+                    "broken": True,
+                    "ok": False,
+                    "problem": f"{path}: input {exc}",
+                    "inputs": [],
+                }
+            )
+            continue
+        child = trace(where, seen) if _exists(where) else _source(where)
         child["recorded_sha256"] = recorded["sha256"]
         if child.get("sha256") and child["sha256"] != recorded["sha256"] and child["ok"]:
             child["ok"] = False
-            child["problem"] = f"{recorded['path']}: changed since it was used (sha256 {child['sha256'][:12]}…)"
+            child["problem"] = f"{where}: changed since it was used (sha256 {child['sha256'][:12]}…)"
         node["inputs"].append(child)
     node["ok"] = node["ok"] and all(child["ok"] for child in node["inputs"])
     return node
@@ -199,7 +216,12 @@ def read_run_record(path: str) -> tuple[dict[str, Any], list[str]]:
         raise InputError(
             f"{path}: not a readable run record (its stages are not {{stage: {{artifacts: {{name: {{path}}}}}}}})"
         )
-    return record, [entry["path"] for stage in stages.values() for entry in stage["artifacts"].values()]
+    paths = [entry["path"] for stage in stages.values() for entry in stage["artifacts"].values()]
+    store = storepaths.store_of(path) if any(storepaths.is_relative(p) for p in paths) else None
+    try:  # inside the store: relative to it, found wherever the store is now (absolute in older records)
+        return record, [storepaths.resolved(store, p) for p in paths]
+    except ValueError as exc:
+        raise InputError(f"{path}: not a readable run record (an artifact {exc})") from None
 
 
 def format_tree(node: dict[str, Any], depth: int = 0) -> list[str]:
