@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import stagecore as core
+from stagecore.storepaths import resolved, store_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +54,9 @@ def _hashing(run: Callable[[], dict]) -> dict[str, int]:
     before = dict(core.HASHING)
     summary = run()
     files = {Path(p) for stage in summary["artifacts"].values() for p in stage.values()}
-    inputs = {Path(i["path"]) for f in files for i in core.read_manifest(f)["inputs"] if Path(i["path"]).exists()}
+    named = {(f, i["path"]) for f in files for i in core.read_manifest(f)["inputs"]}  # relative inside the store
+    inputs = {Path(resolved(store_of(f), path)) for f, path in named}
+    inputs = {path for path in inputs if path.exists()}
     io = sum(f.stat().st_size for f in files) + sum(f.stat().st_size for f in inputs)
     return {
         "hashed": core.HASHING["bytes"] - before["bytes"] + core.HASHING["streamed"] - before["streamed"],

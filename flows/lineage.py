@@ -18,7 +18,7 @@ from typing import Any
 
 import stagecore as core
 from flows.cli import exit_with, print_error
-from stagecore import remote, validate
+from stagecore import remote, storepaths, validate
 from stagecore.errors import InputError
 
 
@@ -63,7 +63,10 @@ def trace(path: str | Path, seen: dict[str, dict[str, Any]] | None = None) -> di
                     f"{top['path']}: its lineage is more than {MAX_CHAIN} steps long, which no store writes "
                     "(its manifests were altered); rebuild it with python -m flows.train --refresh"
                 )
-            if _exists(recorded["path"]):
+            if recorded.get("problem"):
+                child, more = {"path": recorded["path"], "stage": None, "broken": True, "ok": False}, []
+                child.update(problem=recorded["problem"], inputs=[])
+            elif _exists(recorded["path"]):
                 child, more = _visit(_absolute(recorded["path"]), seen)
             else:
                 child, more = _source(recorded["path"]), []
@@ -111,7 +114,21 @@ def _visit(path: str, seen: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], 
         node["ok"], node["problem"] = False, str(exc)
     seen[path] = node
     node["inputs"] = []
-    return node, list(manifest.get("inputs", []))
+    return node, _inputs(path, manifest.get("inputs", []))
+
+
+def _inputs(path: str, recorded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The inputs a manifest lists, each path made one to open now: a name inside the store is relative to it
+    (found wherever the store is now), an older absolute one as it is; one that would leave the store is marked
+    ``problem``."""
+    store = storepaths.store_of(path) if any(storepaths.is_relative(r["path"]) for r in recorded) else None
+    found = []
+    for entry in recorded:
+        try:
+            found.append({**entry, "path": storepaths.resolved(store, entry["path"])})
+        except ValueError as exc:
+            found.append({**entry, "problem": f"{path}: input {exc}"})
+    return found
 
 
 def _source(path: str) -> dict[str, Any]:
@@ -209,7 +226,12 @@ def read_run_record(path: str) -> tuple[dict[str, Any], list[str]]:
     except (OSError, validate.Invalid) as exc:
         raise InputError(f"{path}: not a readable run record ({str(exc).removeprefix(f'{path}: ')})") from None
     stages = record["stages"]
-    return record, [entry["path"] for stage in stages.values() for entry in stage["artifacts"].values()]
+    paths = [entry["path"] for stage in stages.values() for entry in stage["artifacts"].values()]
+    store = storepaths.store_of(path) if any(storepaths.is_relative(p) for p in paths) else None
+    try:  # inside the store: relative to it, found wherever the store is now (absolute in older records)
+        return record, [storepaths.resolved(store, p) for p in paths]
+    except ValueError as exc:
+        raise InputError(f"{path}: not a readable run record (an artifact {exc})") from None
 
 
 def format_tree(node: dict[str, Any], depth: int = 0) -> list[str]:

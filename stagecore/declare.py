@@ -33,6 +33,7 @@ from stagecore.keys import code_digest, plain, stage_key
 from stagecore.manifest import MANIFEST_VERSION, describe_pt, describe_schema, localize, manifest_path, versions
 from stagecore.remote import artifact_of, claim_folder, is_remote, join, public, scratch, storage_error, upload
 from stagecore.sources import is_url, redact
+from stagecore.storepaths import recorded
 
 R = TypeVar("R")
 
@@ -175,8 +176,12 @@ class Stage:
         return {name: plain(args[name]) for name in self.params}
 
     def inputs(self, args: Mapping[str, Any], digests: Mapping[str, str] | None = None) -> list[dict[str, str]] | None:
-        """``[{name, path, sha256}]`` for the input files; None when one is a URL (unknown until downloaded)."""
+        """``[{name, path, sha256}]`` for the input files; None when one is a URL (unknown until downloaded).
+
+        A file inside the store is named relative to its root, anything else as given, redacted (`recorded`).
+        """
         out = []
+        root = args.get(ROOT_ARGUMENT)
         for name in self.files:
             value = args[name]
             paths = {name: str(value)} if isinstance(value, str | os.PathLike) else _listed(name, value)
@@ -187,7 +192,8 @@ class Stage:
                     return None
                 else:
                     sha = sha256_file(path)
-                out.append({"name": label, "path": redact(public(path)), "sha256": sha})
+                shown = recorded(root, path) if root is not None else redact(public(path))
+                out.append({"name": label, "path": shown, "sha256": sha})
         return out
 
     def urls(self, args: Mapping[str, Any]) -> dict[str, str]:

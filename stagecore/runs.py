@@ -14,6 +14,7 @@ from stagecore.atomic import makedirs, write_json
 from stagecore.layout import RUNS_DIR
 from stagecore.manifest import verify_used, versions
 from stagecore.sources import redact_all
+from stagecore.storepaths import recorded
 
 
 def write_run_record(
@@ -23,7 +24,8 @@ def write_run_record(
     artifacts: Mapping[str, Mapping[str, str]],
     cached: Mapping[str, bool],
 ) -> str:
-    """``<root>/runs/<time>-<run id>.json``: the run's parameters and, per stage, its key and verified artifacts."""
+    """``<root>/runs/<time>-<run id>.json``: the run's parameters and, per stage, its key and verified artifacts
+    (each named relative to the root, so a moved store still reads)."""
     stages: dict[str, Any] = {}
     for stage, files in artifacts.items():
         entries = {}
@@ -31,7 +33,7 @@ def write_run_record(
         for name, path in files.items():
             manifest = verify_used(path)
             key = manifest["key"]
-            entries[name] = {"path": remote.public(path), "sha256": manifest["sha256"], "size": manifest["size"]}
+            entries[name] = {"path": recorded(root, path), "sha256": manifest["sha256"], "size": manifest["size"]}
         stages[stage] = {"key": key, "cached": bool(cached.get(stage, False)), "artifacts": entries}
     now = dt.datetime.now(dt.UTC)
     record = {

@@ -188,7 +188,7 @@ def model_manifest(obj: Any, what: str = "manifest") -> dict[str, Any]:
 
 def marker(obj: Any) -> dict[str, Any]:
     """The store's marker (stagecore/root.py ``_mark``): an object naming the store; other fields tolerated."""
-    from stagecore.root import STORE_NAME  # stagecore.root reads markers through this module
+    from stagecore.layout import STORE_NAME
 
     obj = _object(obj, "marker")
     if obj.get("store") != STORE_NAME:

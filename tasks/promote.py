@@ -219,7 +219,7 @@ def _manifest(pointer: dict[str, Any], file: str, content: bytes, model: str) ->
         "format": "json",
         "schema": {"keys": sorted(pointer)},
         "stage": "promote",
-        "inputs": [{"name": "model", "path": core.public(model), "sha256": pointer["model_sha256"]}],
+        "inputs": [{"name": "model", "path": pointer["model"], "sha256": pointer["model_sha256"]}],  # store-relative
         "versions": core.versions(),
         "created": pointer["promoted_at"],
     }

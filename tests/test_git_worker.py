@@ -220,11 +220,12 @@ def test_artifacts_manifests_run_record_champion_and_history_are_on_the_s3_serve
     [record_url] = [path for path in stored if path.startswith(f"{PREFIX}/{core.RUNS_DIR}/")]
     record = json.loads(stored[record_url])
     assert record["run_id"] == run_id
-    model = record["stages"]["train"]["artifacts"]["model"]["path"]
-    assert model.startswith(f"{PREFIX}/train/") and model.endswith("/model.pt")
+    model = record["stages"]["train"]["artifacts"]["model"]["path"]  # relative to the store
+    assert model.startswith("train/") and model.endswith("/model.pt")
     for stage in record["stages"].values():
         for artifact in stage["artifacts"].values():
-            assert artifact["path"] in stored and f"{artifact['path']}.manifest.json" in stored
+            url = f"{PREFIX}/{artifact['path']}"
+            assert url in stored and f"{url}.manifest.json" in stored
     secret = team["aws"]["AWS_SECRET_ACCESS_KEY"].encode()
     assert not [path for path, body in stored.items() if secret in body]
     for name, value in team["aws"].items():

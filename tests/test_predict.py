@@ -72,9 +72,10 @@ def test_predictions_are_the_models_weights_applied_in_row_order_with_the_index(
     assert str(table.schema.field("prediction").type) == "double"
     assert table["Unnamed: 0"].to_pylist() == list(range(1, 201))
     np.testing.assert_allclose(table["prediction"].to_numpy(), expected(ADVERTISING, store["model"]), rtol=1e-6)
-    # the manifest names the model by content
+    # the manifest names the model by content, and by its path relative to the store
     manifest = core.read_manifest(summary["predictions"])
-    assert {"path": str(store["model"]), "sha256": core.sha256_file(store["model"])}.items() <= {
+    model = Path(store["model"]).relative_to(store["root"]).as_posix()
+    assert {"path": model, "sha256": core.sha256_file(store["model"])}.items() <= {
         k: v for i in manifest["inputs"] if i["name"] == "model_path" for k, v in i.items()
     }.items()
 
