@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         API_LOST = True
         settle_prefect(lost=True)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        print(
-            f"error: lost the Prefect API at {api_url()} ({reason}); start the server again (or check "
+        print(  # on a line of its own: Prefect's log worker prints its failures to stderr without a newline
+            f"\nerror: lost the Prefect API at {api_url()} ({reason}); start the server again (or check "
             "PREFECT_API_URL) and rerun: the stages that finished are cached",
             file=sys.stderr,
         )
