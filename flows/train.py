@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 from prefect import Task, flow, get_client, get_run_logger
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         API_LOST = True
         settle_prefect(lost=True)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        print(file=sys.stderr)  # a line of its own: Prefect's log worker prints its failures without a newline
         print_error(
             f"lost the Prefect API at {api_url()} ({reason}); start the server again (or check "
             "PREFECT_API_URL) and rerun: the stages that finished are cached"
