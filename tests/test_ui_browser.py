@@ -1,9 +1,9 @@
 """The hostile column names of tests/test_escaping.py, seen through the Prefect UI itself, in headless Chromium.
 
-The suite's server (tests/conftest.py) serves the UI, Prefect 3.9's default one at ``/`` and the new one at
-``/v2``. The training flow and a predict run go through a CSV whose feature columns are
-``<img src=x onerror=…>`` and ``[click](javascript:alert(1))``; then every artifact page of both runs, and both
-flow-run pages, are rendered in both UIs, and the DOM Chromium built is checked: no image but our
+The suite's server (tests/conftest.py) serves the UI at ``/`` and the new one at ``/v2``. The training flow and
+a predict run go through a CSV whose feature columns are ``<img src=x onerror=…>`` and
+``[click](javascript:alert(1))``; then every artifact page of both runs and both flow-run pages are rendered
+(the artifacts in both UIs where they carry column names), and the DOM Chromium built is checked: no image but our
 ``data:image/png`` plots, no ``javascript:`` URL, the title untouched, and the names shown as text. Skips when
 Chromium is missing (Debian's package ``chromium``; .ci/run installs it). docs/security.md describes it.
 """
