@@ -25,7 +25,7 @@ from conftest import ADVERTISING
 from flows import history as history_cli
 from flows import lineage
 from flows import predict as predict_cli
-from flows.train import linear_regression
+from flows.train import STAGES, linear_regression
 from flows.train import main as train_main
 from stagecore.atomic import write_json
 from tasks import promote
@@ -268,7 +268,7 @@ def malformed(draw, valid: bytes) -> bytes:
     how = draw(st.sampled_from(["deep", "json", "drop", "retype", "deep-field", "truncate", "binary"]))
     body = json.loads(valid)
     if how == "deep":
-        n = draw(st.integers(33, 4000))
+        n = draw(st.sampled_from([33, 1200, 5000, 100_000]))  # json.loads recurses: past ~1000 it raised
         opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}")]))
         return (opener * n + "1" + closer * n).encode()
     if how == "json":
@@ -285,13 +285,14 @@ def malformed(draw, valid: bytes) -> bytes:
     elif how == "retype":
         body[field] = draw(json_values)
     else:
-        body[field] = json.loads("[" * 40 + "1" + "]" * 40)
+        body[field] = json.loads("[" * 40 + "1" + "]" * 40) if draw(st.booleans()) else [[[]]]
+        return json.dumps(body).replace("[[[]]]", "[" * 3000 + "]" * 3000).encode()
     return json.dumps(body).encode()
 
 
 KINDS = ["manifest", "marker", "cache record", "champion pointer"]
 PROPERTY = settings(
-    max_examples=8,  # each runs the flow and predict on a copy of the store: about 3 s (the suite is on 2 cores)
+    max_examples=6,  # each runs the flow (and predict) on a copy of the store: 3-6 s on the suite's 2 cores
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -316,8 +317,12 @@ def test_malformed_store_files_end_in_success_or_one_line(trained, kind, capsys)
     def check(which: int, data: st.DataObject) -> None:
         root = copy_of(trained)
         try:
-            target = target_of(root, kind, which)
-            target.write_bytes(data.draw(malformed(target.read_bytes())))
+            if kind == "champion pointer" and data.draw(st.booleans()):  # at any artifact of the store, whole
+                files = [p for p in sorted(root.glob("*/*/*")) if p.parts[-3] in STAGES and ".manifest." not in p.name]
+                point_champion_at(root, data.draw(st.sampled_from(files)))
+            else:
+                target = target_of(root, kind, which)
+                target.write_bytes(data.draw(malformed(target.read_bytes())))
             capsys.readouterr()
             code = train_main(["--artifacts-dir", str(root)])  # any exception fails the test
             err = capsys.readouterr().err
@@ -326,11 +331,12 @@ def test_malformed_store_files_end_in_success_or_one_line(trained, kind, capsys)
                 one_error_line(err)
             else:  # nothing stuck: a champion the next run can read
                 assert promote.read_champion(root) is not None
-            code = predict_cli.main(["--data", str(ADVERTISING), "--artifacts-dir", str(root)])
-            err = capsys.readouterr().err
-            assert code in (0, 2), err
-            if code == 2:
-                one_error_line(err)
+            if kind in ("manifest", "champion pointer"):  # what predict reads: the pointer, the model's manifest
+                code = predict_cli.main(["--data", str(ADVERTISING), "--artifacts-dir", str(root)])
+                err = capsys.readouterr().err
+                assert code in (0, 2), err
+                if code == 2:
+                    one_error_line(err)
         finally:
             shutil.rmtree(root.parent, ignore_errors=True)
 
@@ -350,8 +356,8 @@ def test_history_rows_with_nulls_never_break_history(trained, changes, capsys):
         shutil.rmtree(root.parent, ignore_errors=True)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(length=st.integers(1, 150) | st.just(1500), cycle=st.booleans(), plant=st.booleans(), data=st.data())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(length=st.integers(1, 120), cycle=st.booleans(), plant=st.booleans(), data=st.data())  # MAX_CHAIN is 100
 def test_lineage_chains_end_in_a_report_or_one_line(tmp_path_factory, length, cycle, plant, data, capsys):
     folder = tmp_path_factory.mktemp("chain")
     end = chain(folder, length, cycle=cycle)
