@@ -15,7 +15,7 @@ POOL ?= local-process
 GIT_POOL ?= git-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test bench bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git worker \
+.PHONY: help setup run test test-fast bench bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git worker \
 	serve
 
 help: ## list the targets
@@ -33,6 +33,9 @@ run: $(STAMP) ## run the default job (Advertising); pass options with ARGS="--pr
 
 test: $(STAMP) ## run the test suite against a real Prefect server
 	$(PY) -m pytest $(ARGS)
+
+test-fast: $(STAMP) ## only the tests marked no_server: no Prefect server is started (LINREG_TEST_SERVER=0)
+	LINREG_TEST_SERVER=0 $(PY) -m pytest -m no_server $(ARGS)
 
 bench: $(STAMP) ## cold vs warm (cached) run vs a flow of one no-op task per stage; pass ARGS="--runs 9"
 	$(PY) -m bench.cache_bench $(ARGS)

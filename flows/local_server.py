@@ -91,10 +91,10 @@ def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: 
             os.kill(pid, signal.SIGKILL)
 
 
-def start_server(home: Path, timeout: float = 120.0, **extra_env: str) -> Server:
-    """``prefect server start`` on a free loopback port; returns once ``/api/health`` answers."""
+def start_server(home: Path, timeout: float = 120.0, port: int | None = None, **extra_env: str) -> Server:
+    """``prefect server start`` on ``port`` (a free loopback port by default); returns once ``/api/health`` answers."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = home / "server.log"
     env = isolated_env(home, PREFECT_API_URL=url, PREFECT_UI_API_URL=url, **extra_env)

@@ -1,6 +1,14 @@
-"""One real Prefect server per test session, isolated from the user's Prefect state.
+"""One real Prefect server per test session, isolated from the user's Prefect state, started only when needed.
 
-The environment is set here, at import, because Prefect reads its settings when it is first imported.
+The environment is set here, at import, because Prefect reads its settings when it is first imported: a
+temporary PREFECT_HOME, and PREFECT_API_URL on a loopback port picked now. The server itself starts before the
+first test that is not marked ``no_server`` (`pytest_runtest_setup`), so ``pytest -m no_server`` (``make
+test-fast``) starts none. Until it starts, the port is held by a bound socket that does not listen: no other
+process is given the port, and a ``no_server`` test that does call the API is refused at once ("connection
+refused"; Prefect retries that only once it has connected) instead of hanging.
+
+``LINREG_TEST_SERVER=0`` never starts the server: every test runs against the refusing port, which is how to
+find the tests that need none (they pass).
 """
 
 from __future__ import annotations
@@ -8,12 +16,13 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import socket
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from flows.local_server import isolated_env, start_server
+from flows.local_server import Server, isolated_env, start_server
 
 # A shell that runs the tests in the background (`bash .ci/run &`) starts them with SIGINT ignored, and every
 # process a test starts would inherit that: a Ctrl-C sent to `serve` would do nothing. A handler, unlike
@@ -22,17 +31,41 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _HOME = Path(tempfile.mkdtemp(prefix="linreg-prefect-"))
-_SERVER = start_server(_HOME / "server")
-atexit.register(_SERVER.stop)
-os.environ.update(isolated_env(_HOME / "client", PREFECT_API_URL=_SERVER.url))
+# SO_REUSEADDR on both this socket and the server's (Prefect's port check and uvicorn set it) lets the server
+# bind the port while this one still holds it; a socket that only binds never accepts a connection.
+_PORT_HOLD = socket.socket()
+_PORT_HOLD.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+_PORT_HOLD.bind(("127.0.0.1", 0))
+_PORT = _PORT_HOLD.getsockname()[1]
+_URL = f"http://127.0.0.1:{_PORT}/api"
+os.environ.update(isolated_env(_HOME / "client", PREFECT_API_URL=_URL, PREFECT_UI_API_URL=_URL))
+_SERVER: Server | None = None
 
 ROOT = Path(__file__).resolve().parent.parent
 ADVERTISING = ROOT / "data" / "Advertising.csv"
 
 
+def _start_server() -> None:
+    global _SERVER
+    if _SERVER is not None or os.environ.get("LINREG_TEST_SERVER") == "0":
+        return
+    _SERVER = start_server(_HOME / "server", port=_PORT)
+    atexit.register(_SERVER.stop)
+    _PORT_HOLD.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Start the session's server before the first test that may need it (before its fixtures, too)."""
+    if item.get_closest_marker("no_server") is None:
+        _start_server()
+
+
 def pytest_unconfigure(config):
     import sys
 
+    if _SERVER is None:
+        return
     if "prefect" in sys.modules:  # send the run logs still queued before the server goes away
         from prefect.logging.handlers import APILogWorker
 
@@ -42,7 +75,7 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(scope="session")
 def prefect_api_url() -> str:
-    return _SERVER.url
+    return _URL
 
 
 @pytest.fixture

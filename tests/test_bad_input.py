@@ -77,6 +77,7 @@ def test_bad_data(what, content, extra, message, stage, tmp_path: Path, artifact
         (["--lr", "-0.1"], r"--lr: .*greater than 0"),
     ],
 )
+@pytest.mark.no_server
 def test_bad_parameters_fail_before_any_work(args, message, artifacts: Path, capfd):
     code, err = run_cli(["--data", str(ADVERTISING), "--artifacts-dir", str(artifacts), *args], capfd)
     assert_one_line_error(code, err, message)

@@ -216,6 +216,7 @@ def test_diverging_training_fails_clearly_and_does_not_poison_the_cache(artifact
     assert good["cached"] == cached_from(train=False, evaluate=False, plot=False)
 
 
+@pytest.mark.no_server
 def test_unwritable_artifacts_folder_is_one_line_naming_it(tmp_path: Path, capsys):
     # Tests run as root, for whom chmod denies nothing: a folder under a regular file cannot be created by anyone.
     blocker = tmp_path / "a-file"
@@ -265,6 +266,7 @@ def test_clean_artifacts_deletes_the_store_and_nothing_else(artifacts: Path, tmp
     assert (precious / "thesis.tex").exists()
 
 
+@pytest.mark.no_server
 def test_help_lists_the_cache_options():
     text = build_parser().format_help()
     assert "--refresh" in text and "--clean-artifacts" in text

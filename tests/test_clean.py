@@ -72,6 +72,7 @@ def users_files(store: Path) -> dict[str, bytes]:
     return planted
 
 
+@pytest.mark.no_server
 def test_a_users_folder_with_store_like_names_is_never_adopted(tmp_path: Path, capsys):
     mine = tmp_path / "mine"
     (mine / "runs").mkdir(parents=True)

@@ -19,6 +19,7 @@ from conftest import ADVERTISING, ROOT
 PARTITIONED = ["ingest", "drop_index", "split", "tensorize", "accumulate", "train", "evaluate", "plot"]
 
 
+@pytest.mark.no_server
 def test_import_closure_follows_every_form_of_import():
     # every stage runs the stage core, which the stages import as a package (stagecore/__init__.py)
     core_modules = {"stagecore", "stagecore.declare", "stagecore.manifest", "stagecore.hashing", "stagecore.errors"}

@@ -146,6 +146,7 @@ def test_daily_deployment_has_the_cron_schedule_and_the_flows_defaults(deployed)
         assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
 
+@pytest.mark.no_server
 def test_prefect_yaml_names_no_folder_of_any_machine():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
 

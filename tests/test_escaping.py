@@ -61,6 +61,7 @@ def tags(rendered: str) -> set[str]:
 
 
 @pytest.mark.parametrize("text", NASTY)
+@pytest.mark.no_server
 def test_escaped_text_renders_as_itself_and_as_nothing_else(text):
     rendered = MARKDOWN.render(core.escape_md(text))
     assert tags(rendered) == {"p"}, rendered
@@ -68,6 +69,7 @@ def test_escaped_text_renders_as_itself_and_as_nothing_else(text):
 
 
 @pytest.mark.parametrize("text", NASTY)
+@pytest.mark.no_server
 def test_a_table_cell_keeps_its_text_and_its_row(text):
     rendered = MARKDOWN.render(markdown_table([{"feature": text, "weight": 1.5}]))
     assert tags(rendered) <= {"table", "thead", "tbody", "tr", "th", "td"}, rendered
@@ -75,12 +77,14 @@ def test_a_table_cell_keeps_its_text_and_its_row(text):
     assert [html.unescape(c) for c in cells] == [text, "1.5"]
 
 
+@pytest.mark.no_server
 def test_control_characters_are_spaces_so_a_row_stays_one_row():
     assert core.escape_md("a\nb\r\tc\x1b\u2028d") == "a b  c  d"
     rendered = MARKDOWN.render(markdown_table([{"feature": "x\n| y | z |\n|---|---|"}]))
     assert len(re.findall(r"<tr>", rendered)) == 2  # the header and the one row
 
 
+@pytest.mark.no_server
 def test_a_target_with_dollars_plots_literally():
     """matplotlib parsed ``revenue_$M_vs_$K`` as math text and raised a ParseException."""
     png = predicted_vs_actual(np.array([1.0, 2.0, 3.0]), np.array([1.1, 1.9, 3.2]), TARGET)
@@ -90,6 +94,7 @@ def test_a_target_with_dollars_plots_literally():
     assert shown.replace(r"\$", "$") == TARGET  # what matplotlib draws for text that is not math
 
 
+@pytest.mark.no_server
 def test_every_artifact_is_published_through_the_escaping_helpers():
     """Nothing but stagecore/markup.py calls Prefect's create_*_artifact for markup (progress bars carry none)."""
     direct = re.compile(r"create_(markdown|table|link|image)_artifact")
@@ -102,12 +107,14 @@ def test_every_artifact_is_published_through_the_escaping_helpers():
     assert offenders == []
 
 
+@pytest.mark.no_server
 def test_table_artifacts_escape_string_cells_only():
     """String cells are markdown in the UI; column names (ours) are plain text there, so they stay as they are."""
     rows = core.escape_cells([{"feature": LINK, "test_mse": 0.5, "promoted": True, "note": None}])
     assert rows == [{"feature": core.escape_md(LINK), "test_mse": 0.5, "promoted": True, "note": None}]
 
 
+@pytest.mark.no_server
 def test_only_the_entities_the_ui_decodes_are_used():
     """The UI's renderer turns &lt; &gt; &quot; &#39; &amp; back into characters for display, and no other
     entity: an &#x27; (Python's html.escape) would show as those six characters."""

@@ -141,6 +141,7 @@ def fill(disk: Path, leave: int) -> None:
     (disk / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - leave))
 
 
+@pytest.mark.no_server
 def test_a_disk_that_fills_during_torch_save_is_one_line_naming_the_folder_and_leaves_nothing(tmp_path: Path):
     with tmpfs(tmp_path / "disk", "256k") as disk:
         out = outputs_in(disk / "tensorize" / "k")
@@ -155,6 +156,7 @@ def test_a_disk_that_fills_during_torch_save_is_one_line_naming_the_folder_and_l
         assert files_in(out.folder) == []  # no temporary file, nothing under a final name
 
 
+@pytest.mark.no_server
 def test_an_artifact_whose_manifest_does_not_fit_is_removed_with_it(tmp_path: Path):
     with tmpfs(tmp_path / "disk", "64k") as disk:
         out = outputs_in(disk / "evaluate" / "k")
@@ -164,6 +166,7 @@ def test_an_artifact_whose_manifest_does_not_fit_is_removed_with_it(tmp_path: Pa
         assert files_in(out.folder) == []
 
 
+@pytest.mark.no_server
 def test_a_folder_that_turns_read_only_mid_run_is_one_line(tmp_path: Path):
     with tmpfs(tmp_path / "disk", "1m") as disk:
         out = outputs_in(disk / "train" / "k")

@@ -70,6 +70,7 @@ def test_cli_subprocess_bad_input_is_one_line_without_traceback(tmp_path: Path):
     assert errors == [f"error: {tmp_path / 'nope.csv'}: file not found; pass --data with the path of a CSV file"]
 
 
+@pytest.mark.no_server
 def test_exit_with_keeps_the_code_and_still_flushes_joins_and_runs_atexit():
     """`flows.cli.exit_with` skips only the last collections: Prefect's atexit flush and a thread still writing
     must finish as with sys.exit, and buffered stdout must reach a pipe."""

@@ -193,6 +193,7 @@ def test_git_deployment_stores_the_repository_and_branch_not_the_deploying_folde
     assert str(team["deployer"]) not in json.dumps(deployment.pull_steps)
 
 
+@pytest.mark.no_server
 def test_prefect_yaml_git_deployments_mirror_the_local_ones_with_the_git_steps():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in config["deployments"]}

@@ -16,6 +16,8 @@ from flows import history as cli
 from tasks import history
 from tasks.report import render_report
 
+pytestmark = pytest.mark.no_server
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUMMARY = {
     "metrics": {"train": {"mse": 2.0, "r2": 0.9}, "test": {"mse": 3.0, "r2": None}},

@@ -56,6 +56,7 @@ def unmanifested(root: Path) -> list[Path]:
         ("x;x;y;y\n1;2;3;4\n", "'x', 'y'"),
     ],
 )
+@pytest.mark.no_server
 def test_csv_header_with_a_repeated_name_is_refused(content, shown, write_csv, tmp_path):
     path = write_csv(content)
     with pytest.raises(InputError, match=rf"data\.csv: the header repeats column name\(s\) {shown}; .*unique name"):
@@ -63,6 +64,7 @@ def test_csv_header_with_a_repeated_name_is_refused(content, shown, write_csv, t
     assert not list(tmp_path.glob("*.parquet")) and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.no_server
 def test_parquet_with_a_repeated_name_is_refused(tmp_path):
     source = tmp_path / "dup.parquet"
     pq.write_table(pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4])], names=["TV", "TV"]), source)
@@ -87,6 +89,7 @@ LATIN1_VALUE = b"a,b,sales\n1,caf\xe9,3\n4,5,6\n7,8,9\n"
 
 @pytest.mark.usefixtures("no_run_logger")
 @pytest.mark.parametrize("content", [LATIN1_HEADER, LATIN1_VALUE], ids=["in the header", "in a value"])
+@pytest.mark.no_server
 def test_latin1_csv_is_refused_and_leaves_nothing(content, write_csv, artifacts):
     path = write_csv(content)
     with pytest.raises(
@@ -98,6 +101,7 @@ def test_latin1_csv_is_refused_and_leaves_nothing(content, write_csv, artifacts)
 
 
 @pytest.mark.usefixtures("no_run_logger")
+@pytest.mark.no_server
 def test_latin1_beyond_the_sniffed_bytes_is_refused(tmp_path, artifacts, monkeypatch):
     """Past the first 8 kB only pyarrow sees the bytes: it reads them as a binary column, or a binary name."""
     monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
@@ -120,12 +124,14 @@ def test_latin1_beyond_the_sniffed_bytes_is_refused(tmp_path, artifacts, monkeyp
 
 
 @pytest.mark.parametrize(("seed", "message"), [(-1, "greater than or equal to 0"), (2**40, "less than or equal to")])
+@pytest.mark.no_server
 def test_seed_outside_numpys_range_is_refused(seed, message):
     with pytest.raises(InputError, match=rf"--seed: Input should be {message}"):
         Params.parse(seed=seed)
     assert Params.parse(seed=SEED_MAX).seed == SEED_MAX == 2**32 - 1
 
 
+@pytest.mark.no_server
 def test_seed_out_of_range_from_the_cli(artifacts, capfd):
     code, err = run_cli(["--data", str(ADVERTISING), "--artifacts-dir", str(artifacts), "--seed", "-1"], capfd)
     assert_one_line_error(code, err, r"--seed: Input should be greater than or equal to 0 \(got -1\)")
@@ -143,6 +149,7 @@ def fifo(tmp_path: Path) -> str:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.no_server
 def test_devices_and_fifos_are_refused_before_anything_reads_them(fifo):
     for source in (fifo, "/dev/zero"):
         with pytest.raises(InputError, match=r"is not a regular file \(a device, FIFO or socket"):
@@ -153,6 +160,7 @@ def test_devices_and_fifos_are_refused_before_anything_reads_them(fifo):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.no_server
 def test_fifo_as_data_is_one_line_from_the_cli(fifo, artifacts, capfd):
     code, err = run_cli(["--data", fifo, "--artifacts-dir", str(artifacts)], capfd)
     assert_one_line_error(code, err, r"pipe\.csv: is not a regular file")
@@ -187,6 +195,7 @@ def mutations(manifest: dict, rng: random.Random) -> list:
     return out
 
 
+@pytest.mark.no_server
 def test_lineage_on_malformed_manifests_never_gives_a_traceback(chain, capsys):
     rng = random.Random(0)
     assert lineage.main([str(chain)]) == 0
@@ -209,6 +218,7 @@ def test_lineage_on_malformed_manifests_never_gives_a_traceback(chain, capsys):
     assert lineage.main([str(chain)]) == 0
 
 
+@pytest.mark.no_server
 def test_lineage_reports_a_malformed_manifest_as_not_verifying(chain, capsys):
     manifest = {"sha256": "ab" * 32, "size": 1, "format": "parquet", "inputs": "not a list"}
     core.manifest_path(chain).write_text(json.dumps(manifest))
@@ -222,6 +232,7 @@ def test_lineage_reports_a_malformed_manifest_as_not_verifying(chain, capsys):
 @pytest.mark.parametrize(
     "record", ["{", "[]", '{"stages": []}', '{"stages": {"a": 1}}', '{"stages": {"a": {"artifacts": {"x": {}}}}}']
 )
+@pytest.mark.no_server
 def test_lineage_on_a_malformed_run_record_is_one_line(record, tmp_path, capsys):
     path = tmp_path / core.RUNS_DIR / "r.json"
     path.parent.mkdir()
@@ -241,6 +252,7 @@ def test_lineage_on_a_malformed_run_record_is_one_line(record, tmp_path, capsys)
         ({"a": [1.0, 2.0], "y": [1.0, -1e39]}, r"target column 'y' has 1 value\(s\) beyond float32's range"),
     ],
 )
+@pytest.mark.no_server
 def test_values_beyond_float32_are_not_called_missing(columns, message):
     t = pa.table(columns)
     with pytest.raises(
@@ -249,6 +261,7 @@ def test_values_beyond_float32_are_not_called_missing(columns, message):
         to_tensors(t, t, "y", None)
 
 
+@pytest.mark.no_server
 def test_real_nan_inf_and_nulls_are_still_called_missing():
     for values in ([1.0, float("nan")], [1.0, float("inf")], [1.0, None], [True, None]):
         t = pa.table({"a": values, "y": [1.0, 2.0]})
@@ -267,6 +280,7 @@ def big_target(scale: float, n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["scratch", "builtins"])
+@pytest.mark.no_server
 def test_target_beyond_the_float32_loss_says_rescale_not_lr(method):
     """The row loop sums squared errors in float32: at a target of ~1e20 the first loss is inf, whatever lr."""
     x, y = big_target(1e20)
@@ -284,6 +298,7 @@ def test_target_beyond_the_float32_loss_says_rescale_not_lr(method):
     assert fit(x, y, Params.parse(device="cpu", engine="stats").training()).weights.isfinite().all()
 
 
+@pytest.mark.no_server
 def test_a_real_divergence_keeps_its_lr_advice():
     x, y = big_target(1.0)
     cfg = Params.parse(device="cpu", engine="rows", lr=50.0, standardize=False, tol=0.0).training()
@@ -312,12 +327,14 @@ def test_target_overflow_names_the_column_from_the_cli(tmp_path, artifacts, capf
         ({"index_column": "TV", "features": ["TV", "radio"]}, r"--index-column 'TV' is also listed in --features"),
     ],
 )
+@pytest.mark.no_server
 def test_index_column_that_is_the_target_or_a_feature_is_refused(values, message):
     with pytest.raises(InputError, match=message):
         Params.parse(**values)
     assert Params.parse(index_column=None, target="sales").index_column is None
 
 
+@pytest.mark.no_server
 def test_index_column_equal_to_target_is_blamed_on_index_column(artifacts, capfd):
     args = ["--data", str(ADVERTISING), "--artifacts-dir", str(artifacts), "--index-column", "sales"]
     code, err = run_cli(args, capfd)
@@ -328,6 +345,7 @@ def test_index_column_equal_to_target_is_blamed_on_index_column(artifacts, capfd
 
 
 @pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"])
+@pytest.mark.no_server
 def test_delimiter_is_read_off_the_header(delimiter, write_csv, tmp_path):
     content = '"a, the first"' + ROWS.replace(",", delimiter)[1:]
     schema = csv_to_parquet(Path(write_csv(content)), tmp_path / "raw.parquet", "d.csv")
@@ -335,12 +353,14 @@ def test_delimiter_is_read_off_the_header(delimiter, write_csv, tmp_path):
     assert pq.read_table(tmp_path / "raw.parquet").num_rows == 6
 
 
+@pytest.mark.no_server
 def test_detect_delimiter():
     assert ingest.detect_delimiter(b"sales\n1\n") == ","  # one column: none of them
     assert ingest.detect_delimiter(b'"x;y",b,c\n') == ","  # a delimiter inside quotes does not count
     assert ingest.detect_delimiter(b"a;b,c;d\n") == ";"
 
 
+@pytest.mark.no_server
 def test_one_column_file_still_reads(write_csv, tmp_path):
     schema = csv_to_parquet(Path(write_csv("sales\n1\n2\n")), tmp_path / "raw.parquet", "one.csv")
     assert schema.names == ["sales"]
@@ -357,6 +377,7 @@ def test_semicolon_csv_trains_from_the_cli(tmp_path, artifacts, capfd):
 
 
 @pytest.mark.parametrize(("suffix", "opener"), [(".gz", gzip.open), (".bz2", bz2.open)])
+@pytest.mark.no_server
 def test_compressed_csv_is_read(suffix, opener, tmp_path):
     source = tmp_path / f"data.csv{suffix}"
     with opener(source, "wt") as fh:

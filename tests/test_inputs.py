@@ -41,6 +41,7 @@ def test_a_bool_feature_trains_and_predicts_as_one_and_zero(write_csv, artifacts
     assert abs(weights[1] - 5.0) < 0.5  # the flag's effect was learnt: True counted as 1
 
 
+@pytest.mark.no_server
 def test_predict_takes_a_bool_column_as_one_and_zero_and_refuses_its_gaps_by_row():
     batch = pa.record_batch({"flag": pa.array([True, None, False])})
     stage.check_features(batch.schema, ["flag"], "new.csv")  # a bool column is a feature column, as in training
@@ -50,11 +51,13 @@ def test_predict_takes_a_bool_column_as_one_and_zero_and_refuses_its_gaps_by_row
         stage.predict_batch(batch, ["flag"], np.array([1.0]), 0.0)
 
 
+@pytest.mark.no_server
 def test_one_line_writes_control_characters_as_escapes():
     assert one_line("bad\nname.csv\r\t\x1b[31m é — ×") == "bad\\nname.csv\\r\\t\\x1b[31m é — ×"
     assert one_line("a\u2028b\x85c") == "a\\u2028b\\x85c"
 
 
+@pytest.mark.no_server
 def test_every_command_line_prints_errors_through_one_function():
     """A `print(f"error: …")` of its own would not keep the message to one line."""
     offenders = [

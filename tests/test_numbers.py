@@ -117,6 +117,7 @@ def huge_tv() -> dict:
     return to_tensors(train, test, "sales", None)
 
 
+@pytest.mark.no_server
 def test_reference_with_a_1e30_feature_equals_numpy(huge_tv):
     x, y = huge_tv["x_train"], huge_tv["y_train"]
     assert float(x[0, 0]) == pytest.approx(HUGE, rel=1e-7)  # float32
@@ -133,6 +134,7 @@ def test_reference_with_a_1e30_feature_equals_numpy(huge_tv):
     assert train_mse(x, y, reference.weights, reference.bias) == pytest.approx(16.1737, abs=1e-4)  # not 227.2
 
 
+@pytest.mark.no_server
 def test_the_old_unscaled_reference_fails_the_check(huge_tv):
     """The cause: gelsd on the unscaled R cut every singular value below eps·1e30, i.e. every other column."""
     r = torch.linalg.qr(qr_factor(huge_tv["x_train"], huge_tv["y_train"]), mode="r").R
@@ -141,6 +143,7 @@ def test_the_old_unscaled_reference_fails_the_check(huge_tv):
     assert normal_equations_residual(r[:, :4], r[:, 4], unscaled.solution.ravel()) > 0.1 > NORMAL_EQUATIONS_RTOL
 
 
+@pytest.mark.no_server
 def test_unscaled_numpy_fails_the_same_way(huge_tv):
     x, y = huge_tv["x_train"], huge_tv["y_train"]
     a = np.c_[x.double().numpy(), np.ones(len(x))]
@@ -149,6 +152,7 @@ def test_unscaled_numpy_fails_the_same_way(huge_tv):
 
 
 @pytest.mark.parametrize("engine", ["rows", "stats"])
+@pytest.mark.no_server
 def test_gradient_descent_with_a_1e30_feature_reaches_the_reference(huge_tv, engine):
     x, y = huge_tv["x_train"], huge_tv["y_train"]
     result = evaluate_on(x, y, fitted(x, y, engine=engine))
@@ -164,6 +168,7 @@ def test_gradient_descent_with_a_1e30_feature_reaches_the_reference(huge_tv, eng
 # --- the reference's checks: an untrusted reference says so, and nothing is measured against it ---------
 
 
+@pytest.mark.no_server
 def test_a_reference_that_fails_its_check_is_reported_untrusted(huge_tv, caplog, monkeypatch, tmp_path):
     x, y = huge_tv["x_train"], huge_tv["y_train"]
     model = fitted(x, y)
@@ -190,6 +195,7 @@ def test_a_reference_that_fails_its_check_is_reported_untrusted(huge_tv, caplog,
     assert any(r.levelno == logging.WARNING and "cannot be trusted" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.no_server
 def test_a_reference_above_gradient_descent_is_caught_by_the_mse_check(huge_tv):
     """The old 1e30 answer, had it passed its own check: its train MSE (227) is above GD's (16.2)."""
     x, y = huge_tv["x_train"], huge_tv["y_train"]
@@ -202,6 +208,7 @@ def test_a_reference_above_gradient_descent_is_caught_by_the_mse_check(huge_tv):
 # --- 2. a feature named twice ---------------------------------------------------------------------
 
 
+@pytest.mark.no_server
 def test_a_feature_named_twice_is_refused():
     t = pa.table({"TV": [1.0, 2.0, 3.0], "radio": [1.0, 0.0, 1.0], "sales": [1.0, 2.0, 4.0]})
     with pytest.raises(InputError, match=r"^feature column 'TV' is named more than once in --features"):
@@ -219,12 +226,14 @@ def test_cli_refuses_a_feature_named_twice_in_one_line(artifacts, capsys):
 # --- 3. degenerate problems -------------------------------------------------------------------------
 
 
+@pytest.mark.no_server
 def test_r2_is_none_where_the_target_does_not_vary():
     assert regression_metrics(np.full(4, 2.5), np.array([2.5, 2.5, 2.0, 3.0]))["r2"] is None
     assert regression_metrics(np.full(4, 0.1), np.full(4, 0.1))["r2"] is None  # not scikit-learn's 1.0
     assert regression_metrics(np.array([1.0, 2.0]), np.array([1.0, 2.0]))["r2"] == 1.0
 
 
+@pytest.mark.no_server
 def test_a_constant_test_target_has_no_r2_anywhere_it_is_shown():
     gen = torch.Generator().manual_seed(4)
     x = torch.rand(40, 2, generator=gen)
@@ -251,6 +260,7 @@ def degenerate(rows: int, features: int, constant_y: bool = False) -> tuple[torc
 
 
 @pytest.mark.parametrize("engine", ["rows", "stats"])
+@pytest.mark.no_server
 def test_a_constant_target_is_refused_before_training(engine):
     x, y = degenerate(50, 2, constant_y=True)
     cfg = dataclasses.replace(Params(device="cpu").training(), engine=engine)
@@ -258,6 +268,7 @@ def test_a_constant_target_is_refused_before_training(engine):
         fit(x, y, cfg)
 
 
+@pytest.mark.no_server
 def test_fewer_rows_than_features_plus_one_is_refused_before_training():
     x, y = degenerate(2, 3)
     with pytest.raises(InputError, match=r"^2 training rows for 3 features plus an intercept: the fit is under"):
@@ -266,6 +277,7 @@ def test_fewer_rows_than_features_plus_one_is_refused_before_training():
     assert fit(x, y, Params(device="cpu").training()).weights.isfinite().all()
 
 
+@pytest.mark.no_server
 def test_refusals_name_the_columns_on_summed_statistics():
     x, y = degenerate(3, 2, constant_y=True)
     stats = Stats.total([Stats.of(x[:1], y[:1]), Stats.of(x[1:], y[1:])])
@@ -277,6 +289,7 @@ def test_refusals_name_the_columns_on_summed_statistics():
         )
 
 
+@pytest.mark.no_server
 def test_an_exact_fit_reports_no_relative_gap():
     gen = torch.Generator().manual_seed(5)
     x = torch.rand(4, 3, generator=gen)
@@ -292,6 +305,7 @@ def test_an_exact_fit_reports_no_relative_gap():
 
 
 @pytest.mark.parametrize("engine", ["rows", "stats"])
+@pytest.mark.no_server
 def test_an_exact_linear_target_trains_without_a_false_divergence(engine):
     """The stats engine's loss cancels to noise around zero at an exact fit: that is not divergence."""
     gen = torch.Generator().manual_seed(6)
@@ -311,6 +325,7 @@ def constant_feature(value: float) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("value", [0.1, 1234567.8])
+@pytest.mark.no_server
 def test_scaler_centres_a_constant_column_to_exact_zero(value):
     """E[x²] − E[x]² of a constant 0.1 is rounding noise, not zero; dividing by it blew the column up."""
     x, y = constant_feature(value)
@@ -321,6 +336,7 @@ def test_scaler_centres_a_constant_column_to_exact_zero(value):
     assert bool((scaled.g[1] == 0).all()) and float(scaled.c[1]) == 0.0
 
 
+@pytest.mark.no_server
 def test_collinear_but_for_float32_rounding_is_collinear():
     """1.1·a stored in float32 beside a: the rounding alone makes the columns independent, and exact least
     squares on the float32 rows fits that noise with weights of about 1e6. The reference cuts directions below
@@ -344,6 +360,7 @@ def test_collinear_but_for_float32_rounding_is_collinear():
 @pytest.mark.parametrize(
     "case", ["constant 0.1", "constant 1234567.8", "collinear", "constant, randn init", "constant, raw"]
 )
+@pytest.mark.no_server
 def test_not_unique_least_squares_gives_finite_weights_and_an_honest_gap(case, engine):
     """A constant or collinear feature: least squares is not unique, but its MSE is, and GD reaches it."""
     x, y = constant_feature(float(case.split()[1]) if case.startswith("constant ") else 0.1)

@@ -11,6 +11,8 @@ from flows.params import PRESETS, Params
 from flows.train import build_parser, linear_regression, main
 from tasks import train
 
+pytestmark = pytest.mark.no_server
+
 
 def test_the_deployment_form_has_a_description_for_every_parameter_and_a_dropdown_for_every_choice():
     schema = parameter_schema(linear_regression.fn).model_dump()["properties"]

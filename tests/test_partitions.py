@@ -38,6 +38,7 @@ def numbered(n: int) -> pa.Table:
 
 
 @pytest.mark.parametrize("sizes", [[50, 30, 20], [1, 98, 1], [100]])
+@pytest.mark.no_server
 def test_partition_split_gives_the_single_file_rows(sizes):
     whole = numbered(sum(sizes))
     train, test = split_table(whole, test_size=0.25, seed=3)
@@ -50,6 +51,7 @@ def test_partition_split_gives_the_single_file_rows(sizes):
     assert sorted(got_test) == sorted(test.column("row").to_numpy())
 
 
+@pytest.mark.no_server
 def test_summed_statistics_equal_the_whole_data_statistics():
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(1000, 3, generator=gen) * 100, torch.rand(1000, 1, generator=gen)
@@ -60,6 +62,7 @@ def test_summed_statistics_equal_the_whole_data_statistics():
     assert parts.yy == pytest.approx(whole.yy, rel=1e-12) and parts.n == whole.n == 1000
 
 
+@pytest.mark.no_server
 def test_summed_metrics_equal_scikit_learn():
     rng = np.random.default_rng(1)
     y = rng.normal(14, 5, 500)
@@ -78,6 +81,7 @@ def test_summed_metrics_equal_scikit_learn():
 
 
 @pytest.mark.parametrize("chunk_rows", [1000, 7])
+@pytest.mark.no_server
 def test_least_squares_from_merged_qr_factors_equals_scikit_learn(chunk_rows):
     frame = pd.read_csv(ADVERTISING)
     x = torch.tensor(frame[["TV", "radio", "newspaper"]].to_numpy(), dtype=torch.float32)
@@ -91,6 +95,7 @@ def test_least_squares_from_merged_qr_factors_equals_scikit_learn(chunk_rows):
     assert bias == pytest.approx(float(ols.intercept_), rel=1e-9)
 
 
+@pytest.mark.no_server
 def test_least_squares_of_collinear_features_is_finite_and_fits():
     gen = torch.Generator().manual_seed(2)
     a = torch.rand(100, 1, generator=gen)
@@ -104,6 +109,7 @@ def test_least_squares_of_collinear_features_is_finite_and_fits():
     np.testing.assert_allclose(fitted, y.double().numpy().ravel(), atol=1e-5)
 
 
+@pytest.mark.no_server
 def test_partition_sources_lists_a_folder_or_a_glob_sorted(tmp_path):
     for name in ("b.csv", "a.parquet", "c.CSV", "notes.txt"):
         (tmp_path / name).write_text("x\n1\n")
@@ -121,6 +127,7 @@ def test_partition_sources_lists_a_folder_or_a_glob_sorted(tmp_path):
         core.partition_sources(str(empty))
 
 
+@pytest.mark.no_server
 def test_parquet_input_is_copied_unchanged_and_garbage_is_refused(tmp_path):
     source = tmp_path / "in.parquet"
     table = pa.table({"TV": [1.5, 2.5, 3.5], "sales": [1, 2, 3]})
@@ -135,6 +142,7 @@ def test_parquet_input_is_copied_unchanged_and_garbage_is_refused(tmp_path):
     assert not (tmp_path / "raw2.parquet").exists() and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.no_server
 def test_a_folder_refuses_row_engine_and_builtins_before_running(tmp_path):
     with pytest.raises(InputError, match=r"folder or glob.*--engine auto or stats"):
         Params.parse(data=str(tmp_path), engine="rows")

@@ -180,6 +180,7 @@ def test_predict_deployment_runs_on_a_process_worker(store, prefect_api_url, tmp
     assert core.escape_md(store["model"]) in report.data and "data:image/png;base64," in report.data
 
 
+@pytest.mark.no_server
 def test_streaming_follows_the_row_order_across_batches_and_row_groups(tmp_path, monkeypatch):
     """Batches smaller than the row groups, row groups that differ between the two tables: the index column
     still lines up with its rows, and a NaN is reported at its row of the file."""

@@ -7,6 +7,8 @@ import torch
 
 from tasks.train import TrainConfig, fit
 
+pytestmark = pytest.mark.no_server
+
 
 # A small fixed step keeps the loss falling for every epoch (no early stop); "auto" converges early.
 @pytest.mark.parametrize(

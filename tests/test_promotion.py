@@ -62,6 +62,7 @@ def run(store: Path, tensors: str, model_path: str, tolerance: float = 0.0) -> d
     return promote.promote(str(store), [tensors], model_path, f"run-{Path(model_path).parent.name}", tolerance)[0]
 
 
+@pytest.mark.no_server
 def test_mse_is_evaluates_mse_on_the_test_rows(tensors):
     t = core.read_pt(tensors)
     expected = regression_metrics(
@@ -80,12 +81,14 @@ def test_mse_is_evaluates_mse_on_the_test_rows(tensors):
         (1.2, 1.0, 0.1, False),
     ],
 )
+@pytest.mark.no_server
 def test_decide(challenger, champion, tolerance, promoted):
     assert promote.decide(challenger, champion, tolerance)[0] is promoted
     assert promote.decide(challenger, None, tolerance) == (True, "first successful run: no champion yet")
     assert promote.decide(challenger, float("inf"), tolerance)[0] and not promote.decide(float("nan"), 1.0, 0.0)[0]
 
 
+@pytest.mark.no_server
 def test_first_better_worse_equal_within_tolerance(store, tensors):
     first = run(store, tensors, model(store, "first", scale=0.8))
     assert first["promoted"] and first["champion_test_mse"] is None
@@ -110,12 +113,14 @@ def test_first_better_worse_equal_within_tolerance(store, tensors):
     assert again["promoted"] and "already the champion" in again["reason"]
 
 
+@pytest.mark.no_server
 def test_different_features_or_target_promote_and_say_so(store, tensors):
     run(store, tensors, model(store, "best", scale=1.0))
     other = run(store, tensors, model(store, "other", scale=0.1, target="z"))
     assert other["promoted"] and other["champion_test_mse"] is None and "not comparable" in other["reason"]
 
 
+@pytest.mark.no_server
 def test_a_pointer_outside_the_root_or_altered_model_is_refused(store, tensors):
     run(store, tensors, model(store, "m"))
     path = promote.pointer_path(store)
@@ -130,6 +135,7 @@ def test_a_pointer_outside_the_root_or_altered_model_is_refused(store, tensors):
     assert replaced["promoted"] and "cannot be used" in replaced["reason"]
 
 
+@pytest.mark.no_server
 def test_two_racing_runs_end_as_if_one_ran_after_the_other(store, tensors, monkeypatch):
     """Both read the champion (A) slowly; without the lock both would beat A and the slower writer would win."""
     run(store, tensors, model(store, "a", scale=0.5))

@@ -13,6 +13,8 @@ from tasks.evaluate import coefficients_table, metrics_table
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.report import coefficient_rows, markdown_table, metrics_rows, png_data_uri, render_report
 
+pytestmark = pytest.mark.no_server
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

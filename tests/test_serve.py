@@ -39,6 +39,7 @@ def _deployment():
             return None
 
 
+@pytest.mark.no_server
 def test_served_schedule_is_the_daily_deployments():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     [daily] = [d for d in config["deployments"] if d["name"] == "daily"]
@@ -47,6 +48,7 @@ def test_served_schedule_is_the_daily_deployments():
     assert (schedule.cron, schedule.timezone) == ("0 6 * * *", "UTC")
 
 
+@pytest.mark.no_server
 def test_bad_deployments_file_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("flows.serve.PREFECT_YAML", tmp_path / "prefect.yaml")
     assert main([]) == 2

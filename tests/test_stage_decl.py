@@ -14,6 +14,8 @@ from prefect import Task
 import stagecore as core
 import tasks
 
+pytestmark = pytest.mark.no_server
+
 
 def stage_tasks() -> list[Task]:
     found = []

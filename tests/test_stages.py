@@ -28,6 +28,8 @@ from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
 
+pytestmark = pytest.mark.no_server
+
 SMALL = '"",x1,x2,y\n"1",1.0,2,3.5\n"2",2.0,1,4.0\n"3",3.0,0,5.5\n"4",4.0,5,6.0\n'
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -188,6 +188,7 @@ def test_a_users_non_empty_folder_is_never_adopted_and_clean_deletes_only_store_
     assert left == sorted([core.MARKER, "notes.txt", str(model_dir / "my-notes.txt"), "runs/todo.md"])
 
 
+@pytest.mark.no_server
 def test_clean_artifacts_on_a_file_or_a_missing_folder_is_one_line(tmp_path: Path, capsys):
     a_file = tmp_path / "a-file"
     a_file.write_text("data")
@@ -214,6 +215,7 @@ def test_refresh_writes_new_files_and_earlier_run_records_still_verify(artifacts
     assert run(artifacts)["artifacts"] == second["artifacts"]  # the record follows the newest files
 
 
+@pytest.mark.no_server
 def test_temporary_files_of_dead_writers_are_swept(artifacts: Path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -250,6 +252,7 @@ def test_failed_runs_leave_no_records(artifacts: Path):
         ("/plain/path?not=a&url=1", "/plain/path?not=a&url=1"),
     ],
 )
+@pytest.mark.no_server
 def test_redact(url: str, recorded: str):
     assert core.redact(url) == recorded
 
@@ -277,6 +280,7 @@ def test_secrets_in_a_url_are_not_written_into_the_store(artifacts: Path, http_s
     assert manifest["inputs"][0]["path"] == f"{http_server}/ads.csv?token=REDACTED&sig=REDACTED"
 
 
+@pytest.mark.no_server
 def test_nothing_in_the_repository_loads_pickles_or_unsafe_torch_files():
     """A guard for the future: every torch.load passes weights_only=True, and nothing unpickles."""
     offenders = []
@@ -289,6 +293,7 @@ def test_nothing_in_the_repository_loads_pickles_or_unsafe_torch_files():
     assert offenders == []
 
 
+@pytest.mark.no_server
 def test_sha256_refuses_what_is_not_a_regular_file(tmp_path: Path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

@@ -16,6 +16,8 @@ from tasks.split import split_table
 from tasks.tensorize import to_tensors
 from tasks.train import DivergenceError, Monitor, Scaler, Stats, fit, initial_params, mse, train_scratch
 
+pytestmark = pytest.mark.no_server
+
 RTOL = 1e-3  # stated tolerance: every weight and the bias within 0.1% of float64 least squares
 
 

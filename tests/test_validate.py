@@ -11,6 +11,8 @@ from stagecore import validate
 from stagecore.root import STORE_NAME
 from stagecore.validate import Invalid
 
+pytestmark = pytest.mark.no_server
+
 SHA = "a" * 64
 MODEL_REST = {"bias": {"type": "float"}, "features": {"type": "list"}, "target": {"type": "str"}}
 
