@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import errno
 import functools
 import hashlib
@@ -80,7 +81,7 @@ def _options(url: str) -> dict[str, Any]:
     if not url.startswith(("s3://", "s3a://")):
         return {}
     configured = fsspec.config.conf.get("s3", {}).get("config_kwargs", {})
-    defaults = dict(S3_CONFIG)
+    defaults = copy.deepcopy(S3_CONFIG)  # botocore rewrites the retries dict it is given (max → total_max_attempts)
     if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
         defaults.pop("retries")  # botocore reads them, unless a client config says otherwise
     return {"config_kwargs": {**defaults, **configured}}

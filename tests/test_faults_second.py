@@ -68,9 +68,8 @@ def test_an_unreachable_endpoint_is_one_line_naming_the_bucket_within_seconds():
     assert f"bucket '{BUCKET}'" in last and "cannot be reached" in last and "AWS_ENDPOINT_URL" in last, last
     # bounded by the client's retry settings, not by a timer (timings belong in bench/): botocore's default
     # legacy retries took 10 s a call here; the client now makes 3 attempts with a 5 s connect timeout
-    fs, _ = remote.filesystem(f"s3://{BUCKET}/x")
-    assert fs.config_kwargs["retries"] == {"max_attempts": 3, "mode": "standard"}, fs.config_kwargs
-    assert fs.config_kwargs["connect_timeout"] == 5
+    assert remote.S3_CONFIG == {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5}
+    assert remote.filesystem(f"s3://{BUCKET}/x")[0].config_kwargs["connect_timeout"] == 5
 
 
 def test_a_store_that_dies_mid_run_ends_in_one_line(tmp_path: Path):

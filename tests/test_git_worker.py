@@ -233,13 +233,13 @@ def test_artifacts_manifests_run_record_champion_and_history_are_on_the_s3_serve
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()
     try:
-        assert core.verify(model)["stage"] == "train"  # the object matches its manifest, checked on the store
+        assert core.verify(f"{PREFIX}/{model}")["stage"] == "train"  # the object matches its manifest, on the store
         champion = promote.read_champion(PREFIX)
         [row] = read_history(PREFIX).to_pylist()
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
     assert champion is not None and champion["flow_run_id"] == run_id  # the first run on the store: promoted
-    assert (row["flow_run_id"], row["promoted"], f"{PREFIX}/{row['model']}") == (run_id, True, model)
+    assert (row["flow_run_id"], row["promoted"], row["model"]) == (run_id, True, model)
 
 
 def test_nothing_was_written_into_the_deploying_folder(team):

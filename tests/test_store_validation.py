@@ -163,7 +163,8 @@ def test_a_deeply_nested_marker_beside_a_users_file_is_one_line(store, capsys):
     assert train_main(["--artifacts-dir", str(store)]) == 2
     err = capsys.readouterr().err
     one_error_line(err)
-    assert "already holds files the store did not write (notes.txt)" in err
+    assert "its marker .linreg-store is not a store's marker" in err
+    assert "it holds files the store did not write (notes.txt); restore the marker" in err
 
 
 def test_a_deeply_nested_run_record_is_one_line(store, capsys):
