@@ -44,6 +44,18 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return last
 
 
+def train_in_background(env: dict[str, str], artifacts_dir: str) -> subprocess.Popen:
+    """``python -m flows.train`` started in a child process with its output captured, for a fault mid-run."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.train", "--artifacts-dir", artifacts_dir],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 # --- the object store --------------------------------------------------------------------------------------
 
 
@@ -86,14 +98,7 @@ def test_a_store_that_dies_mid_run_ends_in_one_line(tmp_path: Path):
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )
         child_env = {**os.environ, **env}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.train", "--artifacts-dir", f"s3://{BUCKET}/run"],
-            cwd=ROOT,
-            env=child_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = train_in_background(child_env, f"s3://{BUCKET}/run")
         deadline = time.monotonic() + 60
         while "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="run/ingest/"):  # the flow has started
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its store died"
@@ -213,14 +218,7 @@ def test_the_prefect_server_gone_mid_run_is_one_line_naming_it_and_the_lifecycle
     artifacts = tmp_path / "artifacts"
     try:
         env = isolated_env(tmp_path / "client", PREFECT_API_URL=server.url)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.train", "--artifacts-dir", str(artifacts)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = train_in_background(env, str(artifacts))
         deadline = time.monotonic() + 90
         while not (artifacts / "ingest").exists():  # the flow run has started, and its first stage has written
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its server went away"
