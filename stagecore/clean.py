@@ -67,6 +67,7 @@ class Tree:
     """The files under a store's root: list (relative posix path → size), read a small one, remove some."""
 
     where: str
+    others: list[str]  # what `files` saw that is no regular file (links, sockets): never the store's
 
     def files(self) -> dict[str, int]:
         raise NotImplementedError
@@ -146,6 +147,7 @@ class ObjectTree(Tree):
 
     def __post_init__(self) -> None:
         self.where = self.url
+        self.others = []  # an object store holds only objects
 
     def files(self) -> dict[str, int]:
         return remote.find_sizes(self.url)
@@ -275,7 +277,7 @@ def inventory(tree: Tree) -> Inventory:
     for rel, size in files.items():
         owned.update(_proves(tree, rel, size, files))
     owned &= set(files)
-    foreign = sorted(set(files) - owned) + sorted(getattr(tree, "others", []))
+    foreign = sorted(set(files) - owned) + sorted(tree.others)
     return Inventory(sorted(owned), foreign)
 
 

@@ -17,6 +17,8 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
+from stagecore.layout import STORE_NAME
+
 MAX_JSON_BYTES = 64 << 20
 """The largest store JSON read at all. Run records and the manifests of train and evaluate list every partition's
 files (about 250 bytes per file with s3:// URLs, some six files per partition in a run record): 64 MiB is some
@@ -188,8 +190,6 @@ def model_manifest(obj: Any, what: str = "manifest") -> dict[str, Any]:
 
 def marker(obj: Any) -> dict[str, Any]:
     """The store's marker (stagecore/root.py ``_mark``): an object naming the store; other fields tolerated."""
-    from stagecore.layout import STORE_NAME
-
     obj = _object(obj, "marker")
     if obj.get("store") != STORE_NAME:
         raise Invalid(f"marker: field 'store' is not {STORE_NAME!r}")
