@@ -7,12 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 import stagecore as core
 from flows.cli import exit_with, print_error
-from stagecore import remote, validate
+from stagecore import validate
 from stagecore.errors import InputError
 from tasks.history import read_history, table_rows
 
@@ -37,18 +36,17 @@ def load(artifacts_dir: str | None, last: int | None) -> list[dict[str, Any]]:
     """The runs, oldest first, as plain dicts (``params`` parsed back from JSON)."""
     if last is not None and last < 1:
         raise InputError(f"--last {last}: must be a positive number of runs")
-    root: str | Path = core.store_root(artifacts_dir)
-    if core.is_remote(root):
-        try:
-            marked = remote.read_bytes(remote.join(str(root), core.MARKER), limit=4096) is not None
-        except (OSError, ValueError) as exc:
-            raise remote.storage_error(str(root), exc) from None
-        if not marked:
-            raise InputError(f"--artifacts-dir {root}: no artifacts store there; pass the URL the flow wrote to")
-    else:
-        root = core.artifacts_root(artifacts_dir)
-        if not root.is_dir():
-            raise InputError(f"--artifacts-dir {root}: no such folder; pass the folder the flow wrote to")
+    store = core.open_store(core.store_root(artifacts_dir))
+    if problem := store.missing():
+        raise InputError(f"--artifacts-dir {store.url}: {problem}; pass the folder the flow wrote to")
+    try:
+        marked = store.read(core.MARKER, limit=4096) is not None
+    except (OSError, ValueError) as exc:
+        raise store.error(exc) from None
+    if not marked:
+        where = f"--artifacts-dir {store.url}"
+        raise InputError(f"{where}: no artifacts store there; pass the {store.place} the flow wrote to")
+    root = store.url
     rows = table_rows(read_history(root, last, lambda message: print(f"warning: {message}", file=sys.stderr)))
     for row in rows:
         row["params"] = validate.load_json(row["params"], "params")  # checked by read_history: a JSON object

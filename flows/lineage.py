@@ -18,15 +18,14 @@ from typing import Any
 
 import stagecore as core
 from flows.cli import exit_with, print_error
-from stagecore import remote, storepaths, validate
+from stagecore import storepaths, validate
 from stagecore.errors import InputError
 
 
 def _exists(path: str) -> bool:
-    if core.is_remote(path):
-        return remote.exists(path)
+    store, name = core.locate(path)
     try:
-        return Path(path).exists()
+        return store.size(name) is not None
     except (OSError, ValueError):  # a name too long for the file system, say
         return False
 
@@ -152,11 +151,12 @@ def _is_file(path: str) -> bool:
 
 def _absolute(path: str | Path) -> str:
     """A local path made absolute; an object store's URL as it is."""
-    return str(path) if core.is_remote(path) else str(Path(path).expanduser().resolve())
+    store, name = core.locate(path)
+    return store.path(name)
 
 
 def _manifest_of(path: str) -> str:
-    return path + core.MANIFEST_SUFFIX if core.is_remote(path) else str(core.manifest_path(path))
+    return path + core.MANIFEST_SUFFIX
 
 
 def sources(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -216,12 +216,8 @@ def read_run_record(path: str) -> tuple[dict[str, Any], list[str]]:
     """A run record and the artifact paths it lists, stage by stage; a one-line error if it is malformed
     (`stagecore.validate.run_record`)."""
     try:
-        limit = validate.MAX_JSON_BYTES
-        if core.is_remote(path):
-            content = remote.read_bytes(path, limit=limit) or b""
-        else:
-            with open(path, "rb") as fh:
-                content = fh.read(limit + 1)
+        store, name = core.locate(path)
+        content = store.read(name, limit=validate.MAX_JSON_BYTES) or b""
         record = validate.run_record(validate.load_json(content, path), path)
     except (OSError, validate.Invalid) as exc:
         raise InputError(f"{path}: not a readable run record ({str(exc).removeprefix(f'{path}: ')})") from None

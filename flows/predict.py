@@ -24,7 +24,7 @@ import stagecore as core
 from flows.cli import exit_with, print_error
 from flows.params import Params, _typed
 from flows.train import settle_prefect, task_runner
-from stagecore import remote, validate
+from stagecore import validate
 from stagecore.cache import StageRunner
 from stagecore.errors import InputError, IntegrityError
 from tasks import drop_index, ingest, predict
@@ -85,12 +85,8 @@ def resolve_model(model: str, root: str) -> str:
             raise InputError(
                 f"no champion model in {root} yet; train first (python -m flows.train), or pass --model PATH"
             )
-    elif core.is_remote(model):
-        path = str(_fetch_model(model, root))
     else:
-        path = str(Path(model).expanduser().resolve())
-        if not Path(path).is_file():
-            raise InputError(f"{model}: model file not found; pass --model with the path of a model.pt, or champion")
+        path = _model_file(model, core.open_store(root))
     manifest = core.verify(path, load=True)  # IntegrityError when it does not match its manifest
     try:
         validate.model_manifest(manifest, what=model if model != CHAMPION else path)
@@ -99,21 +95,25 @@ def resolve_model(model: str, root: str) -> str:
     return path
 
 
-def _fetch_model(url: str, root: str) -> Path:
-    """A ``--model s3://…`` of the store at ``root``, downloaded with its manifest into the scratch mirror (a
-    stage reads local files); verified by the caller."""
-    prefix = root.rstrip("/") + "/"
-    if not (core.is_remote(root) and url.startswith(prefix)):
-        raise InputError(f"{url}: a model on an object store must be under --artifacts-dir; pass its URL there")
-    relative = url[len(prefix) :]
-    if ".." in relative.split("/"):
-        raise InputError(f"{url}: not a model path of the store")
-    try:
-        local = remote.fetch(root, relative)
-        remote.fetch(root, relative + core.MANIFEST_SUFFIX)
-    except core.IntegrityError as exc:
-        raise InputError(f"{exc}; pass --model with the URL of a model.pt the training flow wrote") from None
-    return local
+def _model_file(model: str, store: core.Store) -> str:
+    """The local file of ``--model``: a file of the store by the name the store gives it (on an object store its
+    URL, downloaded with its manifest into the scratch mirror), or any local path; verified by the caller."""
+    if model.startswith(store.url + "/"):
+        relative = model[len(store.url) + 1 :]
+        if ".." in relative.split("/"):
+            raise InputError(f"{model}: not a model path of the store")
+        try:
+            path = store.get(relative)
+            store.get(relative + core.MANIFEST_SUFFIX)
+        except core.IntegrityError as exc:
+            raise InputError(f"{exc}; pass --model with the URL of a model.pt the training flow wrote") from None
+    elif core.is_url(model):
+        raise InputError(f"{model}: a model on an object store must be under --artifacts-dir; pass its URL there")
+    else:
+        path = Path(model).expanduser().resolve()
+    if not path.is_file():
+        raise InputError(f"{model}: model file not found; pass --model with the path of a model.pt, or champion")
+    return str(path)
 
 
 def linear_regression_predict(**values: Any) -> dict[str, Any]:

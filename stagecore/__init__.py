@@ -16,7 +16,6 @@ from stagecore.declare import (
     Stage,
     discard_if_empty,
     hashed_file,
-    new_folder,
     outputs,
     parquet_options,
     stage,
@@ -57,7 +56,7 @@ from stagecore.manifest import (
 )
 from stagecore.markup import escape_cells, escape_mathtext, escape_md, markdown_artifact, table_artifact
 from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
-from stagecore.remote import is_remote, public
+from stagecore.store import Store, is_remote, locate, open_store, public
 from stagecore.root import ROOT_ENV, artifacts_root, prepare_root, store_relative, store_root
 from stagecore.runs import write_run_record
 from stagecore.sources import (
@@ -104,6 +103,7 @@ __all__ = [
     "IntegrityError",
     "Outputs",
     "Stage",
+    "Store",
     "artifacts_root",
     "atomic_path",
     "check_regular",
@@ -129,11 +129,12 @@ __all__ = [
     "is_partitioned",
     "is_remote",
     "is_url",
+    "locate",
+    "open_store",
     "library_versions",
     "localize",
     "manifest_path",
     "markdown_artifact",
-    "new_folder",
     "open_parquet",
     "outputs",
     "parquet_options",

@@ -17,7 +17,7 @@ file drops the record, logs why, and the stage runs again.
 One process computes a key at a time: the stage runs under an ``flock`` on ``<key>.lock``, which the kernel
 drops when its process dies, so a ``kill -9`` leaves no stale lock. A second run that needs the same key waits,
 then finds the record. On an object store there is no lock: records are created with a conditional write and
-outputs go to folders claimed the same way (stagecore/remote.py, docs/storage.md).
+outputs go to folders claimed the same way (`stagecore.store`, docs/storage.md).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import ctypes
 import ctypes.util
 import functools
 import inspect
+import json
 import os
-from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
+from contextlib import suppress
+from pathlib import PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -39,70 +40,45 @@ from prefect.states import Completed, State
 from prefect.task_runners import TaskRunner
 
 from stagecore import validate
-from stagecore.atomic import write_json
 from stagecore.declare import Stage
 from stagecore.errors import InputError, IntegrityError
 from stagecore.hashing import sha256_file
 from stagecore.layout import CACHE_DIR
-from stagecore.lock import exclusive
-from stagecore.manifest import verify
-from stagecore.remote import StoreUnreachable, is_remote, public
+from stagecore.manifest import MANIFEST_SUFFIX, verify
+from stagecore.remote import StoreUnreachable
 from stagecore.sources import downloaded
+from stagecore.store import Store, open_store
 
 RECORD_VERSION = validate.RECORD_VERSION
-RECORD_SUFFIX = ".json"
 MAX_RECORD_BYTES = 64 << 10  # a record lists a few file names; anything larger is not one of ours
 
 
-def records_dir(root: str | os.PathLike[str]) -> Path:
-    return Path(root) / CACHE_DIR
+def record_rel(stage: str, key: str) -> str:
+    return f"{CACHE_DIR}/{stage}/{key}.json"
 
 
-def record_path(root: str | os.PathLike[str], stage: str, key: str) -> Path:
-    return records_dir(root) / stage / f"{key}{RECORD_SUFFIX}"
-
-
-def key_lock(root: str | os.PathLike[str], stage: str, key: str) -> AbstractContextManager[None]:
-    """Hold ``<root>/.cache/<stage>/<key>.lock`` exclusively: one writer per key, across threads and processes
-    (`stagecore.lock.exclusive`, an ``flock``).
-
-    On an object store there is no lock, by design (docs/storage.md): two runs may both compute a key, into
-    folders each claimed with a conditional write, and the first record created stays. Never a local folder
-    named after the URL.
-    """
-    if is_remote(root):
-        return nullcontext()
-    return exclusive(records_dir(root) / stage / f"{key}.lock")
-
-
-def write_record(
-    root: str | os.PathLike[str], stage: str, key: str, outputs: dict[str, str], replace: bool = True
-) -> Path | str:
+def write_record(store: Store, stage: str, key: str, outputs: dict[str, str], replace: bool = True) -> str:
     """Record that ``stage`` under ``key`` wrote ``outputs`` (name → path): paths stored relative to the store.
 
-    On an object store the record is created only if there is none (``replace``: overwrite, for --refresh):
-    of two runs that computed the same key, the first record stays, and the other run's outputs stay whole.
-    """
-    if is_remote(root):
-        from stagecore import remote_cache
-
-        return remote_cache.write_record(str(root), stage, key, outputs, replace)
-    base = Path(root).resolve()
-    files = {}
-    for name, path in outputs.items():
-        relative = Path(path).resolve().relative_to(base)  # a stage writes inside the store, nowhere else
-        files[name] = relative.as_posix()
+    Created only if there is none (``replace``: overwritten, for --refresh): on a store without locks, of two
+    runs that computed the same key the first record stays, and the other run's outputs stay whole."""
+    files = {name: store.relative(path) for name, path in outputs.items()}  # a stage writes inside the store
     record = {"record_version": RECORD_VERSION, "stage": stage, "key": key, "outputs": files}
-    final = record_path(root, stage, key)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    write_json(record, final)
-    return final
+    data = (json.dumps(record, indent=2) + "\n").encode()
+    try:
+        if replace:
+            store.write(record_rel(stage, key), data)
+        else:
+            store.create(record_rel(stage, key), data)
+    except OSError as exc:
+        raise store.error(exc) from None
+    return store.path(record_rel(stage, key))
 
 
 def parse_record(content: bytes, stage: str, key: str, names: tuple[str, ...] = ()) -> dict[str, str]:
-    """A record's outputs (name → path relative to the store), on disk or on a store: `stagecore.validate`'s
-    bounds (size, depth, JSON), then `stagecore.validate.cache_record` (exactly our shape, each path a relative
-    path inside this stage's folder). Invalid (a ValueError) when it is not one: a cache miss."""
+    """A record's outputs (name → path relative to the store): `stagecore.validate`'s bounds (size, depth,
+    JSON), then `stagecore.validate.cache_record` (exactly our shape, each path a relative path inside this
+    stage's folder). Invalid (a ValueError) when it is not one: a cache miss."""
     try:
         record = validate.load_json(content, "record", limit=MAX_RECORD_BYTES)
     except validate.Invalid as exc:
@@ -111,44 +87,36 @@ def parse_record(content: bytes, stage: str, key: str, names: tuple[str, ...] = 
 
 
 def read_record(
-    root: str | os.PathLike[str], stage: str, key: str, names: tuple[str, ...] = ()
+    root: str | os.PathLike[str] | Store, stage: str, key: str, names: tuple[str, ...] = ()
 ) -> dict[str, str] | None:
-    """The outputs (name → absolute path) a record lists; None if there is none; ValueError if it is not valid.
-
-    Parsed by ``json`` and checked field by field: a record must have exactly our shape, and each path must be
-    a relative path inside this stage's folder of the store (no ``..``, no absolute path, no link out).
-    """
-    if is_remote(root):
-        from stagecore import remote_cache
-
-        return remote_cache.read_record(str(root), stage, key, names)
-    path = record_path(root, stage, key)
+    """The outputs (name → local path) a record lists, each a local copy with its manifest; None if there is
+    none; ValueError if it is not valid (a path outside this stage's folder, a link out of the store).
+    IntegrityError when a listed file is missing."""
+    store = open_store(root)
     try:
-        with open(path, "rb") as fh:
-            content = fh.read(MAX_RECORD_BYTES + 1)
-    except FileNotFoundError:
-        return None
+        content = store.read(record_rel(stage, key), limit=MAX_RECORD_BYTES)
+    except StoreUnreachable:  # a good record is not dropped because the store did not answer
+        raise
     except OSError as exc:
-        raise ValueError(f"record unreadable ({exc.strerror})") from None
-    files = parse_record(content, stage, key, names)
-    base = Path(root).resolve()
-    stage_dir = base / stage
+        raise ValueError(f"record unreadable ({exc.strerror or exc})") from None
+    if content is None:
+        return None
     outputs = {}
-    for name, relative in files.items():
-        resolved = (base / relative).resolve()
-        if stage_dir.resolve() not in resolved.parents:
+    for name, relative in parse_record(content, stage, key, names).items():
+        if len(PurePosixPath(relative).parts) != 3:  # <stage>/<key folder>/<file>
             raise ValueError(f"record points outside the stage's folder ({relative!r})")
-        outputs[name] = str(resolved)
+        outputs[name] = str(store.get(relative))
+        store.get(relative + MANIFEST_SUFFIX)
     return outputs
 
 
 def check_record(
-    root: str | os.PathLike[str], stage: str, key: str, names: tuple[str, ...] = ()
+    store: Store, stage: str, key: str, names: tuple[str, ...] = ()
 ) -> tuple[dict[str, str] | None, str | None]:
     """(outputs, None) for a record whose files all verify (and that lists exactly ``names``, when given);
     (None, why) after dropping a bad one; (None, None) when there is none."""
     try:
-        outputs = read_record(root, stage, key, names)
+        outputs = read_record(store, stage, key, names)
         if outputs is None:
             return None, None
         for artifact in outputs.values():
@@ -156,12 +124,8 @@ def check_record(
     except StoreUnreachable:  # the store did not answer: the record may be good, it is not dropped
         raise
     except (ValueError, IntegrityError) as exc:
-        if is_remote(root):
-            from stagecore import remote_cache
-
-            remote_cache.drop_record(str(root), stage, key)
-        else:
-            record_path(root, stage, key).unlink(missing_ok=True)
+        with suppress(OSError):  # an unusable record that cannot be removed is dropped again next time
+            store.remove([record_rel(stage, key)])
         return None, str(exc)
     return outputs, None
 
@@ -174,16 +138,14 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
     outputs, so the UI shows the stage as Cached.
     Nothing goes through Prefect's result persistence: no record is written for a failed run either.
     """
-    fn, root = task.fn, str(root)
+    fn, store = task.fn, open_store(root)
     stage: Stage = fn.stage
     signature = inspect.signature(fn)
 
-    remote = is_remote(root)
-
     def published(outputs: dict[str, str]) -> dict[str, str]:
-        """What the stage hands on: on an object store its outputs' URLs, which any process can open (each
-        fetches its own verified copy, `Stage.localize`); on disk, the paths as they are."""
-        return {name: public(path) for name, path in outputs.items()} if remote else outputs
+        """What the stage hands on: names any process can open (on an object store the outputs' URLs, each
+        process fetching its own verified copy, `Stage.localize`; on disk, the paths as they are)."""
+        return {name: store.public(path) for name, path in outputs.items()}
 
     @functools.wraps(fn)
     def run_cached(*args: Any, **kwargs: Any) -> Any:
@@ -203,9 +165,9 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
 
     def through_cache(call: dict[str, Any], key: str) -> Any:
         logger = get_run_logger()
-        with key_lock(root, stage.name, key):
+        with store.lock(f"{CACHE_DIR}/{stage.name}/{key}.lock"):  # one writer per key, where the store locks
             if not refresh:
-                outputs, problem = check_record(root, stage.name, key, stage.returns)
+                outputs, problem = check_record(store, stage.name, key, stage.returns)
                 if outputs is not None:
                     message = f"{stage.name} {key}: every output verified"
                     return Completed(name="Cached", data=published(outputs), message=message)
@@ -216,7 +178,7 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
             outputs = fn(**call)
             if stage.returns and sorted(outputs) != sorted(stage.returns):
                 raise TypeError(f"stage {stage.name} returned {sorted(outputs)}, declared {sorted(stage.returns)}")
-            write_record(root, stage.name, key, outputs, replace=refresh)
+            write_record(store, stage.name, key, outputs, replace=refresh)
         return published(outputs)
 
     return Task(

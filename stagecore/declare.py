@@ -11,7 +11,6 @@ import contextvars
 import datetime as dt
 import functools
 import inspect
-import itertools
 import json
 import os
 import typing
@@ -26,13 +25,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from stagecore.atomic import atomic_path, makedirs, write_error, write_json
+from stagecore.atomic import atomic_path, write_json
 from stagecore.behind import ParquetWriteBehind, WriteBehind
 from stagecore.hashing import HashingWriter, remember, sha256_file
 from stagecore.keys import code_digest, plain, stage_key
-from stagecore.manifest import MANIFEST_VERSION, describe_pt, describe_schema, localize, manifest_path, versions
-from stagecore.remote import artifact_of, claim_folder, is_remote, join, public, scratch, storage_error, upload
+from stagecore.manifest import (
+    MANIFEST_SUFFIX,
+    MANIFEST_VERSION,
+    describe_pt,
+    describe_schema,
+    localize,
+    manifest_path,
+    versions,
+)
 from stagecore.sources import is_url, redact
+from stagecore.store import Store, open_store, public
 from stagecore.storepaths import recorded
 
 R = TypeVar("R")
@@ -145,23 +152,13 @@ class Stage:
         before the key is taken and the stage runs, each becomes a local file in this process's scratch
         mirror. A stage therefore always opens local files, whichever process (or machine) wrote them.
         """
-        root = str(args.get(ROOT_ARGUMENT, ""))
-        if not is_remote(root):
-            return dict(args)
-        base = root.rstrip("/") + "/"
-
-        def local(value: Any) -> Any:
-            mine = isinstance(value, str) and value.startswith(base) and artifact_of(value) is not None
-            return localize(value) if mine else value
-
-        return self._map_files(args, local)
+        store = open_store(str(args.get(ROOT_ARGUMENT, "")))
+        return self._map_files(args, lambda value: localize(value) if store.artifact(value) else value)
 
     def published(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        """The call's arguments as any process can use them: on an object store, each input file that is in this
-        process's scratch mirror by its URL (`localize`'s inverse); anything else as it is."""
-        if not is_remote(str(args.get(ROOT_ARGUMENT, ""))):
-            return dict(args)
-        return self._map_files(args, public)
+        """The call's arguments as any process can use them: each input file in this process's scratch mirror by
+        its URL (`localize`'s inverse); anything else as it is."""
+        return self._map_files(args, open_store(str(args.get(ROOT_ARGUMENT, ""))).public)
 
     def _map_files(self, args: Mapping[str, Any], each: Callable[[Any], Any]) -> dict[str, Any]:
         """``args`` with ``each`` applied to every input file (a ``File``, or each path of a ``Files``)."""
@@ -225,40 +222,9 @@ class Stage:
         if inputs is None:
             raise ValueError(f"stage {self.name}: pass the digest of every URL input")
         key = self._key(params, inputs)
-        if is_remote(root):
-            return self._remote_outputs(str(root), key, params, inputs)
-        try:
-            folder = new_folder(Path(root) / self.name / key)
-        except OSError as exc:
-            raise write_error(Path(root) / self.name, exc) from None
-        return Outputs(folder, self.name, key, params, inputs)
-
-    def _remote_outputs(self, root: str, key: str, params: dict[str, Any], inputs: list[dict[str, str]]) -> Outputs:
-        """On an object store: claim a new folder there, and compute into its mirror in the local scratch."""
-        try:
-            name = claim_folder(root, self.name, key)
-        except OSError as exc:
-            raise storage_error(root, exc) from None
-        folder = makedirs(scratch(root) / self.name / name)
-        return Outputs(folder, self.name, key, params, inputs, remote=join(root, self.name, name))
-
-
-def new_folder(base: Path) -> Path:
-    """An empty folder for one run of a stage: ``<key>``, or ``<key>.1``, ``<key>.2``… when it is taken.
-
-    Artifacts are written once and never replaced: a rebuild (``--refresh``, a damaged file, a lost record)
-    goes to a new folder, so a run record or a concurrent run that uses the earlier files still finds them as
-    they were. An empty folder is one a failed run left, and is reused.
-    """
-    for n in itertools.count():
-        folder = base if n == 0 else base.with_name(f"{base.name}.{n}")
-        try:
-            folder.mkdir(parents=True)
-            return folder
-        except FileExistsError:
-            if folder.is_dir() and not any(folder.iterdir()):
-                return folder
-    raise AssertionError("unreachable")
+        store = open_store(root)
+        folder = store.work / store.claim(self.name, key)
+        return Outputs(folder, self.name, key, params, inputs, store)
 
 
 @contextmanager
@@ -313,7 +279,7 @@ class Outputs:
     key: str
     params: dict[str, Any]
     inputs: list[dict[str, str]]
-    remote: str | None = None  # the folder's URL on an object store, where `record` uploads each file
+    store: Store  # where `record` publishes each file (on an object store: uploads it from the scratch mirror)
 
     def write_parquet(self, table: pa.Table, name: str) -> str:
         return self._write(name, "parquet", lambda sink: pq.write_table(table, sink, **PARQUET_OPTIONS))
@@ -384,12 +350,9 @@ class Outputs:
         except BaseException:  # no artifact without its manifest: a full disk leaves neither
             final.unlink(missing_ok=True)
             raise
-        if self.remote is not None:
-            try:
-                upload(final, join(self.remote, name))
-                upload(manifest_path(final), join(self.remote, manifest_path(final).name))
-            except OSError as exc:
-                raise storage_error(self.remote, exc) from None
+        rel = self.store.relative(final)
+        self.store.put(rel)
+        self.store.put(rel + MANIFEST_SUFFIX)
         return str(final)
 
 

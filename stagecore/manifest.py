@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from stagecore import remote, validate
+from stagecore import validate
 from stagecore.errors import IntegrityError
-from stagecore.hashing import sha256_file
-from stagecore.remote import is_remote
+from stagecore.remote import StoreUnreachable
+from stagecore.store import artifact_of, local_copy, locate, open_store
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -95,7 +95,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         content = _read_content(path)
     except FileNotFoundError:
         raise IntegrityError(f"{path}: no manifest ({mpath.name} is missing)") from None
-    except remote.StoreUnreachable:  # the store's fault: not a manifest to give up on
+    except StoreUnreachable:  # the store's fault: not a manifest to give up on
         raise
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"{path}: manifest {mpath.name} is unreadable ({exc})") from None
@@ -114,31 +114,12 @@ def _problem(exc: validate.Invalid, name: str) -> str:
 
 
 def _read_content(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of ``path``'s manifest, on disk or on an object store (at most one byte over the limit)."""
-    limit = validate.MAX_JSON_BYTES
-    if is_remote(path):
-        data = remote.read_bytes(str(path) + MANIFEST_SUFFIX, limit=limit)
-        if data is None:
-            raise FileNotFoundError(str(path) + MANIFEST_SUFFIX)
-        return data
-    with open(manifest_path(path), "rb") as fh:
-        return fh.read(limit + 1)
-
-
-def _verify_remote(url: str, key: str | None) -> dict[str, Any]:
-    """`verify` of an object in place (lineage): size, then the sha256 of its bytes, streamed."""
-    size = remote.size(url)
-    if size is None:
-        raise IntegrityError(f"{url}: file is missing")
-    manifest = read_manifest(url)
-    if key is not None and manifest.get("key") != key:
-        raise IntegrityError(f"{url}: was produced under key {manifest.get('key')}, not {key}")
-    if size != manifest.get("size"):
-        raise IntegrityError(f"{url}: size {size} bytes, manifest says {manifest.get('size')} (truncated?)")
-    actual = remote.sha256(url)
-    if actual != manifest["sha256"]:
-        raise IntegrityError(f"{url}: sha256 {actual[:12]}… does not match its manifest ({manifest['sha256'][:12]}…)")
-    return manifest
+    """The bytes of ``path``'s manifest (at most one byte over the limit)."""
+    store, name = locate(path)
+    data = store.read(name + MANIFEST_SUFFIX, limit=validate.MAX_JSON_BYTES)
+    if data is None:
+        raise FileNotFoundError(str(path) + MANIFEST_SUFFIX)
+    return data
 
 
 def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = False) -> dict[str, Any]:
@@ -149,22 +130,20 @@ def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = Fa
     manifest was made to match is still refused if torch would refuse it. An object store's URL is checked in
     place (size, then sha256 streamed).
     """
-    if is_remote(path):
-        return _verify_remote(str(path), key)
-    path = Path(path)
-    if not path.is_file():
+    store, name = locate(path)
+    size = store.size(name)
+    if size is None:
         raise IntegrityError(f"{path}: file is missing")
     manifest = read_manifest(path)
     if key is not None and manifest.get("key") != key:
         raise IntegrityError(f"{path}: was produced under key {manifest.get('key')}, not {key}")
-    size = path.stat().st_size
     if size != manifest.get("size"):
         raise IntegrityError(f"{path}: size {size} bytes, manifest says {manifest.get('size')} (truncated?)")
-    actual = sha256_file(path)
+    actual = store.sha256(name)
     if actual != manifest["sha256"]:
         raise IntegrityError(f"{path}: sha256 {actual[:12]}… does not match its manifest ({manifest['sha256'][:12]}…)")
     if load and manifest.get("format") == "pt":
-        schema = describe_pt(_load_pt(path, mmap=True))
+        schema = describe_pt(_load_pt(store.get(name), mmap=True))
         if schema != manifest.get("schema"):
             raise IntegrityError(f"{path}: its entries do not match its manifest's schema")
     return manifest
@@ -184,7 +163,7 @@ def verify_used(path: str | os.PathLike[str]) -> dict[str, Any]:
     """`verify` of the bytes this process used for ``path``: for an artifact's URL, this process's copy in its
     scratch mirror when it has one (what a run record vouches for: the files the run read and wrote, hashed
     once), else the object in place on the store, streamed."""
-    copy = remote.local_copy(str(path)) if is_remote(path) else None
+    copy = local_copy(str(path))
     if copy is not None and copy.is_file() and manifest_path(copy).is_file():
         return _as_url(lambda: verify(copy), copy, str(path))
     return verify(path)
@@ -212,21 +191,20 @@ def localize(path: str | os.PathLike[str]) -> str:
     handed from stage to stage on an object store is the artifact's URL, and whichever process opens it gets
     its own verified copy. A copy that fails its check is downloaded once more, then refused.
     """
-    if not is_remote(path):
-        return str(path)
     url = str(path)
-    local = remote.local_copy(url)
-    if local is None:
-        raise IntegrityError(f"{url}: not an artifact of a store (<root>/<stage>/<key>/<file>)")
+    located = artifact_of(url)
+    if located is None:  # a file of this machine
+        return url
+    store, relative = open_store(located[0]), located[1]
+    local = store.work / relative
     if local.is_file() and manifest_path(local).is_file():
         try:
             verify(local)
             return str(local)
         except IntegrityError:
             pass  # damaged here, in this process's scratch: fetched again
-    root, relative = remote.artifact_of(url)  # type: ignore[misc]  # local_copy said it is one
-    remote.fetch(root, relative + MANIFEST_SUFFIX)
-    remote.fetch(root, relative)
+    store.get(relative + MANIFEST_SUFFIX)
+    store.get(relative)
     _as_url(lambda: verify(local), local, url)
     return str(local)
 
@@ -242,12 +220,12 @@ def _as_url(check: Any, local: Path, url: str) -> Any:
 def _verified(path: str | os.PathLike[str]) -> str:
     """The local file to read for ``path``, verified against its manifest (an artifact's URL: `localize`)."""
     try:
-        if is_remote(path):
-            return localize(path)
-        verify(path)
+        local = localize(path)
+        if local == str(path):  # not a copy, which `localize` verified
+            verify(path)
     except IntegrityError as exc:
         raise IntegrityError(f"{exc}; run the flow again to rebuild it (--refresh rebuilds every stage)") from None
-    return str(path)
+    return local
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
@@ -288,5 +266,6 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
 
 def describe(path: str | os.PathLike[str]) -> str:
     """``path (12.3 kB)`` for log lines."""
-    size = (remote.size(str(path)) or 0) if is_remote(path) else Path(path).stat().st_size
+    store, name = locate(path)
+    size = store.size(name) or 0
     return f"{path} ({size / 1000:.1f} kB)"

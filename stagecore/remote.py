@@ -1,17 +1,7 @@
-"""Artifacts on object storage (``s3://``, ``gs://``, ``az://``, … through fsspec): the store behind a URL root.
-
-Stages compute on local files as they always have, in a per-process scratch folder that mirrors the store's
-layout; this module moves whole files between that folder and the store with fsspec's streaming
-``put_file``/``get_file`` (multipart on S3), so no big file is ever buffered whole. What is written where, and
-in which order, is the local store's: the artifact, then its manifest, then (after every output) the cache
-record. On an object store one PUT is atomic (a multipart upload appears only once completed), so a run
-killed mid-upload leaves no object under a final name, or an artifact without a manifest, which every read
-treats as missing.
-
-Without ``flock``, exclusion comes from conditional writes (``If-None-Match: *``): a stage folder is claimed
-by creating its ``.claim`` object (two runs never write into one folder), and a cache record is created only
-if there is none. Two runs computing the same key both compute it, into different folders; the first record
-wins and both runs' outputs stay whole. See docs/storage.md.
+"""Object storage's transport (``s3://``, ``gs://``, ``az://``, … through fsspec), under `stagecore.store.ObjectStore`
+and the data sources that are URLs: one filesystem per URL, conditional creates (``If-None-Match: *``),
+streamed whole-file transfers (multipart on S3, so no big file is buffered whole and a PUT appears only
+complete), and a store's failures as one line (`storage_error`). See docs/storage.md.
 
 Credentials and endpoints come from the standard places (``AWS_*`` variables, ``~/.aws``, ``AWS_ENDPOINT_URL``)
 through fsspec's own backends; nothing here reads, logs or records them.
@@ -19,31 +9,19 @@ through fsspec's own backends; nothing here reads, logs or records them.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import copy
 import errno
-import functools
-import hashlib
-import itertools
-import json
 import os
-import re
-import shutil
-import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
 from stagecore.atomic import atomic_path
 from stagecore.errors import InputError, IntegrityError
-from stagecore.keys import KEY_PATTERN
-
-CLAIM = ".claim"  # the first object of a stage folder on an object store: whoever creates it owns the folder
 
 _CHUNK = 1 << 20
 
@@ -52,14 +30,6 @@ _CHUNK = 1 << 20
 # took 10 s per call against a closed port, and a run makes dozens of calls. AWS_MAX_ATTEMPTS/AWS_RETRY_MODE, or
 # fsspec's own config (``fsspec.config.conf["s3"]["config_kwargs"]``), override these.
 S3_CONFIG = {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5}
-
-R = TypeVar("R")
-
-
-def is_remote(root: str | os.PathLike[str]) -> bool:
-    """Whether ``root`` is a URL of a store other than the local disk (``file://`` counts as local)."""
-    text = str(root)
-    return "://" in text and not text.startswith(("file://", "local://"))
 
 
 def local_path(url: str) -> str:
@@ -121,17 +91,6 @@ def translated(url: str) -> Iterator[None]:
         raise
 
 
-def _talks(fn: Callable[..., R]) -> Callable[..., R]:
-    """A function whose first argument is a store URL, its backend's transport failures `translated`."""
-
-    @functools.wraps(fn)
-    def call(url: Any, *args: Any, **kwargs: Any) -> R:
-        with translated(str(url)):
-            return fn(url, *args, **kwargs)
-
-    return call
-
-
 def join(url: str, *parts: str) -> str:
     return "/".join([url.rstrip("/"), *parts])
 
@@ -163,71 +122,6 @@ def _reason(exc: BaseException) -> str:
     return text[:200]
 
 
-# --- scratch: where stages compute on local files ---------------------------------------------------------
-
-_SCRATCH: dict[str, Path] = {}
-_SCRATCH_LOCK = threading.Lock()
-
-
-def scratch(url: str) -> Path:
-    """This process's local mirror of the store at ``url`` (created on first use, removed at exit)."""
-    url = url.rstrip("/")
-    with _SCRATCH_LOCK:
-        if url not in _SCRATCH:
-            _SCRATCH[url] = Path(tempfile.mkdtemp(prefix="linreg-scratch-")).resolve()
-        return _SCRATCH[url]
-
-
-@atexit.register
-def drop_scratch() -> None:
-    with _SCRATCH_LOCK:
-        for folder in _SCRATCH.values():
-            shutil.rmtree(folder, ignore_errors=True)
-        _SCRATCH.clear()
-
-
-def remote_of(path: str | os.PathLike[str]) -> str | None:
-    """The store URL of a local scratch file, or None for any other path."""
-    resolved = Path(path)
-    with _SCRATCH_LOCK:
-        known = list(_SCRATCH.items())
-    for url, base in known:
-        if resolved.is_relative_to(base):
-            return join(url, resolved.relative_to(base).as_posix())
-    return None
-
-
-def public(path: str | os.PathLike[str]) -> str:
-    """What records, manifests and summaries name: the store URL of a scratch file, else the path itself."""
-    return remote_of(path) or str(path)
-
-
-def relative(root: str, path: str | os.PathLike[str]) -> str:
-    """A file's path relative to the store at ``root``: a scratch file's, or an artifact URL's under ``root``."""
-    text, base = str(path), root.rstrip("/") + "/"
-    if is_remote(text):
-        if not text.startswith(base):
-            raise ValueError(f"{text} is not in the store at {root}")
-        return text[len(base) :]
-    return Path(path).resolve().relative_to(scratch(root)).as_posix()
-
-
-# <root>/<stage>/<key folder>/<file>: where every artifact (and its manifest) lives, on any store
-_ARTIFACT = re.compile(rf"(?P<root>.+)/(?P<relative>[A-Za-z_][A-Za-z0-9_]*/{KEY_PATTERN}(\.\d+)?/[^/]+)")
-
-
-def artifact_of(url: str) -> tuple[str, str] | None:
-    """(store root, path relative to it) of a URL shaped like an artifact; None for any other string."""
-    found = _ARTIFACT.fullmatch(url) if is_remote(url) else None
-    return (found["root"], found["relative"]) if found else None
-
-
-def local_copy(url: str) -> Path | None:
-    """Where this process's scratch mirror keeps (or would keep) the artifact at ``url``; None if not one."""
-    located = artifact_of(url)
-    return None if located is None else scratch(located[0]) / located[1]
-
-
 # --- conditional writes and transfers ----------------------------------------------------------------------
 
 
@@ -254,22 +148,6 @@ def create(fs: AbstractFileSystem, path: str, data: bytes) -> bool:
             return True
 
 
-@_talks
-def claim_folder(root: str, stage: str, key: str) -> str:
-    """The name of a new stage folder under ``root``: ``<key>``, else ``<key>.1``, ``<key>.2``…
-
-    Write-once, as on disk: the folder is this run's once it has created the folder's ``.claim`` object, so a
-    concurrent run, or a rebuild of a damaged output, never writes over files someone may be reading.
-    """
-    fs, base = filesystem(root)
-    payload = json.dumps({"pid": os.getpid()}).encode()
-    for n in itertools.count():
-        name = key if n == 0 else f"{key}.{n}"
-        if create(fs, f"{base}/{stage}/{name}/{CLAIM}", payload):
-            return name
-    raise AssertionError("unreachable")
-
-
 def upload(local: str | os.PathLike[str], url: str) -> None:
     """Stream a local file to ``url`` (one PUT, or a multipart upload that appears only when complete)."""
     fs, path = filesystem(url)
@@ -291,129 +169,3 @@ def download(url: str, local: Path) -> None:
             raise IntegrityError(f"{url}: file is missing") from None
         except OSError as exc:
             raise IntegrityError(f"{url}: cannot be downloaded ({_reason(exc)})") from None
-
-
-def fetch(root: str, rel: str) -> Path:
-    """Download ``<root>/<rel>`` into the scratch mirror; IntegrityError when it is missing or unreadable."""
-    local = scratch(root) / rel
-    download(join(root, rel), local)
-    return local
-
-
-@_talks
-def read_bytes(url: str, limit: int | None = None) -> bytes | None:
-    """The content of a small object (records, manifests, the marker); None when there is none."""
-    fs, path = filesystem(url)
-    try:
-        with fs.open(path, "rb") as fh:
-            return fh.read(-1 if limit is None else limit + 1)
-    except FileNotFoundError:
-        return None
-
-
-@_talks
-def write_bytes(url: str, data: bytes) -> str:
-    fs, path = filesystem(url)
-    fs.pipe_file(path, data)
-    return url
-
-
-@_talks
-def exists(url: str) -> bool:
-    fs, path = filesystem(url)
-    try:
-        return fs.exists(path)
-    except StoreUnreachable:
-        raise
-    except (OSError, ValueError):
-        return False
-
-
-@_talks
-def remove(url: str) -> None:
-    fs, path = filesystem(url)
-    with contextlib.suppress(FileNotFoundError):
-        fs.rm_file(path)
-
-
-@_talks
-def size(url: str) -> int | None:
-    fs, path = filesystem(url)
-    try:
-        return int(fs.info(path)["size"])
-    except FileNotFoundError:
-        return None
-
-
-@_talks
-def sha256(url: str) -> str:
-    """sha256 of an object, streamed (lineage verifies artifacts it does not download)."""
-    fs, path = filesystem(url)
-    digest = hashlib.sha256()
-    with fs.open(path, "rb", block_size=8 * _CHUNK) as fh:
-        while chunk := fh.read(8 * _CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@_talks
-def find(url: str) -> list[str]:
-    """Every object under ``url``, as paths relative to it (listed afresh: another process may just have
-    written one; and no listing is left cached, where fsspec would answer later lookups from it)."""
-    fs, base = filesystem(url)
-    base = base.rstrip("/")
-    fs.invalidate_cache(base)
-    try:
-        return sorted(p[len(base) + 1 :] for p in fs.find(base) if p.startswith(base + "/"))
-    finally:
-        fs.invalidate_cache(base)
-
-
-@_talks
-def find_sizes(url: str) -> dict[str, int]:
-    """Every object under ``url`` with its size in bytes, as paths relative to it, listed afresh."""
-    fs, base = filesystem(url)
-    base = base.rstrip("/")
-    fs.invalidate_cache(base)
-    try:
-        found = fs.find(base, detail=True)
-    finally:
-        fs.invalidate_cache(base)
-    return {p[len(base) + 1 :]: int(info.get("size") or 0) for p, info in found.items() if p.startswith(base + "/")}
-
-
-@_talks
-def names(url: str) -> list[str]:
-    """The names of the objects directly under ``url`` (a "folder"), listed afresh; [] when there are none."""
-    fs, base = filesystem(url)
-    base = base.rstrip("/")
-    fs.invalidate_cache(base)
-    try:
-        entries = fs.ls(base, detail=False)
-    except FileNotFoundError:
-        return []
-    finally:
-        fs.invalidate_cache(base)
-    return sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in entries if p.rstrip("/") != base})
-
-
-@_talks
-def cat(url: str, limit: int | None = None) -> bytes | None:
-    """The content of an object in one GET (at most ``limit`` + 1 bytes), never from a cached listing; None
-    when there is none. For objects another process may have created a moment ago (the champion's pointer)."""
-    fs, path = filesystem(url)
-    try:
-        return fs.cat_file(path, start=0, end=None if limit is None else limit + 1)
-    except FileNotFoundError:
-        return None
-
-
-@_talks
-def remove_many(url: str, paths: list[str]) -> None:
-    fs, base = filesystem(url)
-    if paths:
-        fs.rm([f"{base.rstrip('/')}/{p}" for p in paths])
-
-
-def json_object(data: bytes | None) -> Any:
-    return None if data is None else json.loads(data)

@@ -1,6 +1,6 @@
 """The artifacts root: where it is, and how it becomes a store (marked at creation, never a user's folder).
 
-One road for a folder and an object store: both are a `clean.Tree`, marked by the same rule.
+One road for a folder and an object store: both are a `stagecore.store.Store`, marked by the same rule.
 """
 
 from __future__ import annotations
@@ -8,16 +8,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from pathlib import Path
 
-from stagecore import remote, validate
-from stagecore.atomic import sweep_temporary_files
-from stagecore.clean import ObjectTree, Tree, inventory, tree
+from stagecore import validate
+from stagecore.clean import inventory
 from stagecore.errors import InputError
 from stagecore.layout import MARKER, STORE_NAME, STORE_VERSION
 from stagecore.project import DEFAULT_ROOT
-from stagecore.remote import is_remote, local_path
+from stagecore.store import Store, open_store
 
 ROOT_ENV = "LINREG_ARTIFACTS_DIR"
 
@@ -28,14 +26,12 @@ def artifacts_root(override: str | os.PathLike[str] | None = None) -> Path:
     Absolute, so a worker that runs the flow from a temporary directory writes to the same place. A
     ``file://`` URL is that folder; an object store's URL (``s3://…``) is `store_root`'s, not this.
     """
-    chosen = local_path(str(override or os.environ.get(ROOT_ENV) or DEFAULT_ROOT))
-    return Path(chosen).expanduser().resolve()
+    return Path(store_root(override))
 
 
 def store_root(override: str | os.PathLike[str] | None = None) -> str:
     """The store as a string: the URL of an object store as given (no trailing slash), else `artifacts_root`."""
-    chosen = str(override or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
-    return chosen.rstrip("/") if is_remote(chosen) else str(artifacts_root(chosen))
+    return open_store(str(override or os.environ.get(ROOT_ENV) or DEFAULT_ROOT)).url
 
 
 def prepare_root(override: str | os.PathLike[str] | None = None) -> Path | str:
@@ -45,28 +41,15 @@ def prepare_root(override: str | os.PathLike[str] | None = None) -> Path | str:
     without the store's marker is someone's own, and the store refuses it rather than mixing its files (and,
     later, ``--clean-artifacts``) into it. Temporary files that a killed run left behind are removed here.
     """
-    chosen = store_root(override)
-    if is_remote(chosen):
-        try:
-            _mark(ObjectTree(chosen))
-        except (OSError, ValueError) as exc:
-            raise remote.storage_error(chosen, exc) from None
-        return chosen
-    root = artifacts_root(override)
-    if root.exists() and not root.is_dir():
-        raise InputError(f"artifacts folder {root} is a file, not a folder; pass --artifacts-dir with a folder")
+    store = open_store(store_root(override))
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        _mark(tree(root))
-        fd, probe = tempfile.mkstemp(dir=root, prefix=".probe.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise InputError(
-            f"artifacts folder {root} is not writable ({exc.strerror}); pass --artifacts-dir with a writable folder"
-        ) from None
-    sweep_temporary_files(root)
-    return root
+        store.prepare()
+        _mark(store)
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise store.error(exc) from None
+    return store.url
 
 
 def marker_ok(content: bytes | None) -> bool:
@@ -80,7 +63,7 @@ def marker_ok(content: bytes | None) -> bool:
     return True
 
 
-def _mark(store: Tree) -> None:
+def _mark(store: Store) -> None:
     """Write the store's marker into an empty folder or prefix (or over an old, empty marker where every file
     beside it is provably the store's); refuse anything else that lacks it."""
     content = store.read(MARKER, limit=4096)
@@ -91,17 +74,12 @@ def _mark(store: Tree) -> None:
         shown = ", ".join(foreign[:3]) + (" …" if len(foreign) > 3 else "")
         if content:  # a damaged marker: the folder may be a store, but nothing proves it
             raise InputError(
-                f"artifacts store {store.where}: its marker {MARKER} is not a store's marker, and it holds files "
+                f"artifacts store {store.url}: its marker {MARKER} is not a store's marker, and it holds files "
                 f"the store did not write ({shown}); restore the marker, or pass --artifacts-dir with a new folder"
             )
-        if isinstance(store, ObjectTree):
-            raise InputError(
-                f"artifacts store {store.where} already holds objects the store did not write ({shown}); "
-                "pass --artifacts-dir with a new or empty prefix"
-            )
         raise InputError(
-            f"artifacts folder {store.where} already holds files the store did not write ({shown}); "
-            "pass --artifacts-dir with a new or empty folder"
+            f"artifacts {store.kind} {store.url} already holds {store.items} the store did not write ({shown}); "
+            f"pass --artifacts-dir with a new or empty {store.place}"
         )
     body = {"store": STORE_NAME, "version": STORE_VERSION, "created": dt.datetime.now(dt.UTC).isoformat()}
     if store.read(MARKER, limit=0) is not None:
@@ -112,6 +90,4 @@ def _mark(store: Tree) -> None:
 def store_relative(root: Path | str, path: str | os.PathLike[str]) -> str:
     """A file the store wrote (on an object store: its scratch mirror), relative to the root, posix; ValueError
     for a file outside it."""
-    if is_remote(root):
-        return remote.relative(str(root), path)
-    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    return open_store(root).relative(path)

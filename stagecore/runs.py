@@ -6,14 +6,12 @@ import datetime as dt
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from stagecore import remote
-from stagecore.atomic import makedirs, write_json
 from stagecore.layout import RUNS_DIR
 from stagecore.manifest import verify_used, versions
 from stagecore.sources import redact_all
+from stagecore.store import open_store
 from stagecore.storepaths import recorded
 
 
@@ -44,10 +42,8 @@ def write_run_record(
         "versions": versions(),
     }
     name = f"{now:%Y%m%dT%H%M%S}-{run_id}.json"
-    if remote.is_remote(root):
-        url = remote.join(str(root), RUNS_DIR, name)
-        try:
-            return remote.write_bytes(url, (json.dumps(record, indent=2) + "\n").encode())
-        except OSError as exc:
-            raise remote.storage_error(str(root), exc) from None
-    return write_json(record, makedirs(Path(root) / RUNS_DIR) / name)
+    store = open_store(root)
+    try:
+        return store.write(f"{RUNS_DIR}/{name}", (json.dumps(record, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise store.error(exc) from None

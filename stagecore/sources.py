@@ -15,12 +15,12 @@ from typing import Any
 
 from stagecore.errors import InputError
 from stagecore.project import DEFAULT_DATA
-from stagecore.remote import filesystem, is_remote, local_path, storage_error, translated
+from stagecore.remote import filesystem, local_path, storage_error, translated
 
 
 def is_url(source: str) -> bool:
     """A source read by downloading it: ``http(s)://``, or an object store's URL (``s3://``, ``gs://``…)."""
-    return source.startswith(("http://", "https://")) or is_remote(source)
+    return "://" in source and not source.startswith(("file://", "local://"))
 
 
 def download(source: str, dest: Path) -> None:
@@ -144,7 +144,7 @@ def is_partitioned(data: str | None) -> bool:
     if data is None:
         return False
     if is_url(data):
-        return is_remote(data) and not data.startswith(("http://", "https://")) and _remote_partitioned(data)
+        return not data.startswith(("http://", "https://")) and _remote_partitioned(data)
     return bool(_GLOB_CHARS.search(data)) or Path(data).expanduser().is_dir()
 
 

@@ -12,21 +12,17 @@ import os
 from pathlib import Path, PurePosixPath
 
 from stagecore.layout import CHAMPION_DIR, CHAMPION_GENERATIONS, RUNS_DIR
-from stagecore.remote import is_remote, join, public, relative
 from stagecore.sources import is_url, redact
+from stagecore.store import open_store, public
 
 
 def recorded(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:
     """``path`` as the store at ``root`` records it: relative to the root when it lies inside (on an object
     store: an artifact's URL under the root, or its scratch copy), else as given (redacted)."""
     try:
-        if is_remote(str(root)):
-            return relative(str(root), path)
-        if not is_url(str(path)):
-            return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        return open_store(root).relative(path)
     except ValueError:
-        pass
-    return redact(public(path))
+        return redact(public(path))
 
 
 def is_relative(entry: str) -> bool:
@@ -46,7 +42,7 @@ def resolved(root: str | os.PathLike[str] | None, entry: str) -> str:
         raise ValueError(f"{entry!r} points outside the store")
     if root is None:
         raise ValueError(f"{entry!r} is relative to a store, and no store holds the file that names it")
-    return join(str(root), entry) if is_remote(str(root)) else str(Path(root) / parts)
+    return open_store(root).path(parts.as_posix())
 
 
 def store_of(path: str | os.PathLike[str]) -> str | None:

@@ -1,10 +1,9 @@
 """The run history: one small Parquet file per flow run, ``<root>/history/<utc-time>-<flow-run-id>.parquet``.
 
-One file per run, written atomically and never rewritten, so concurrent runs never contend and an object store
-(where there is no append and no rename-over) works the same way: there the file is written in the scratch
-mirror and uploaded in one PUT, which appears whole or not at all. Reading concatenates the files in name
-order, which is time order. No read-modify-write anywhere. The schema is fixed: the run's parameters are one JSON
-column, so files written under other settings still concatenate.
+One file per run, written whole (`core.Store.write`: a rename on disk, one PUT on an object store) and never
+rewritten, so concurrent runs never contend, and a store without append or rename-over works the same way.
+Reading concatenates the files in name order, which is time order. No read-modify-write anywhere. The schema is
+fixed: the run's parameters are one JSON column, so files written under other settings still concatenate.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
-from stagecore import remote, validate
-from stagecore.atomic import atomic_path, makedirs
+from stagecore import validate
 from stagecore.layout import HISTORY_SCHEMA
 
 HISTORY_KEY = "linear-regression-history"
@@ -33,10 +31,6 @@ SHOWN = 30  # runs in the UI's history table
 SCHEMA = HISTORY_SCHEMA  # fixed: the parameters are one JSON column
 MAX_FILE_BYTES = 1 << 20  # one row is a few kB; a larger object under history/ is not ours
 _FILE = re.compile(r"\d{8}T\d{6}\d*Z-[A-Za-z0-9-]+\.parquet")
-
-
-def history_dir(root: str | Path) -> Path:
-    return Path(root) / core.HISTORY_DIR
 
 
 def data_digest(ingest_manifests: list[Mapping[str, Any]]) -> str:
@@ -77,40 +71,26 @@ def history_row(
 
 
 def write_row(root: str | Path, row: pa.Table) -> str:
-    """``<root>/history/<utc-time>-<run id>.parquet``, atomically; never overwrites another run's file. On an
-    object store: written in the scratch mirror, then uploaded (one PUT); returns the object's URL."""
+    """``<root>/history/<utc-time>-<run id>.parquet``, created once (never over another run's file); its name."""
     when: dt.datetime = row.column("time")[0].as_py()
-    name = f"{when:%Y%m%dT%H%M%S%f}Z-{row.column('flow_run_id')[0].as_py()}.parquet"
-    remote_root = str(root) if core.is_remote(root) else None
-    folder = remote.scratch(remote_root) / core.HISTORY_DIR if remote_root else history_dir(root)
-    final = makedirs(folder) / name
-    with atomic_path(final) as tmp:
-        pq.write_table(row, tmp)
-    if remote_root is None:
-        return str(final)
-    url = remote.join(remote_root, core.HISTORY_DIR, name)
+    rel = f"{core.HISTORY_DIR}/{when:%Y%m%dT%H%M%S%f}Z-{row.column('flow_run_id')[0].as_py()}.parquet"
+    sink = pa.BufferOutputStream()
+    pq.write_table(row, sink)
+    store = core.open_store(root)
     try:
-        remote.upload(final, url)
+        store.write(rel, sink.getvalue().to_pybytes())
     except OSError as exc:
-        raise remote.storage_error(remote_root, exc) from None
-    return url
+        raise store.error(exc) from None
+    return store.path(rel)
 
 
 def take_back(root: str | Path, run_id: str) -> list[str]:
     """Delete run ``run_id``'s row, for a run that failed before its run record (docs/lifecycle.md); what was
     deleted."""
-    suffix = f"Z-{run_id}.parquet"
-    if core.is_remote(root):
-        folder_url = remote.join(str(root), core.HISTORY_DIR)
-        doomed = [remote.join(folder_url, n) for n in remote.names(folder_url) if n.endswith(suffix)]
-        for url in doomed:
-            remote.remove(url)
-        return doomed
-    folder = history_dir(root)
-    doomed = [str(p) for p in folder.glob(f"*{suffix}")] if folder.is_dir() else []
-    for path in doomed:
-        Path(path).unlink(missing_ok=True)
-    return doomed
+    store = core.open_store(root)
+    doomed = [f"{core.HISTORY_DIR}/{n}" for n in store.names(core.HISTORY_DIR) if n.endswith(f"Z-{run_id}.parquet")]
+    store.remove(doomed)
+    return [store.path(rel) for rel in doomed]
 
 
 def read_history(root: str | Path, last: int | None = None, warn: Callable[[str], Any] | None = None) -> pa.Table:
@@ -122,40 +102,30 @@ def read_history(root: str | Path, last: int | None = None, warn: Callable[[str]
     not hide the others, nor break the promotion or the report that read it.
     """
     warn = warn or logging.getLogger(__name__).warning
-    if core.is_remote(root):
-        folder_url = remote.join(str(root), core.HISTORY_DIR)
-        try:
-            names = [n for n in remote.names(folder_url) if _FILE.fullmatch(n)]
-        except OSError as exc:
-            raise remote.storage_error(str(root), exc) from None
-        files: list[Any] = [remote.join(folder_url, n) for n in names]
-    else:
-        folder = history_dir(root)
-        listed = folder.iterdir() if folder.is_dir() else []
-        files = sorted(f for f in listed if _FILE.fullmatch(f.name) and f.is_file())
+    store = core.open_store(root)
+    try:
+        names = [n for n in store.names(core.HISTORY_DIR) if _FILE.fullmatch(n)]
+    except OSError as exc:
+        raise store.error(exc) from None
     if last is not None:
-        files = files[-last:] if last > 0 else []
+        names = names[-last:] if last > 0 else []
     tables = []
-    for file in files:
+    for name in names:
+        rel = f"{core.HISTORY_DIR}/{name}"
         try:
-            table = pq.read_table(pa.BufferReader(_object(file))) if isinstance(file, str) else pq.read_table(file)
+            content = store.read(rel, limit=MAX_FILE_BYTES)
+            if content is None or len(content) > MAX_FILE_BYTES:
+                raise OSError("missing, or too large to be a history file")
+            table = pq.read_table(pa.BufferReader(content))
             if not table.schema.remove_metadata().equals(SCHEMA):
                 raise validate.Invalid("not a history file (its columns are not the history's)")
             for row in table.to_pylist():
                 validate.history_row(row, "a row")
         except (OSError, pa.ArrowException, validate.Invalid) as exc:
-            warn(f"history file {file} skipped: {str(exc).splitlines()[0][:300]}")
+            warn(f"history file {store.path(rel)} skipped: {str(exc).splitlines()[0][:300]}")
             continue
         tables.append(table.replace_schema_metadata(None))
     return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-
-
-def _object(url: str) -> bytes:
-    """A history file on an object store (a few kB: one row), read whole."""
-    content = remote.cat(url, limit=MAX_FILE_BYTES)
-    if content is None or len(content) > MAX_FILE_BYTES:
-        raise OSError(f"{url}: missing, or too large to be a history file")
-    return content
 
 
 def table_rows(history: pa.Table) -> list[dict[str, Any]]:
@@ -211,7 +181,7 @@ def record_history(
         "read %s and the last %d runs; wrote %s; published %s",
         core.public(artifacts["evaluate"]["summary"]),
         len(shown),
-        path if core.is_remote(root) else core.describe(path),
+        core.describe(path),
         HISTORY_KEY,
     )
     return path

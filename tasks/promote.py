@@ -2,22 +2,20 @@
 run's model (the challenger) is promoted only if its test MSE is not worse than the champion's, re-scored on
 THIS run's test rows, by more than ``promote_tolerance`` (relative to the champion's MSE).
 
-The champion is a pointer, ``<root>/champion/champion.json`` (plus its manifest), naming the model artifact and
-the run that made it; the model file is never copied or changed. Its shape is fixed (``champion_version`` 1):
-``model`` (the model's path relative to the root, posix), ``model_sha256``, ``flow_run_id``, ``features``,
-``target``, ``test_mse``, ``promoted_at``.
-
-On an object store (``s3://…``), where there is no ``flock`` and no rename, the champion is a sequence of
-immutable pointers of that same shape, ``<root>/champion/gen/00000001.json``, ``…02.json``… (each with its
-manifest): the current champion is the highest generation, and a promotion that decided against generation N
-creates N+1 with a conditional write (``If-None-Match: *``); if another run created N+1 first, it reads the new
-champion and decides again. No lock, no clock, nothing a killed run leaves stale.
+The champion is a sequence of immutable pointers, ``<root>/champion/gen/00000001.json``, ``…02.json``… (each with
+its manifest), naming the model artifact and the run that made it; the model file is never copied or changed.
+Their shape is fixed (``champion_version`` 1): ``model`` (the model's path relative to the root, posix),
+``model_sha256``, ``flow_run_id``, ``features``, ``target``, ``test_mse``, ``promoted_at``. The current champion
+is the highest generation; a promotion that decided against generation N creates N+1 only if it is absent
+(`core.Store.create`: an exclusive link on disk, ``If-None-Match: *`` on an object store); if another run
+created N+1 first, it reads the new champion and decides again. One protocol on every store: no lock, no
+clock, nothing a killed run leaves stale.
 
 Why one uncached task rather than a cached "score champion" stage plus a promote step: the decision must be made
-against the champion read under the pointer's lock, or (on a store) against the generation it will succeed (two
-runs racing to promote must end as if they ran one after the other), so the champion can only be scored then.
-Scoring it on the test rows is cheap next to training, and it stays a pure function (`mse`); the task is never
-cached, like ``publish_report``, because its side effect (the pointer swap) must happen on every run.
+against the generation it will succeed (two runs racing to promote must end as if they ran one after the
+other), so the champion can only be scored then. Scoring it on the test rows is cheap next to training, and it
+stays a pure function (`mse`); the task is never cached, like ``publish_report``, because its side effect (the
+pointer's next generation) must happen on every run.
 """
 
 from __future__ import annotations
@@ -37,13 +35,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
-from stagecore import remote, validate
-from stagecore.atomic import write_json
+from stagecore import validate
 from tasks.evaluate import Sums, score
 
 CHAMPION_VERSION = validate.CHAMPION_VERSION
 POINTER = "champion.json"
-LOCK = "champion.lock"
 _GENERATION = re.compile(r"(\d{8,})\.json")  # champion/gen/<n>.json on an object store
 MAX_POINTER_BYTES = validate.SMALL_JSON_BYTES
 FIELDS = validate.CHAMPION_FIELDS
@@ -82,48 +78,48 @@ def decide(
     return False, f"{compare}{allowed}: worse, not promoted; the champion stays"
 
 
-# --- the pointer -----------------------------------------------------------------------------------
+# --- the pointer ----------------------------------------------------------------------------------
+
+GENERATIONS = f"{core.CHAMPION_DIR}/{core.CHAMPION_GENERATIONS}"
+LEGACY = f"{core.CHAMPION_DIR}/{POINTER}"  # a folder's one pointer before 2026-12-02: still read, never written
 
 
-def pointer_path(root: str | Path) -> Path:
-    """The pointer of a store on disk (an object store's pointers are `generation_url`'s)."""
-    return Path(root) / core.CHAMPION_DIR / POINTER
+def generation_rel(generation: int) -> str:
+    """``champion/gen/<n>.json``: generation ``n`` of the champion's pointer, relative to the store."""
+    return f"{GENERATIONS}/{generation:08d}.json"
 
 
-def generation_url(root: str, generation: int) -> str:
-    """``<root>/champion/gen/<n>.json``: generation ``n`` of the champion's pointer on an object store."""
-    return remote.join(root, core.CHAMPION_DIR, core.CHAMPION_GENERATIONS, f"{generation:08d}.json")
+def pointer_path(root: str | Path) -> str:
+    """The current champion's pointer (its latest generation; for a store with none yet, where the first goes)."""
+    store = core.open_store(root)
+    return store.path(generation_rel(max(latest_generation(store), 1)))
 
 
 def where(root: str | Path) -> str:
-    """Where the champion's pointer lives, for messages: the file, or the store's generations."""
-    if core.is_remote(root):
-        return remote.join(str(root), core.CHAMPION_DIR, core.CHAMPION_GENERATIONS) + "/"
-    return str(pointer_path(root))
+    """Where the champion's pointer lives, for messages: the store's generations."""
+    return core.open_store(root).path(GENERATIONS) + "/"
 
 
-def latest_generation(root: str) -> int:
-    """The highest generation of the pointer on the object store at ``root``; 0 when there is none yet.
+def latest_generation(store: core.Store) -> int:
+    """The highest generation of the pointer; 0 when there is none yet.
 
-    Listed afresh, then probed forward one GET at a time, so a listing that lags behind a create (some
+    Listed afresh, then probed forward one read at a time, so a listing that lags behind a create (some
     S3-compatible stores list eventually) never hides a newer generation from a promotion for long: its
     conditional create would fail and it would look again.
     """
-    folder = remote.join(root, core.CHAMPION_DIR, core.CHAMPION_GENERATIONS)
-    found = [int(m.group(1)) for name in remote.names(folder) if (m := _GENERATION.fullmatch(name))]
+    found = [int(m.group(1)) for name in store.names(GENERATIONS) if (m := _GENERATION.fullmatch(name))]
     generation = max(found, default=0)
-    while remote.cat(generation_url(root, generation + 1), limit=0) is not None:
+    while store.read(generation_rel(generation + 1), limit=0) is not None:
         generation += 1
     return generation
 
 
-def _inside(root: str | Path, relative: str, pointer: str) -> Path:
-    """``relative`` as an absolute path inside the root (on an object store: inside its scratch mirror, where it
-    is then downloaded); ValueError for an absolute path, ``..`` or a link out."""
+def _inside(store: core.Store, relative: str, pointer: str) -> Path:
+    """``relative`` as an absolute path inside the store's local ``work`` folder (on an object store its scratch
+    mirror, where it is then downloaded); ValueError for an absolute path, ``..`` or a link out."""
     parts = PurePosixPath(relative)
-    base = remote.scratch(str(root)) if core.is_remote(root) else Path(root).resolve()
-    resolved = (base / parts).resolve()
-    if parts.is_absolute() or ".." in parts.parts or base not in resolved.parents:
+    resolved = (store.work / parts).resolve()
+    if parts.is_absolute() or ".." in parts.parts or store.work not in resolved.parents:
         raise ValueError(f"{pointer}: model {relative!r} is outside the artifacts folder")
     return resolved
 
@@ -135,58 +131,48 @@ def _parse(content: bytes, pointer: str) -> dict[str, Any]:
 
 
 def read_champion(root: str | Path, generation: int | None = None) -> dict[str, Any] | None:
-    """The champion pointer, checked field by field, with ``model`` made absolute; None when there is none.
+    """The champion pointer (generation ``generation``, default: the latest), checked field by field, with
+    ``model`` the local path of the model file, verified; None when there is no champion.
 
-    On an object store: generation ``generation`` of the pointer (default: the latest), with the model and its
-    manifest downloaded into the scratch mirror, where they are verified; ``model`` is that local file
-    (``core.public`` gives its URL). ValueError when the pointer is not ours (wrong shape, a model outside the
-    root); ``core.IntegrityError`` when the model file is missing, does not match its manifest or the
-    pointer's sha256.
+    On an object store the model and its manifest are downloaded into the scratch mirror first (``core.public``
+    gives the URL). ValueError when the pointer is not ours (wrong shape, a model outside the root);
+    ``core.IntegrityError`` when the model file is missing, does not match its manifest or the pointer's sha256.
     """
-    if core.is_remote(root):
-        root = str(root)
-        try:
-            generation = latest_generation(root) if generation is None else generation
-            if generation == 0:
-                return None
-            pointer = generation_url(root, generation)
-            content = remote.cat(pointer, limit=MAX_POINTER_BYTES)
-        except OSError as exc:
-            raise remote.storage_error(root, exc) from None
-        if content is None:
+    store = core.open_store(root)
+    try:
+        generation = latest_generation(store) if generation is None else generation
+        rel = generation_rel(generation) if generation else LEGACY
+        content = store.read(rel, limit=MAX_POINTER_BYTES)
+    except OSError as exc:
+        raise store.error(exc) from None
+    pointer = store.path(rel)
+    if content is None:
+        if generation:
             raise core.IntegrityError(f"{pointer}: champion pointer is missing")
-        body = _parse(content, pointer)
-        model = _inside(root, body["model"], pointer)
-        _download(root, body["model"])
-        _download(root, body["model"] + core.MANIFEST_SUFFIX)
-    else:
-        pointer = str(pointer_path(root))
-        try:
-            with open(pointer, "rb") as fh:
-                content = fh.read(MAX_POINTER_BYTES + 1)
-        except FileNotFoundError:
-            return None
-        body = _parse(content, pointer)
-        model = _inside(root, body["model"], pointer)
+        return None
+    body = _parse(content, pointer)
+    model = _inside(store, body["model"], pointer)
+    _download(store, body["model"])
+    _download(store, body["model"] + core.MANIFEST_SUFFIX)
     manifest = core.verify_model(model)  # a pointer may name a model, and nothing else
     if manifest["sha256"] != body["model_sha256"]:
         raise core.IntegrityError(f"{core.public(model)}: sha256 does not match the champion pointer {pointer}")
     return {**body, "model": str(model)}
 
 
-def _download(root: str, relative: str) -> Path:
-    """``<root>/<relative>`` downloaded into the scratch mirror. IntegrityError when the object is missing (a
-    champion that cannot be used); a storage error (one line, the run fails) when it is there but cannot be
-    read: a store's passing trouble must not cost a good champion its place."""
+def _download(store: core.Store, relative: str) -> Path:
+    """A local copy of ``relative``. IntegrityError when it is missing (a champion that cannot be used); a storage
+    error (one line, the run fails) when it is there but cannot be read: a store's passing trouble must not
+    cost a good champion its place."""
     try:
-        return remote.fetch(root, relative)
+        return store.get(relative)
     except core.IntegrityError:
         try:
-            there = remote.size(remote.join(root, relative)) is not None
+            there = store.size(relative) is not None
         except OSError as exc:
-            raise remote.storage_error(root, exc) from None
+            raise store.error(exc) from None
         if there:
-            raise remote.storage_error(root, OSError(f"{relative} is there but cannot be downloaded")) from None
+            raise store.error(OSError(f"{relative} is there but cannot be downloaded")) from None
         raise
 
 
@@ -225,18 +211,6 @@ def _manifest(pointer: dict[str, Any], file: str, content: bytes, model: str) ->
     }
 
 
-# (store folder, run id) → the pointer and manifest that run's promotion replaced on disk (None: there was none),
-# kept in the flow's process until the run's record is written, for `take_back`
-_REPLACED: dict[tuple[str, str], tuple[bytes, bytes] | None] = {}
-
-
-def _current(path: Path) -> tuple[bytes, bytes] | None:
-    try:
-        return path.read_bytes(), core.manifest_path(path).read_bytes()
-    except FileNotFoundError:
-        return None
-
-
 def _run_of(content: bytes | None) -> str | None:
     try:
         body = json.loads(content) if content is not None else None
@@ -245,73 +219,36 @@ def _run_of(content: bytes | None) -> str | None:
     return body.get("flow_run_id") if isinstance(body, dict) else None
 
 
-def write_champion(root: str | Path, model: str, run_id: str, trained: dict, test_mse: float) -> dict[str, Any]:
-    """Point the champion at ``model`` (atomically: the pointer, then its manifest). Call it under ``lock``."""
-    base = Path(root).resolve()
-    pointer = _pointer(base, model, run_id, trained, test_mse)
-    path = pointer_path(base)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _REPLACED[(str(base), run_id)] = _current(path)
-    write_json(pointer, path)
-    manifest = _manifest(pointer, POINTER, path.read_bytes(), model)
-    write_json(manifest, core.manifest_path(path))
-    return pointer
-
-
 def create_generation(
-    root: str, generation: int, model: str, run_id: str, trained: dict, test_mse: float
+    store: core.Store, generation: int, model: str, run_id: str, trained: dict, test_mse: float
 ) -> dict[str, Any] | None:
-    """Create generation ``generation`` of the pointer on an object store, only if no run has created it (a
-    conditional write), then its manifest; the pointer, or None when another run created that generation first."""
-    pointer = _pointer(root, model, run_id, trained, test_mse)
+    """Create generation ``generation`` of the pointer only if no run has created it (exclusive create on
+    disk, a conditional write on an object store), then its manifest; the pointer, or None when another run
+    created that generation first."""
+    pointer = _pointer(store.url, model, run_id, trained, test_mse)
     content = (json.dumps(pointer, indent=2) + "\n").encode()
-    url = generation_url(root, generation)
+    rel = generation_rel(generation)
     try:
-        fs, path = remote.filesystem(url)
-        if not remote.create(fs, path, content):
+        if not store.create(rel, content):
             return None
-        manifest = _manifest(pointer, url.rsplit("/", 1)[1], content, model)
-        remote.write_bytes(url + core.MANIFEST_SUFFIX, (json.dumps(manifest, indent=2) + "\n").encode())
+        manifest = _manifest(pointer, rel.rsplit("/", 1)[1], content, model)
+        store.write(rel + core.MANIFEST_SUFFIX, (json.dumps(manifest, indent=2) + "\n").encode())
     except OSError as exc:
-        raise remote.storage_error(root, exc) from None
+        raise store.error(exc) from None
     return pointer
 
 
 def take_back(root: str | Path, run_id: str) -> bool:
     """Undo run ``run_id``'s promotion, for a run that failed before its run record (docs/lifecycle.md): when its
-    pointer is still the champion, the champion it replaced is put back (on disk: the previous pointer and
-    manifest, or none; on an object store: its generation is deleted, so the one before is the latest again). A
-    run that promoted since, over this one's, is left alone. Whether anything was taken back."""
-    if core.is_remote(root):
-        root = str(root)
-        generation = latest_generation(root)
-        url = generation_url(root, generation)
-        if generation == 0 or _run_of(remote.cat(url, limit=MAX_POINTER_BYTES)) != run_id:
-            return False
-        remote.remove(url)
-        remote.remove(url + core.MANIFEST_SUFFIX)
-        return True
-    base = Path(root).resolve()
-    if (str(base), run_id) not in _REPLACED:  # this process did not move the pointer for that run
+    generation of the pointer is still the latest, it is deleted, so the champion before it is the champion
+    again. A run that promoted since, over this one's, is left alone. Whether anything was taken back."""
+    store = core.open_store(root)
+    generation = latest_generation(store)
+    rel = generation_rel(generation)
+    if generation == 0 or _run_of(store.read(rel, limit=MAX_POINTER_BYTES)) != run_id:
         return False
-    path = pointer_path(base)
-    with lock(base):
-        replaced = _REPLACED.pop((str(base), run_id))
-        current = _current(path)
-        if current is None or _run_of(current[0]) != run_id:
-            return False
-        if replaced is None:
-            path.unlink()
-            core.manifest_path(path).unlink(missing_ok=True)
-        else:
-            core.write_bytes(replaced[0], path)
-            core.write_bytes(replaced[1], core.manifest_path(path))
+    store.remove([rel, rel + core.MANIFEST_SUFFIX])
     return True
-
-
-def lock(root: str | Path):
-    """The one lock on the pointer of a store on disk, held across the decision and the swap."""
-    return core.exclusive(Path(root) / core.CHAMPION_DIR / LOCK)
 
 
 # --- the task --------------------------------------------------------------------------------------
@@ -333,38 +270,34 @@ def promote(
     challenger_mse = mse(partitions, trained["weights"], trained["bias"])
     challenger_sha = core.read_manifest(model_path)["sha256"]
 
-    def judge(generation: int | None) -> tuple[bool, dict[str, Any], str]:
+    store = core.open_store(root)
+
+    def judge(generation: int) -> tuple[bool, dict[str, Any], str]:
         champion, unusable = _read(root, generation)
         write, block, level = _judge(champion, unusable, trained, partitions, challenger_mse, challenger_sha, tolerance)
         if write:
-            block["champion"] = core.public(model_path) if core.is_remote(root) else str(Path(model_path).resolve())
+            block["champion"] = core.public(model_path)
         return write, block, level
 
-    if not core.is_remote(root):
-        with lock(root):
-            write, block, level = judge(None)
-            if write:
-                write_champion(root, model_path, run_id, trained, challenger_mse)
-        return block, level, str(pointer_path(root)) if write else None
     for lost in itertools.count():
         try:
-            generation = latest_generation(root)
+            generation = latest_generation(store)
         except OSError as exc:
-            raise remote.storage_error(root, exc) from None
+            raise store.error(exc) from None
         write, block, level = judge(generation)
         if lost:
             block["reason"] += f" (decided again after {lost} concurrent promotion(s))"
         if not write:
             return block, level, None
-        if create_generation(root, generation + 1, model_path, run_id, trained, challenger_mse) is not None:
-            return block, level, generation_url(root, generation + 1)
+        if create_generation(store, generation + 1, model_path, run_id, trained, challenger_mse) is not None:
+            return block, level, store.path(generation_rel(generation + 1))
     raise AssertionError("unreachable")
 
 
-def _read(root: str, generation: int | None) -> tuple[dict[str, Any] | None, str | None]:
+def _read(root: str, generation: int) -> tuple[dict[str, Any] | None, str | None]:
     """(champion, None), or (None, why) for a champion that cannot be used."""
     try:
-        return (read_champion(root) if generation is None else read_champion(root, generation)), None
+        return read_champion(root, generation), None
     except core.IntegrityError as exc:
         return None, f"the champion cannot be used ({exc}): promoted in its place"
     except core.InputError:  # the store cannot be reached or refused us: the run fails, the champion stays

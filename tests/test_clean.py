@@ -147,7 +147,7 @@ def test_clean_and_a_run_exclude_each_other(store: Path, capsys):
         assert files(store) == before
     finally:
         holder.communicate("", timeout=30)
-    with core.clean.cleaning(store), pytest.raises(core.InputError, match="is being cleaned"), core.in_use(store):
+    with core.open_store(store).cleaning(), pytest.raises(core.InputError, match="is being cleaned"), core.in_use(store):
         pass
     with core.in_use(store), core.in_use(store):  # runs share the store
         pass

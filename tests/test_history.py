@@ -35,7 +35,7 @@ def record(root: Path, n: int, test_mse: float, promoted: bool) -> str:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    root = core.prepare_root(tmp_path / "store")
+    root = Path(core.prepare_root(tmp_path / "store"))
     for n, (mse, promoted) in enumerate([(4.0, True), (5.0, False), (3.0, True)]):
         record(root, n, mse, promoted)
     return root

@@ -94,8 +94,8 @@ def test_first_better_worse_equal_within_tolerance(store, tensors):
     assert first["promoted"] and first["champion_test_mse"] is None
     pointer = promote.read_champion(store)
     assert pointer["model"] == str((store / "train" / "first" / "model.pt").resolve())
-    assert json.loads(promote.pointer_path(store).read_text())["model"] == "train/first/model.pt"
-    core.verify(promote.pointer_path(store))  # the pointer has its manifest
+    assert json.loads(Path(promote.pointer_path(store)).read_text())["model"] == "train/first/model.pt"
+    core.verify(Path(promote.pointer_path(store)))  # the pointer has its manifest
 
     better = run(store, tensors, model(store, "better", scale=0.9))
     assert better["promoted"] and better["challenger_test_mse"] < better["champion_test_mse"]
@@ -123,7 +123,7 @@ def test_different_features_or_target_promote_and_say_so(store, tensors):
 @pytest.mark.no_server
 def test_a_pointer_outside_the_root_or_altered_model_is_refused(store, tensors):
     run(store, tensors, model(store, "m"))
-    path = promote.pointer_path(store)
+    path = Path(promote.pointer_path(store))
     pointer = json.loads(path.read_text())
     path.write_text(json.dumps({**pointer, "model": "../elsewhere/model.pt"}))
     with pytest.raises(ValueError, match="outside the artifacts folder"):
@@ -137,12 +137,13 @@ def test_a_pointer_outside_the_root_or_altered_model_is_refused(store, tensors):
 
 @pytest.mark.no_server
 def test_two_racing_runs_end_as_if_one_ran_after_the_other(store, tensors, monkeypatch):
-    """Both read the champion (A) slowly; without the lock both would beat A and the slower writer would win."""
+    """Both read the champion (A) slowly; without the conditional create of the next generation both would beat
+    A and the slower writer would win."""
     run(store, tensors, model(store, "a", scale=0.5))
     read = promote.read_champion
 
-    def slow_read(root):
-        champion = read(root)
+    def slow_read(root, generation=None):
+        champion = read(root, generation)
         time.sleep(0.3)
         return champion
 

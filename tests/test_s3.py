@@ -239,7 +239,7 @@ def _test_rows(tmp_path: Path) -> str:
 def _model(url: str, name: str, scale: float) -> str:
     """A model ``scale`` times the true weights (1.0: the best) on the store at ``url``, as a stage leaves it:
     uploaded with its manifest, and in this process's scratch mirror."""
-    local = remote.scratch(url) / "train" / name / "model.pt"
+    local = core.open_store(url).work / "train" / name / "model.pt"
     _save({"weights": W * scale, "bias": 0.5, "features": ["p", "q"], "target": "y", "name": name}, local)
     remote.upload(local, f"{url}/train/{name}/model.pt")
     remote.upload(core.manifest_path(local), f"{url}/train/{name}/model.pt{core.MANIFEST_SUFFIX}")
@@ -310,10 +310,10 @@ def test_an_unusable_champion_on_s3_is_replaced_and_a_store_error_keeps_it(s3, t
     assert promote.promote(url, [tensors], _model(url, "best", 1.0), "run-1", 0.0)[0]["promoted"]
     worse = _model(url, "worse", 0.5)
 
-    def broken_download(root: str, relative: str) -> Path:
-        raise core.IntegrityError(f"{root}/{relative}: cannot be downloaded (connection reset)")
+    def broken_download(url: str, local: Path) -> None:
+        raise core.IntegrityError(f"{url}: cannot be downloaded (connection reset)")
 
-    monkeypatch.setattr(remote, "fetch", broken_download)
+    monkeypatch.setattr(remote, "download", broken_download)
     with pytest.raises(core.InputError, match="cannot be downloaded") as refused:  # the object is there
         promote.promote(url, [tensors], worse, "run-2", 0.0)
     assert not isinstance(refused.value, core.IntegrityError) and len(generations(url)) == 1  # champion kept

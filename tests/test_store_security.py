@@ -193,7 +193,7 @@ def test_clean_artifacts_on_a_file_or_a_missing_folder_is_one_line(tmp_path: Pat
     a_file = tmp_path / "a-file"
     a_file.write_text("data")
     assert main(["--clean-artifacts", "--artifacts-dir", str(a_file)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {a_file} is a file, not an artifacts folder; not deleting it"
+    assert capsys.readouterr().err.strip() == f"error: {a_file}: a file, not a folder; nothing to delete"
     assert a_file.read_text() == "data"
     assert main(["--clean-artifacts", "--artifacts-dir", str(tmp_path / "nope")]) == 2
     assert "no such folder; nothing to delete" in capsys.readouterr().err

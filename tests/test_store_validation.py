@@ -72,7 +72,7 @@ def run(root: Path, *args: str) -> dict:
 
 def point_champion_at(root: Path, target: Path) -> None:
     """Rewrite the pointer (and its manifest) to name ``target``, as a writer of the store could."""
-    pointer = promote.pointer_path(root)
+    pointer = Path(promote.pointer_path(root))
     body = json.loads(pointer.read_text())
     body.update(model=target.relative_to(root).as_posix(), model_sha256=core.sha256_file(target))
     pointer.write_text(json.dumps(body))
@@ -145,7 +145,7 @@ def test_a_deeply_nested_or_renamed_cache_record_is_a_miss(store):
 
 
 def test_a_deeply_nested_pointer_is_replaced(store):
-    promote.pointer_path(store).write_text(DEEP)
+    Path(promote.pointer_path(store)).write_text(DEEP)
     promotion = run(store)["promotion"]
     assert promotion["promoted"] is True and "nested deeper than" in promotion["reason"]
     assert promote.read_champion(store) is not None
@@ -308,7 +308,7 @@ def target_of(root: Path, kind: str, which: int) -> Path:
     if kind == "cache record":
         records = sorted((root / core.CACHE_DIR).glob("*/*.json"))
         return records[which % len(records)]
-    return promote.pointer_path(root)
+    return Path(promote.pointer_path(root))
 
 
 @pytest.mark.parametrize("kind", KINDS)
