@@ -25,6 +25,8 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # ≈3.4e38
 
 @dataclass
 class Fit:
+    """What training found, and how: the step size it used against the largest stable one, the loss history."""
+
     weights: torch.Tensor  # (d,), raw feature units, float64
     bias: float
     lr: float
