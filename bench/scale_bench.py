@@ -30,7 +30,8 @@ import torch
 import stagecore as core
 from bench.make_data import make_csv, split_csv
 from flows.local_server import isolated_env, start_server
-from tasks.train import initial_params, train_scratch
+from linreg.loops import train_scratch
+from linreg.model import initial_params
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from pydantic.fields import FieldInfo
 
 import stagecore as core
+from linreg.config import Device, Engine, Init, Method, TrainConfig, check_config, trains_on_stats
 from stagecore.errors import InputError
-from tasks.train import Device, Engine, Init, Method, TrainConfig, check_config, trains_on_stats
 
 TaskRunnerName = Literal["threads", "dask"]
 

@@ -27,7 +27,7 @@ from flows.train import settle_prefect, task_runner
 from stagecore import validate
 from stagecore.cache import StageRunner
 from stagecore.errors import InputError, IntegrityError
-from tasks import drop_index, ingest, predict
+from tasks import drop_index, ingest, predict, predict_report
 from tasks.promote import champion_model_path
 
 CHAMPION = "champion"
@@ -146,7 +146,7 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
             predict.check_features(core.open_parquet(table).schema_arrow, features, core.redact(source))
         calls = [(c, r, model_path, p.index_column, root) for c, r in zip(clean, raw, strict=True)]
         outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
-    rows = predict.publish_predictions(outputs, model_path, features)
+    rows = predict_report.publish_predictions(outputs, model_path, features)
     shown = [core.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
     return {
         "predictions": shown[0] if len(shown) == 1 else shown,

@@ -1,13 +1,15 @@
-"""The one exception type for problems the user can fix (bad data, bad parameters)."""
+"""The one exception type for problems the user can fix (bad data, bad parameters).
+
+`InputError` is the library's (linreg/errors.py), imported here as the very same class. The library raises it
+without knowing about stages (a diverging fit, a constant target), and everything that turns a user's mistake
+into one line and exit 2 (the CLI's ``except InputError``, the log filter below) catches it with no second
+type to list. A subclass defined here would miss what the library raises; a second base would mean widening
+every ``except``. The dependency points one way: the stage core needs the library's error, never the reverse.
+"""
 
 import logging
 
-
-class InputError(ValueError):
-    """A problem with the user's input, reported as one line without a traceback.
-
-    The message names the file, column or parameter and says what to do about it.
-    """
+from linreg.errors import InputError
 
 
 def api_lost(exc: BaseException | None) -> bool:

@@ -23,9 +23,11 @@ KEY_PATTERN = r"[0-9a-f]{16}"  # a stage key, as `stage_key` writes it
 def code_digest(module: str) -> str:
     """sha256 of the source of ``module`` and of every project module it imports, directly or through others.
 
-    A stage runs more code than its own module: `accumulate` runs `Stats.of` from tasks/train.py, every stage
-    runs tasks/store.py. Hashing the whole import closure means an edit to any of them re-runs exactly the
-    stages that can run the edited code (tests/test_code_keys.py).
+    A stage runs more code than its own module: `accumulate` runs `Stats.of` from linreg/stats.py, every stage
+    runs the stage core. Hashing the whole import closure means an edit to any of them re-runs exactly the
+    stages that can run the edited code (tests/test_code_keys.py). A package's ``__init__`` is in the closure of
+    every import of its submodules, with all it imports: linreg's imports nothing, so each stage's key holds only
+    the library modules that stage imports.
     """
     digest = hashlib.sha256()
     with _PARSING:

@@ -3,7 +3,10 @@
 Each partition's ``(XᵀX, Xᵀy, yᵀy, n)`` is computed where its tensors are (a thread, or a Dask worker), in one
 float64 pass; the training stage adds them up and runs gradient descent on the sum, which is the sum over the
 whole training set: the same iterates as training on all the rows at once. The partition's QR factor rides
-along for the evaluation's closed-form reference, which merges the factors (see `tasks.evaluate.qr_factor`).
+along for the evaluation's closed-form reference, which merges the factors (see `linreg.reference.qr_factor`).
+
+It imports only the library's statistics and reference modules, never its training loops: an edit to those
+leaves this stage's key, and so its cached statistics, as they are (tests/test_code_keys.py).
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from prefect import get_run_logger, task
 
 import stagecore as core
-from tasks.evaluate import qr_factor
-from tasks.train import Stats
+from linreg.reference import qr_factor
+from linreg.stats import Stats
 
 
 @task(name="accumulate_stats")

@@ -16,8 +16,8 @@ import stagecore as core
 from conftest import ADVERTISING
 from flows.lineage import main as lineage_main
 from flows.train import STAGES, build_parser, linear_regression, main
+from linreg import DivergenceError
 from stagecore.cache import read_record
-from tasks.train import DivergenceError
 
 ALL_CACHED = dict.fromkeys(STAGES, True)
 NONE_CACHED = dict.fromkeys(STAGES, False)

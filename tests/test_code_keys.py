@@ -3,6 +3,7 @@ the edited module, directly or through another module, and no others."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -25,8 +26,44 @@ def test_import_closure_follows_every_form_of_import():
     core_modules = {"stagecore", "stagecore.declare", "stagecore.manifest", "stagecore.hashing", "stagecore.errors"}
     assert core_modules <= set(core.import_closure("tasks.plot"))
     assert not {m for m in core.import_closure("tasks.plot") if m.startswith("tasks")} - {"tasks.plot"}
-    # accumulate runs Stats.of from train.py and qr_factor from evaluate.py
-    assert {"tasks.train", "tasks.evaluate", *core_modules} <= set(core.import_closure("tasks.accumulate"))
+    # accumulate runs Stats.of and qr_factor from the library, and no other stage's module
+    accumulate = set(core.import_closure("tasks.accumulate"))
+    assert {"linreg", "linreg.stats", "linreg.reference", *core_modules} <= accumulate
+    assert not {m for m in accumulate if m.startswith("tasks")} - {"tasks.accumulate"}
+
+
+@pytest.mark.no_server
+def test_the_training_loops_are_in_trains_key_and_not_in_accumulates():
+    """An edit to the loops re-runs training, never the statistics it reads (linreg/__init__.py imports nothing)."""
+    assert {"linreg.loops", "linreg.monitor", "linreg.training"} <= set(core.import_closure("tasks.train"))
+    accumulate = set(core.import_closure("tasks.accumulate"))
+    assert not {"linreg.loops", "linreg.monitor", "linreg.training", "linreg.evaluation"} & accumulate
+    assert "linreg.loops" not in core.import_closure("tasks.evaluate")
+
+
+def linreg_imports(path: Path) -> list[str]:
+    """How ``path`` imports the library: ``from linreg.x import …`` as "linreg.x", any other form as written."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [f"import {a.name}" for a in node.names if a.name.split(".")[0] == "linreg"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "linreg":
+            found.append(node.module if "." in node.module else f"from linreg import {node.names[0].name}")
+    return found
+
+
+@pytest.mark.no_server
+def test_project_code_imports_the_library_by_submodule():
+    """The package's names are lazy (PEP 562), which an AST import closure cannot follow: ``from linreg import
+    fit`` would key a stage without linreg/training.py. So the project's own code names the submodule."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {form}"
+        for package in core.PROJECT_PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for form in linreg_imports(path)
+        if not form.startswith("linreg.")
+    ]
+    assert offenders == []
 
 
 @pytest.fixture
@@ -64,11 +101,18 @@ def test_an_edit_reruns_exactly_the_stages_that_can_run_the_edited_code(project:
     edit(project / "tasks" / "plot.py")
     assert cached_stages(project, artifacts) == {stage: stage != "plot" for stage in PARTITIONED}
 
-    # evaluate.py: imported by evaluate, and by accumulate (for qr_factor). Their outputs are the same bytes,
-    # so train (keyed on accumulate's output) and plot (on evaluate's) stay cached.
-    edit(project / "tasks" / "evaluate.py")
+    # linreg/reference.py: imported by evaluate, and by accumulate (for qr_factor). Their outputs are the same
+    # bytes, so train (keyed on accumulate's output) and plot (on evaluate's) stay cached.
+    edit(project / "linreg" / "reference.py")
     assert cached_stages(project, artifacts) == {
         stage: stage not in ("accumulate", "evaluate") for stage in PARTITIONED
+    }
+
+    # linreg/loops.py: imported by train alone, so the statistics stay cached; the new model.pt (its training
+    # time differs) re-runs evaluate, and the new evaluation plot
+    edit(project / "linreg" / "loops.py")
+    assert cached_stages(project, artifacts) == {
+        stage: stage not in ("train", "evaluate", "plot") for stage in PARTITIONED
     }
 
     # stagecore/errors.py: imported by the stage core, which every stage imports: everything runs again

@@ -9,7 +9,7 @@ from prefect.utilities.callables import parameter_schema
 
 from flows.params import PRESETS, Params
 from flows.train import build_parser, linear_regression, main
-from tasks import train
+from linreg import config as train
 
 pytestmark = pytest.mark.no_server
 

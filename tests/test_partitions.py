@@ -1,7 +1,8 @@
 """A folder or glob of CSV/Parquet partitions: the same rows, statistics, weights and metrics as one file.
 
-The partition functions are checked against their single-file counterparts (and scikit-learn) on inline data;
-the flow is run on partitions with threads and on a loopback Dask cluster, and compared with the single-file run.
+The partition functions are checked against their single-file counterparts on inline data (the statistics, metrics
+and least squares that add up over partitions: tests/test_linreg.py); the flow is run on partitions with threads
+and on a loopback Dask cluster, and compared with the single-file run.
 """
 
 from __future__ import annotations
@@ -15,20 +16,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-from sklearn.linear_model import LinearRegression
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 import stagecore as core
 from bench.make_data import make_csv
-from conftest import ADVERTISING
 from flows.params import Params
 from flows.train import linear_regression, main
 from stagecore.errors import InputError
-from tasks.evaluate import Sums, least_squares, qr_factor, regression_metrics
 from tasks.ingest import parquet_to_parquet
 from tasks.split import partition_offsets, split_partition, split_table
-from tasks.train import Stats
 
 WEIGHTS_RTOL = 1e-10  # float64 statistics summed in another order: equal to rounding
 
@@ -49,64 +44,6 @@ def test_partition_split_gives_the_single_file_rows(sizes):
     got_test = np.concatenate([p[1].column("row").to_numpy() for p in parts])
     assert sorted(got_train) == sorted(train.column("row").to_numpy())
     assert sorted(got_test) == sorted(test.column("row").to_numpy())
-
-
-@pytest.mark.no_server
-def test_summed_statistics_equal_the_whole_data_statistics():
-    gen = torch.Generator().manual_seed(0)
-    x, y = torch.rand(1000, 3, generator=gen) * 100, torch.rand(1000, 1, generator=gen)
-    whole = Stats.of(x, y)
-    parts = Stats.total([Stats.of(x[a:b], y[a:b]) for a, b in ((0, 1), (1, 600), (600, 600), (600, 1000))])
-    torch.testing.assert_close(parts.g, whole.g, rtol=1e-12, atol=0)
-    torch.testing.assert_close(parts.c, whole.c, rtol=1e-12, atol=0)
-    assert parts.yy == pytest.approx(whole.yy, rel=1e-12) and parts.n == whole.n == 1000
-
-
-@pytest.mark.no_server
-def test_summed_metrics_equal_scikit_learn():
-    rng = np.random.default_rng(1)
-    y = rng.normal(14, 5, 500)
-    predicted = y + rng.normal(0, 1.5, 500)
-    sums = Sums()
-    for a, b in ((0, 7), (7, 7), (7, 333), (333, 500)):
-        sums.add(y[a:b], predicted[a:b])
-    want = {
-        "mse": mean_squared_error(y, predicted),
-        "rmse": np.sqrt(mean_squared_error(y, predicted)),
-        "mae": mean_absolute_error(y, predicted),
-        "r2": r2_score(y, predicted),
-    }
-    assert sums.metrics() == pytest.approx(want, rel=1e-12)
-    assert regression_metrics(y, predicted) == pytest.approx(want, rel=1e-12)
-
-
-@pytest.mark.parametrize("chunk_rows", [1000, 7])
-@pytest.mark.no_server
-def test_least_squares_from_merged_qr_factors_equals_scikit_learn(chunk_rows):
-    frame = pd.read_csv(ADVERTISING)
-    x = torch.tensor(frame[["TV", "radio", "newspaper"]].to_numpy(), dtype=torch.float32)
-    y = torch.tensor(frame[["sales"]].to_numpy(), dtype=torch.float32)
-    factors = [qr_factor(x[a:b], y[a:b], chunk_rows) for a, b in ((0, 3), (3, 120), (120, 120), (120, 200))]
-    reference = least_squares(factors)
-    coef, bias = reference.weights, reference.bias
-    assert reference.problem is None and reference.rank == 4
-    ols = LinearRegression().fit(x.double().numpy(), y.double().numpy().ravel())
-    np.testing.assert_allclose(coef, ols.coef_, rtol=1e-9)
-    assert bias == pytest.approx(float(ols.intercept_), rel=1e-9)
-
-
-@pytest.mark.no_server
-def test_least_squares_of_collinear_features_is_finite_and_fits():
-    gen = torch.Generator().manual_seed(2)
-    a = torch.rand(100, 1, generator=gen)
-    x = torch.cat([a, 2 * a], dim=1)  # rank 1
-    y = 3 * a + 1
-    reference = least_squares([qr_factor(x, y)])
-    coef, bias = reference.weights, reference.bias
-    assert np.isfinite(coef).all()
-    assert reference.problem is None and reference.rank == 2  # not unique: the weights are one solution of many
-    fitted = x.double().numpy() @ coef + bias
-    np.testing.assert_allclose(fitted, y.double().numpy().ravel(), atol=1e-5)
 
 
 @pytest.mark.no_server

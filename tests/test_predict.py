@@ -27,7 +27,7 @@ from flows.local_server import PREFECT, isolated_env, start_process, stop_proces
 from flows.predict import main
 from flows.train import linear_regression
 from tasks import predict as stage
-from tasks.predict import REPORT_KEY
+from tasks.predict_report import REPORT_KEY
 from tasks.promote import champion_model_path
 
 FEATURES = ["TV", "radio", "newspaper"]

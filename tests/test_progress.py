@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.train import TrainConfig, fit
+from linreg import TrainConfig, fit
 
 pytestmark = pytest.mark.no_server
 

@@ -15,9 +15,9 @@ import torch
 import stagecore as core
 from conftest import ADVERTISING
 from flows.train import main
+from linreg import regression_metrics
 from stagecore.atomic import write_json
 from tasks import promote
-from tasks.evaluate import regression_metrics
 from tasks.history import read_history
 
 FEATURES = ["a", "b"]

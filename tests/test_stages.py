@@ -22,7 +22,6 @@ from conftest import ADVERTISING
 from stagecore.errors import InputError
 from tasks import ingest, split
 from tasks.drop_index import drop_index, drop_index_column
-from tasks.evaluate import evaluate, least_squares, qr_factor, regression_metrics
 from tasks.ingest import check_file, csv_to_parquet, ingest_csv
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.split import split_table
@@ -272,36 +271,6 @@ def test_to_tensors_names_the_bad_column(columns, target, features, message):
 
 
 # --- evaluate and plot ----------------------------------------------------------------------------
-
-
-def test_regression_metrics_by_hand():
-    m = regression_metrics(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0, 3.0, 6.0]))
-    assert m == pytest.approx({"mse": 1.0, "rmse": 1.0, "mae": 0.5, "r2": 1 - 4 / 5})
-
-
-def test_evaluate_gives_zero_gap_for_the_exact_solution():
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(50, 2, generator=gen)
-    y = x @ torch.tensor([[2.0], [-1.0]]) + 0.5 + 0.1 * torch.randn(50, 1, generator=gen)
-    a = torch.cat([x.double(), torch.ones(50, 1, dtype=torch.float64)], 1)
-    sol = torch.linalg.lstsq(a, y.double()).solution.ravel()
-    trained = {
-        "weights": sol[:2],
-        "bias": float(sol[2]),
-        "features": ["p", "q"],
-        "epochs_run": 1,
-        "lr": 0.1,
-        "max_stable_lr": 1.0,
-        "converged": True,
-        "engine": "rows",
-        "train_seconds": 0.1,
-        "config": {},
-    }
-    ols = least_squares([qr_factor(x, y)])
-    result = evaluate([{"x_train": x, "y_train": y, "x_test": x[:10], "y_test": y[:10]}], trained, ols)
-    assert abs(result["optimality_gap"]) < 1e-9
-    assert result["metrics"]["test"] == pytest.approx(result["baseline"]["test"], rel=1e-9)
-    assert result["ols_weights"] == pytest.approx({"p": float(sol[0]), "q": float(sol[1])}, rel=1e-9)
 
 
 def test_plots_are_pngs():

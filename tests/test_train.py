@@ -10,11 +10,14 @@ import torch
 
 from conftest import ADVERTISING
 from flows.params import Params
+from linreg import DivergenceError, Stats, fit
+from linreg.loops import train_scratch
+from linreg.model import initial_params, mse
+from linreg.stats import Scaler
 from stagecore.errors import InputError
 from tasks.drop_index import drop_index
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
-from tasks.train import DivergenceError, Monitor, Scaler, Stats, fit, initial_params, mse, train_scratch
 
 pytestmark = pytest.mark.no_server
 
@@ -72,26 +75,6 @@ def test_explicit_parameters_override_the_preset():
     assert (cfg.epochs, cfg.lr, cfg.standardize) == (10, "auto", False)
 
 
-def test_hessian_eigenvalue_matches_numpy_reference(advertising):
-    x = advertising["x_train"].double()
-    a = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
-    expected = float(torch.linalg.eigvalsh(2 / len(x) * a.T @ a).max())
-    stats = Stats.of(advertising["x_train"], advertising["y_train"], chunk_rows=37)  # chunking changes nothing
-    assert stats.hessian_max_eigenvalue() == pytest.approx(expected, rel=1e-9)
-    assert expected == pytest.approx(62076, rel=1e-3)
-
-
-def test_scaler_folds_back_to_raw_units():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(20, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 100.0, 0.01]) + 5
-    scaler = Scaler.fit(Stats.of(x, torch.zeros(20, 1)), enabled=True)
-    torch.testing.assert_close(scaler.mean, x.mean(0))
-    torch.testing.assert_close(scaler.std, x.std(0, unbiased=False))
-    w, b = torch.randn(1, 3, generator=gen, dtype=torch.float64), torch.randn(1, generator=gen, dtype=torch.float64)
-    w_raw, b_raw = scaler.unfold(w, b)
-    torch.testing.assert_close(x @ w_raw + b_raw, (scaler.transform(x) @ w.t() + b).ravel())
-
-
 @pytest.mark.parametrize(
     ("lr", "what"), [(10.0, "loss became"), (1e-3, "loss rose for 5 epochs"), (3.5e-5, "loss rose for 5 epochs")]
 )
@@ -99,15 +82,6 @@ def test_divergence_names_the_epoch_and_the_largest_stable_lr(advertising, lr, w
     cfg = config(lr=lr, standardize=False, tol=0.0)
     with pytest.raises(DivergenceError, match=rf"diverged at epoch \d+ \({what}.*largest stable lr .* is 3\.22\d*e-05"):
         fit(advertising["x_train"], advertising["y_train"], cfg)
-
-
-def test_progress_is_reported_every_five_percent():
-    cfg = config(epochs=40, tol=0.0)
-    seen: list[int] = []
-    monitor = Monitor(cfg, lr=0.1, max_stable_lr=1.0, on_progress=lambda epoch, loss: seen.append(epoch))
-    for i in range(40):
-        monitor(10.0 / (i + 1))
-    assert seen == list(range(2, 41, 2))
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(advertising):

@@ -33,7 +33,7 @@ from websockets.sync.client import connect
 
 from flows.predict import linear_regression_predict
 from flows.train import linear_regression
-from tasks.predict import REPORT_KEY as PREDICT_REPORT_KEY
+from tasks.predict_report import REPORT_KEY as PREDICT_REPORT_KEY
 from tasks.report import COEFFICIENTS_KEY, REPORT_KEY
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
