@@ -56,7 +56,6 @@ from stagecore.manifest import (
 )
 from stagecore.markup import escape_cells, escape_mathtext, escape_md, markdown_artifact, table_artifact
 from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
-from stagecore.store import Store, is_remote, locate, open_store, public
 from stagecore.root import ROOT_ENV, artifacts_root, prepare_root, store_relative, store_root
 from stagecore.runs import write_run_record
 from stagecore.sources import (
@@ -73,6 +72,7 @@ from stagecore.sources import (
     redact,
     redact_all,
 )
+from stagecore.store import Store, is_remote, locate, open_store, public
 
 __all__ = [
     "CACHE_DIR",
@@ -129,13 +129,13 @@ __all__ = [
     "is_partitioned",
     "is_remote",
     "is_url",
-    "locate",
-    "open_store",
     "library_versions",
     "localize",
+    "locate",
     "manifest_path",
     "markdown_artifact",
     "open_parquet",
+    "open_store",
     "outputs",
     "parquet_options",
     "partition_sources",

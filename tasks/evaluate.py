@@ -12,7 +12,6 @@ from prefect import get_run_logger, task
 
 import stagecore as core
 from linreg.evaluation import PARTS, evaluate
-from linreg.metrics import Sums, score  # noqa: F401  (tasks/promote.py still imports them from here)
 from linreg.reference import least_squares
 
 # r2 is null where the part's target does not vary; a fixed schema keeps it float64 even when all are null

@@ -35,8 +35,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
+from linreg.metrics import Sums, score
 from stagecore import validate
-from tasks.evaluate import Sums, score
 
 CHAMPION_VERSION = validate.CHAMPION_VERSION
 POINTER = "champion.json"

@@ -147,7 +147,8 @@ def test_clean_and_a_run_exclude_each_other(store: Path, capsys):
         assert files(store) == before
     finally:
         holder.communicate("", timeout=30)
-    with core.open_store(store).cleaning(), pytest.raises(core.InputError, match="is being cleaned"), core.in_use(store):
+    cleaning = core.open_store(store).cleaning()
+    with cleaning, pytest.raises(core.InputError, match="is being cleaned"), core.in_use(store):
         pass
     with core.in_use(store), core.in_use(store):  # runs share the store
         pass

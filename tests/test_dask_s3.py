@@ -27,7 +27,6 @@ from flows import lineage
 from flows.local_server import free_port, start_process, stop_process
 from flows.train import STAGES, linear_regression, main
 from moto_s3 import s3_server, use_env
-from stagecore import remote
 
 distributed = pytest.importorskip("distributed")
 s3fs = pytest.importorskip("s3fs")
