@@ -20,7 +20,7 @@ from stagecore.declare import (
     parquet_options,
     stage,
 )
-from stagecore.errors import InputError, IntegrityError
+from stagecore.errors import RETRIES, InputError, IntegrityError, Transient
 from stagecore.hashing import HASHING, check_regular, refuse_special, sha256_file
 from stagecore.keys import code_digest, import_closure, library_versions, stage_key
 from stagecore.layout import (
@@ -92,6 +92,7 @@ __all__ = [
     "PROJECT_PACKAGES",
     "PROJECT_ROOT",
     "REDACTED",
+    "RETRIES",
     "ROOT_ARGUMENT",
     "ROOT_ENV",
     "RUNS_DIR",
@@ -104,6 +105,7 @@ __all__ = [
     "Outputs",
     "Stage",
     "Store",
+    "Transient",
     "artifacts_root",
     "atomic_path",
     "check_regular",

@@ -181,14 +181,26 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
             write_record(store, stage.name, key, outputs, replace=refresh)
         return published(outputs)
 
-    return Task(
-        run_cached,
-        name=task.name,
-        description=task.description,
-        tags=set(task.tags),
-        cache_policy=NO_CACHE,
-        persist_result=False,
-    )
+    options = {option: getattr(task, attribute) for option, attribute in _OPTIONS.items()}
+    return Task(run_cached, **options, cache_policy=NO_CACHE, persist_result=False)
+
+
+# The options of a stage's task that its cached form keeps: (Task argument, Task attribute)
+_OPTIONS = {
+    "name": "name",
+    "description": "description",
+    "tags": "tags",
+    "version": "version",
+    "retries": "retries",
+    "retry_delay_seconds": "retry_delay_seconds",
+    "retry_jitter_factor": "retry_jitter_factor",
+    "retry_condition_fn": "retry_condition_fn",
+    "timeout_seconds": "timeout_seconds",
+    "task_run_name": "task_run_name",
+    "log_prints": "log_prints",
+    "on_completion": "on_completion_hooks",
+    "on_failure": "on_failure_hooks",
+}
 
 
 def release_memory() -> None:

@@ -24,9 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from prefect import Task
 
 from stagecore.atomic import atomic_path, write_json
 from stagecore.behind import ParquetWriteBehind, WriteBehind
+from stagecore.errors import RETRIES
 from stagecore.hashing import HashingWriter, remember, sha256_file
 from stagecore.keys import code_digest, plain, stage_key
 from stagecore.manifest import (
@@ -65,17 +67,19 @@ Files = Annotated[list[str], FILES]  # a list of input files (one per partition)
 ROOT_ARGUMENT = "root"  # where the store is: not part of what a stage computes
 
 
-def stage(name: str, outputs: tuple[str, ...] = ()) -> Callable[[Callable[..., R]], Callable[..., R]]:
-    """Declare a stage function once, by its typed signature: ``File``/``Files`` arguments are inputs keyed by
-    content, every other argument but ``root`` is a parameter in the key. Nothing is listed by hand.
+def stage(name: str, outputs: tuple[str, ...] = (), **options: Any) -> Callable[[Callable[..., R]], Task]:
+    """Declare a stage once, by its typed signature, as its Prefect task: ``File``/``Files`` arguments are inputs
+    keyed by content, every other argument but ``root`` is a parameter in the key. Nothing is listed by hand.
     ``outputs`` names what the function returns (name → file): a cache record must list exactly those.
 
-    Inside the function, `outputs` gives the writer for this very call's folder, so the arguments are never
-    written out again either. The declaration is the function's ``.stage`` (and its Prefect task's
-    ``.fn.stage``), which the cache keys on (tasks/cache.py).
+    ``options`` are the task's (``retries``, ``timeout_seconds``, ``tags``…), kept by the stage cache
+    (`stagecore.cache.bind`); by default a stage retries what may pass (`errors.RETRIES`: a store or network
+    that did not answer), never a user's mistake. Inside the function, `outputs` gives the writer for this
+    very call's folder, so the arguments are never written out again either. The declaration is the task's
+    ``.fn.stage``, which the cache keys on.
     """
 
-    def declare(fn: Callable[..., R]) -> Callable[..., R]:
+    def declare(fn: Callable[..., R]) -> Task:
         hints = typing.get_type_hints(fn, include_extras=True)
         signature = inspect.signature(fn)
         if ROOT_ARGUMENT not in signature.parameters:
@@ -89,7 +93,7 @@ def stage(name: str, outputs: tuple[str, ...] = ()) -> Callable[[Callable[..., R
             return _call_declared(declared, fn, args, kwargs)
 
         call.stage = declared  # type: ignore[attr-defined]
-        return call
+        return Task(call, **{"name": fn.__name__, **RETRIES, **options})
 
     return declare
 

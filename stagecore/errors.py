@@ -40,3 +40,28 @@ for _name in ("prefect.task_runs", "prefect.flow_runs"):
 
 class IntegrityError(InputError):
     """An artifact is missing, or does not match its manifest (truncated, altered, or never finished)."""
+
+
+class Transient(InputError):
+    """A failure that may pass by itself: a store or a network that did not answer, a connection dropped. A stage
+    retries it (`retry_transient`); once its retries are spent it is one line like any user error."""
+
+
+def retry_transient(task: object, task_run: object, state: object) -> bool:
+    """Prefect's ``retry_condition_fn`` of every stage that touches storage: retry a `Transient` failure (or a
+    connection or timeout error nothing named yet), never a user's mistake (`InputError`) or a damaged file
+    (`IntegrityError`), which would fail the same way again."""
+    exc = getattr(state, "data", None)
+    if isinstance(exc, Transient):
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError) and not isinstance(exc, InputError)
+
+
+# Retries of a stage that touches storage or the network: two more tries, after about 2 s and 8 s (±50 %).
+# Overridden on the stage's decorator (``@core.stage(..., retries=0)``).
+RETRIES: dict[str, object] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 8],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_transient,
+}

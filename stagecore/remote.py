@@ -21,7 +21,7 @@ import fsspec
 from fsspec.spec import AbstractFileSystem
 
 from stagecore.atomic import atomic_path
-from stagecore.errors import InputError, IntegrityError
+from stagecore.errors import InputError, IntegrityError, Transient
 
 _CHUNK = 1 << 20
 
@@ -57,7 +57,7 @@ def _options(url: str) -> dict[str, Any]:
     return {"config_kwargs": {**defaults, **configured}}
 
 
-class StoreUnreachable(ConnectionError, InputError):
+class StoreUnreachable(ConnectionError, Transient):
     """A store's transport failed: the endpoint is closed or unreachable, the connection dropped, a request
     timed out (botocore's and aiohttp's own exceptions, which are not OSErrors, after the client's retries).
 
@@ -107,14 +107,14 @@ def storage_error(
     ``what`` and ``option`` say whose URL it is: the artifacts store's, or ``--data``'s partitions."""
     where = f"{what} {url} (bucket {bucket(url)!r})"
     if isinstance(exc, StoreUnreachable):
-        return InputError(f"{where}: cannot be reached ({exc.reason}); check AWS_ENDPOINT_URL and the network")
+        return Transient(f"{where}: cannot be reached ({exc.reason}); check AWS_ENDPOINT_URL and the network")
     if isinstance(exc, PermissionError):
         return InputError(
             f"{where}: access denied ({_reason(exc)}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws"
         )
     if isinstance(exc, FileNotFoundError):
         return InputError(f"{where}: no such bucket ({_reason(exc)}); create it or pass another {option}")
-    return InputError(f"{where}: cannot be reached ({_reason(exc)}); check AWS_ENDPOINT_URL and the network")
+    return Transient(f"{where}: cannot be reached ({_reason(exc)}); check AWS_ENDPOINT_URL and the network")
 
 
 def _reason(exc: BaseException) -> str:

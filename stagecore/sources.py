@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
@@ -13,7 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from stagecore.errors import InputError
+from stagecore.errors import InputError, Transient
 from stagecore.project import DEFAULT_DATA
 from stagecore.remote import filesystem, local_path, storage_error, translated
 
@@ -36,7 +37,13 @@ def download(source: str, dest: Path) -> None:
                 fs.get_file(path, str(dest))
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{redact(source)}: cannot download ({reason}); check the URL passed to --data") from None
+        # a server that answered with an error (404, 403) or a file that is not there will not change; anything
+        # else (a refused or dropped connection, a timeout) may pass: retried by the stage
+        permanent = isinstance(exc, urllib.error.HTTPError | FileNotFoundError | PermissionError) or (
+            isinstance(exc, InputError) and not isinstance(exc, Transient)
+        )
+        kind = InputError if permanent else Transient
+        raise kind(f"{redact(source)}: cannot download ({reason}); check the URL passed to --data") from None
 
 
 COMPRESSED_SUFFIXES = (".gz", ".bz2")  # kept on a download's name: ingest decompresses by the file's name

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 import stagecore as core
 from linreg.reference import qr_factor
 from linreg.stats import Stats
 
 
-@task(name="accumulate_stats")
 @core.stage("accumulate", outputs=("stats",))
 def accumulate_stats(tensors_path: core.File, root: str) -> dict[str, str]:
     """Read one partition's ``tensors.pt``; write ``stats.pt`` (G = AᵀA, c = Aᵀy, yᵀy, n; A = [x 1]; R of [A y]).

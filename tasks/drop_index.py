@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 import stagecore as core
 from stagecore.errors import InputError
@@ -42,7 +42,6 @@ def drop_index(table: pa.Table, column: str | None) -> pa.Table:
 BATCH_ROWS = 1 << 20  # rows per batch read and row group written: bounded memory at any size
 
 
-@task(name="drop_index_column")
 @core.stage("drop_index", outputs=("table",))
 def drop_index_column(table_path: core.File, column: str | None, root: str) -> dict[str, str]:
     """Read the raw table a batch at a time, without its index column; write ``clean.parquet``."""

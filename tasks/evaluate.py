@@ -8,7 +8,7 @@ reads the partitions and the model, writes the tables and the summary, and words
 from __future__ import annotations
 
 import pyarrow as pa
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 import stagecore as core
 from linreg.evaluation import PARTS, evaluate
@@ -41,7 +41,6 @@ def coefficients_table(result: dict) -> pa.Table:
     )
 
 
-@task(name="evaluate_model")
 @core.stage("evaluate", outputs=("metrics", "coefficients", "predictions", "summary"))
 def evaluate_model(
     tensors_paths: core.Files, stats_paths: core.Files, model_path: core.File, root: str

@@ -157,7 +157,7 @@ def trend_png(history: pa.Table) -> bytes:
     return png_bytes(fig)
 
 
-@task(name="record_history", cache_policy=NO_CACHE, persist_result=False)
+@task(name="record_history", cache_policy=NO_CACHE, persist_result=False, **core.RETRIES)
 def record_history(
     root: str,
     run_id: str,

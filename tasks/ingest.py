@@ -26,7 +26,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 import stagecore as core
 from stagecore.errors import InputError
@@ -323,7 +323,6 @@ def aligned_features(
     return [name for name in columns[0] if name != target]
 
 
-@task(name="ingest_csv")
 @core.stage("ingest", outputs=("table",))
 def ingest_csv(source: core.File, root: str) -> dict[str, str]:
     """Read ``source`` (CSV, or Parquet by its suffix) and write ``raw.parquet``: column names and types kept."""

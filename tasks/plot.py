@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 import stagecore as core
 
@@ -72,7 +72,6 @@ def loss_curve(history: np.ndarray) -> bytes:
     return png_bytes(fig)
 
 
-@task(name="plot_results")
 @core.stage("plot", outputs=("predicted_vs_actual", "loss_curve"))
 def plot_results(predictions_path: core.File, model_path: core.File, root: str) -> dict[str, str]:
     """Read test predictions and the loss history; write ``predicted_vs_actual.png`` and ``loss_curve.png``."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 import stagecore as core
 from linreg.model import predict
@@ -114,7 +114,6 @@ def predictions(
     return schema, batches()
 
 
-@task(name="predict_rows")
 @core.stage("predict", outputs=("predictions",))
 def predict_rows(
     table_path: core.File, raw_path: core.File, model_path: core.File, index_column: str | None, root: str

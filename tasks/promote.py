@@ -347,7 +347,7 @@ def _block(promoted: bool, reason: str, champion: str, champion_mse: float | Non
     }
 
 
-@task(name="promote_model", cache_policy=NO_CACHE, persist_result=False)
+@task(name="promote_model", cache_policy=NO_CACHE, persist_result=False, **core.RETRIES)
 def promote_model(tensors_paths: list[str], model_path: str, run_id: str, tolerance: float, root: str) -> dict:
     """Champion vs challenger on this run's test rows; moves the champion pointer when the challenger wins."""
     block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance)

@@ -14,7 +14,7 @@ from itertools import accumulate
 
 import numpy as np
 import pyarrow as pa
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 import stagecore as core
 from stagecore.errors import InputError
@@ -170,7 +170,6 @@ def partition_offsets(rows: list[int]) -> list[int]:
     return list(accumulate(rows[:-1], initial=0)) if rows else []
 
 
-@task(name="split_data")
 @core.stage("split", outputs=("train", "test"))
 def split_data(
     table_path: core.File, test_size: float, seed: int, offset: int, total: int, root: str

@@ -7,7 +7,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 import torch
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 import stagecore as core
 from stagecore.errors import InputError
@@ -109,7 +109,6 @@ def to_tensors(train: Columns, test: Columns, target: str, features: list[str] |
     return out
 
 
-@task(name="tensorize")
 @core.stage("tensorize", outputs=("tensors",))
 def tensorize(
     train_path: core.File, test_path: core.File, target: str, features: list[str] | None, root: str

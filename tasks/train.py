@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 
 import torch
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 import stagecore as core
@@ -64,7 +64,6 @@ class LatestProgress:
         self.thread.join()
 
 
-@task(name="train_model")
 @core.stage("train", outputs=("model",))
 def train_model(tensors_paths: core.Files, stats_paths: core.Files, cfg: TrainConfig, root: str) -> dict[str, str]:
     """Train on every partition's training rows (a single file is the one partition); write ``model.pt``.
