@@ -138,7 +138,7 @@ def bind(task: Task, root: str | os.PathLike[str], refresh: bool = False) -> Tas
     outputs, so the UI shows the stage as Cached.
     Nothing goes through Prefect's result persistence: no record is written for a failed run either.
     """
-    fn, store = task.fn, open_store(root)
+    fn, store = task.fn, open_store(root)  # a worker that unpickles this task gets its own (`Store.__reduce__`)
     stage: Stage = fn.stage
     signature = inspect.signature(fn)
 

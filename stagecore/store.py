@@ -182,6 +182,9 @@ class FolderStore(Store):
         self.url = str(self.root)
         self.others = []
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return FolderStore, (self.url,)
+
     def prepare(self) -> None:
         """Created, proven writable, and rid of the temporary files that killed writers left."""
         if self.root.exists() and not self.root.is_dir():
@@ -364,6 +367,9 @@ class ObjectStore(Store):
         self.url = url.rstrip("/")
         self.others = []  # an object store holds only objects
         self._work: Path | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return open_store, (self.url,)  # another process (a Dask worker) computes in a scratch mirror of its own
 
     @property
     def work(self) -> Path:

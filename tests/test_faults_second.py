@@ -22,6 +22,7 @@ from flows.local_server import free_port
 from flows.train import STAGES
 from stagecore import remote
 from stagecore.declare import Outputs
+from tasks import promote
 
 BUCKET = "linreg-faults"
 
@@ -132,7 +133,7 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
 
 def outputs_in(folder: Path) -> Outputs:
     folder.mkdir(parents=True)
-    return Outputs(folder, "tensorize", folder.name, {}, [])
+    return Outputs(folder, "tensorize", folder.name, {}, [], core.open_store(folder.parent))
 
 
 def files_in(folder: Path) -> list[str]:
@@ -255,14 +256,14 @@ def test_lifecycle_writes_are_all_or_nothing(artifacts: Path, monkeypatch):
     worse = linear_regression(artifacts_dir=str(artifacts), epochs=2, tol=0.0)
     assert worse["promotion"]["promoted"]
     before = lifecycle_files(artifacts)
-    pointer = (artifacts / core.CHAMPION_DIR / "champion.json").read_bytes()
+    pointer = Path(promote.pointer_path(artifacts)).read_bytes()
     assert [len(v) for v in before.values()] == [2, 1, 1]  # the pointer and its manifest, a row, a record
 
     monkeypatch.setattr(core, "write_run_record", fails)
     with pytest.raises(core.InputError, match="injected"):  # a better model, promoted, then the record fails
         linear_regression(artifacts_dir=str(artifacts))
     assert lifecycle_files(artifacts) == before
-    assert (artifacts / core.CHAMPION_DIR / "champion.json").read_bytes() == pointer  # the earlier champion, back
+    assert Path(promote.pointer_path(artifacts)).read_bytes() == pointer  # the earlier champion, back
 
     monkeypatch.setattr(core, "write_run_record", real)
 
@@ -273,7 +274,7 @@ def test_lifecycle_writes_are_all_or_nothing(artifacts: Path, monkeypatch):
     with pytest.raises(core.InputError, match="injected"):
         linear_regression(artifacts_dir=str(artifacts))
     assert lifecycle_files(artifacts) == before
-    assert (artifacts / core.CHAMPION_DIR / "champion.json").read_bytes() == pointer
+    assert Path(promote.pointer_path(artifacts)).read_bytes() == pointer
 
     monkeypatch.undo()
     better = linear_regression(artifacts_dir=str(artifacts))

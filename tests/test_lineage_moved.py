@@ -60,7 +60,7 @@ def test_store_files_name_their_inputs_relative_to_the_root(moved):
     [record] = (root / core.RUNS_DIR).iterdir()
     stages = json.loads(record.read_text())["stages"]
     assert stages["train"]["artifacts"]["model"]["path"] == model.relative_to(root).as_posix()
-    champion = core.read_manifest(root / core.CHAMPION_DIR / "champion.json")
+    champion = core.read_manifest(root / core.CHAMPION_DIR / core.CHAMPION_GENERATIONS / "00000001.json")
     assert champion["inputs"][0]["path"] == model.relative_to(root).as_posix()
 
 
@@ -75,7 +75,7 @@ def test_lineage_traces_a_moved_store(moved, capsys):
     assert lineage.main([str(record)]) == 0
     traced = lineage.explain(record)
     assert traced["ok"] and all(str(root) in t["path"] for t in traced["artifacts"])
-    assert lineage.main([str(root / core.CHAMPION_DIR / "champion.json")]) == 0
+    assert lineage.main([str(root / core.CHAMPION_DIR / core.CHAMPION_GENERATIONS / "00000001.json")]) == 0
     capsys.readouterr()
 
 
