@@ -36,7 +36,7 @@ def exit_at_once(code: int) -> NoReturn:
     """End now, without the interpreter's exit handlers: for a run whose Prefect server has gone away, where
     Prefect's handlers would retry every queued event against it, 7 s each, and print each failure after the
     ``error:`` line (80 s of it, 2026-12-02). The project's own handler (the object store's scratch) runs first."""
-    from stagecore.store import drop_scratch
+    from storage.store import drop_scratch
 
     drop_scratch()
     sys.stdout.flush()

@@ -9,10 +9,10 @@ import json
 import sys
 from typing import Any, NoReturn
 
-import stagecore as core
+import storage
 from flows.cli import exit_with, print_error
-from stagecore import validate
-from stagecore.errors import InputError
+from storage import validate
+from storage.errors import InputError
 from tasks.history import read_history, table_rows
 
 
@@ -36,11 +36,11 @@ def load(artifacts_dir: str | None, last: int | None) -> list[dict[str, Any]]:
     """The runs, oldest first, as plain dicts (``params`` parsed back from JSON)."""
     if last is not None and last < 1:
         raise InputError(f"--last {last}: must be a positive number of runs")
-    store = core.open_store(core.store_root(artifacts_dir))
+    store = storage.open_store(storage.store_root(artifacts_dir))
     if problem := store.missing():
         raise InputError(f"--artifacts-dir {store.url}: {problem}; pass the folder the flow wrote to")
     try:
-        marked = store.read(core.MARKER, limit=4096) is not None
+        marked = store.read(storage.MARKER, limit=4096) is not None
     except (OSError, ValueError) as exc:
         raise store.error(exc) from None
     if not marked:

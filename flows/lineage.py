@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import stagecore as core
+import storage
+import storage.validate
 from flows.cli import exit_with, print_error
-from stagecore import storepaths, validate
-from stagecore.errors import InputError
+from storage import storepaths, validate
+from storage.errors import InputError
 
 
 def _exists(path: str) -> bool:
-    store, name = core.locate(path)
+    store, name = storage.locate(path)
     try:
         return store.size(name) is not None
     except (OSError, ValueError):  # a name too long for the file system, say
@@ -35,7 +37,7 @@ MAX_NODES = 1_000_000  # files one walk visits: a 10,000-partition run's chain i
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """``core.read_manifest``: checked against a manifest's shape (`stagecore.validate.manifest`), so the walk can
+    """``core.read_manifest``: checked against a manifest's shape (`storage.validate.manifest`), so the walk can
     rely on its stage, key, params and ``inputs`` being ``[{path, sha256}]``; IntegrityError naming what is not."""
     return core.read_manifest(path)
 
@@ -133,10 +135,10 @@ def _inputs(path: str, recorded: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _source(path: str) -> dict[str, Any]:
     """A file without a manifest: the CSV the ingest stage read (or an artifact whose manifest is gone)."""
     node: dict[str, Any] = {"path": path, "stage": None, "source": True}
-    if core.is_url(path):
+    if storage.is_url(path):
         node.update(sha256=None, ok=True, problem=None)
     elif _is_file(path):
-        node.update(sha256=core.sha256_file(path), ok=True, problem=None)
+        node.update(sha256=storage.sha256_file(path), ok=True, problem=None)
     else:
         node.update(sha256=None, ok=False, problem=f"{path}: no longer exists")
     return node
@@ -151,12 +153,12 @@ def _is_file(path: str) -> bool:
 
 def _absolute(path: str | Path) -> str:
     """A local path made absolute; an object store's URL as it is."""
-    store, name = core.locate(path)
+    store, name = storage.locate(path)
     return store.path(name)
 
 
 def _manifest_of(path: str) -> str:
-    return path + core.MANIFEST_SUFFIX
+    return path + storage.MANIFEST_SUFFIX
 
 
 def sources(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -182,7 +184,7 @@ def explain(path: str | Path) -> dict[str, Any]:
     path = _absolute(path)
     if not _exists(path):
         raise InputError(f"{path}: no such file; pass an artifact or a run record")
-    if path.endswith(".json") and path.rsplit("/", 2)[-2:-1] == [core.RUNS_DIR]:
+    if path.endswith(".json") and path.rsplit("/", 2)[-2:-1] == [storage.RUNS_DIR]:
         record, paths = read_run_record(path)
         traces = [trace(p) for p in paths]
         found = {s["path"]: s for t in traces for s in sources(t)}
@@ -201,7 +203,7 @@ def explain(path: str | Path) -> dict[str, Any]:
     if not _exists(_manifest_of(path)):
         raise InputError(
             f"{path}: no manifest ({core.manifest_path(path).name} is missing); lineage needs a stage artifact "
-            f"(or a run record under {core.RUNS_DIR}/)"
+            f"(or a run record under {storage.RUNS_DIR}/)"
         )
     node = trace(path)  # a manifest that is there but malformed: reported as not verifying (exit 1)
     return {
@@ -214,9 +216,9 @@ def explain(path: str | Path) -> dict[str, Any]:
 
 def read_run_record(path: str) -> tuple[dict[str, Any], list[str]]:
     """A run record and the artifact paths it lists, stage by stage; a one-line error if it is malformed
-    (`stagecore.validate.run_record`)."""
+    (`storage.validate.run_record`)."""
     try:
-        store, name = core.locate(path)
+        store, name = storage.locate(path)
         content = store.read(name, limit=validate.MAX_JSON_BYTES) or b""
         record = validate.run_record(validate.load_json(content, path), path)
     except (OSError, validate.Invalid) as exc:

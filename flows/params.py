@@ -11,9 +11,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 from pydantic.fields import FieldInfo
 
-import stagecore as core
+import storage
 from linreg.config import Device, Engine, Init, Method, TrainConfig, check_config, trains_on_stats
-from stagecore.errors import InputError
+from storage.errors import InputError
 
 TaskRunnerName = Literal["threads", "dask"]
 
@@ -86,7 +86,7 @@ class Params(BaseModel):
             name = "--" + "-".join(str(part) for part in err["loc"][:1]).replace("_", "-")
             raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
         check_config(params.training())  # rules between training settings, before the first stage runs
-        if core.is_partitioned(params.data) and not trains_on_stats(params.training()):
+        if storage.is_partitioned(params.data) and not trains_on_stats(params.training()):
             raise InputError(
                 f"--data {params.data} is a folder or glob, which trains on per-partition statistics: "
                 "pass --method scratch and --engine auto or stats, or a single file"
@@ -119,14 +119,14 @@ class Params(BaseModel):
         """
         if self.data is None:
             return
-        if core.is_partitioned(self.data):  # a folder or glob, here or on an object store
-            core.partition_sources(self.data)  # a one-line error when it holds no data file
+        if storage.is_partitioned(self.data):  # a folder or glob, here or on an object store
+            storage.partition_sources(self.data)  # a one-line error when it holds no data file
             return
-        if core.is_url(self.data):
+        if storage.is_url(self.data):
             return
         path = Path(self.data).expanduser()
         if path.exists():
-            core.check_regular(path, self.data)
+            storage.check_regular(path, self.data)
 
     def training(self) -> TrainConfig:
         """The training stage's config: explicit parameters first, then the preset's values."""

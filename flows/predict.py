@@ -21,12 +21,12 @@ from prefect import Task, flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 import stagecore as core
+import storage
 from flows.cli import exit_with, print_error
 from flows.params import Params, _typed
 from flows.train import settle_prefect, task_runner
-from stagecore import validate
-from stagecore.cache import StageRunner
-from stagecore.errors import InputError, IntegrityError
+from storage import validate
+from storage.errors import InputError, IntegrityError
 from tasks import drop_index, ingest, predict, predict_report
 from tasks.promote import champion_model_path
 
@@ -86,7 +86,7 @@ def resolve_model(model: str, root: str) -> str:
                 f"no champion model in {root} yet; train first (python -m flows.train), or pass --model PATH"
             )
     else:
-        path = _model_file(model, core.open_store(root))
+        path = _model_file(model, storage.open_store(root))
     manifest = core.verify(path, load=True)  # IntegrityError when it does not match its manifest
     try:
         validate.model_manifest(manifest, what=model if model != CHAMPION else path)
@@ -95,7 +95,7 @@ def resolve_model(model: str, root: str) -> str:
     return path
 
 
-def _model_file(model: str, store: core.Store) -> str:
+def _model_file(model: str, store: storage.Store) -> str:
     """The local file of ``--model``: a file of the store by the name the store gives it (on an object store its
     URL, downloaded with its manifest into the scratch mirror), or any local path; verified by the caller."""
     if model.startswith(store.url + "/"):
@@ -104,10 +104,10 @@ def _model_file(model: str, store: core.Store) -> str:
             raise InputError(f"{model}: not a model path of the store")
         try:
             path = store.get(relative)
-            store.get(relative + core.MANIFEST_SUFFIX)
+            store.get(relative + storage.MANIFEST_SUFFIX)
         except core.IntegrityError as exc:
             raise InputError(f"{exc}; pass --model with the URL of a model.pt the training flow wrote") from None
-    elif core.is_url(model):
+    elif storage.is_url(model):
         raise InputError(f"{model}: a model on an object store must be under --artifacts-dir; pass its URL there")
     else:
         path = Path(model).expanduser().resolve()
@@ -120,16 +120,16 @@ def linear_regression_predict(**values: Any) -> dict[str, Any]:
     """Ingest → drop index → check columns → predict (per partition), then the UI report; returns the summary."""
     started = time.perf_counter()
     p = PredictParams.parse(**values)
-    root = str(core.prepare_root(p.artifacts_dir))
-    with core.in_use(root):  # held for the whole run: a --clean-artifacts refuses meanwhile, and the reverse
+    root = str(storage.prepare_root(p.artifacts_dir))
+    with storage.in_use(root):  # held for the whole run: a --clean-artifacts refuses meanwhile, and the reverse
         return _predict(p, root, started)
 
 
 def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
     model_path = resolve_model(p.model, root)
     features = list(core.read_pt(model_path)["features"])
-    run = StageRunner(root, refresh=p.refresh)
-    sources = core.partition_sources(p.data) if core.is_partitioned(p.data) else [core.data_source(p.data)]
+    run = core.StageRunner(root, refresh=p.refresh)
+    sources = storage.partition_sources(p.data) if storage.is_partitioned(p.data) else [storage.data_source(p.data)]
     with task_runner(p) as pool:
 
         def each(task: Task, calls: list[tuple]) -> list[dict[str, str]]:
@@ -137,21 +137,21 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
                 return run.map(pool, task, calls, sources)
             except InputError as exc:  # a single file's stage errors name intermediate files: add the source
                 if len(sources) == 1 and sources[0] not in str(exc):
-                    raise InputError(f"{core.redact(sources[0])}: {exc}") from None
+                    raise InputError(f"{storage.redact(sources[0])}: {exc}") from None
                 raise
 
         raw = [r["table"] for r in each(ingest.ingest_csv, [(s, root) for s in sources])]
         clean = [c["table"] for c in each(drop_index.drop_index_column, [(r, p.index_column, root) for r in raw])]
         for table, source in zip(clean, sources, strict=True):
-            predict.check_features(core.open_parquet(table).schema_arrow, features, core.redact(source))
+            predict.check_features(core.open_parquet(table).schema_arrow, features, storage.redact(source))
         calls = [(c, r, model_path, p.index_column, root) for c, r in zip(clean, raw, strict=True)]
         outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
     rows = predict_report.publish_predictions(outputs, model_path, features)
-    shown = [core.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
+    shown = [storage.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
     return {
         "predictions": shown[0] if len(shown) == 1 else shown,
         "rows": rows,
-        "model": core.public(model_path),
+        "model": storage.public(model_path),
         "features": features,
         "cached": dict(run.cached),
         "seconds": round(time.perf_counter() - started, 3),  # the flow's own time: process start-up not included
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     as_json = args.pop("json", False)
     try:
         p = PredictParams.parse(**args)  # bad parameters, no champion, a broken model: before Prefect starts
-        resolve_model(p.model, str(core.prepare_root(p.artifacts_dir)))
+        resolve_model(p.model, str(storage.prepare_root(p.artifacts_dir)))
     except (InputError, IntegrityError) as exc:
         print_error(exc)
         return 2

@@ -20,8 +20,8 @@ from prefect.schedules import Cron, Schedule
 from prefect.settings import PREFECT_API_URL
 
 from flows.cli import exit_with, print_error
-from stagecore.errors import InputError
-from stagecore.project import PROJECT_ROOT
+from storage.errors import InputError
+from storage.project import PROJECT_ROOT
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 SCHEDULED_DEPLOYMENT = "daily"

@@ -17,10 +17,10 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import stagecore as core
+import storage
 from flows.cli import exit_at_once, exit_with, print_error
 from flows.params import PRESETS, Params
-from stagecore.cache import StageRunner
-from stagecore.errors import InputError, api_lost
+from storage.errors import InputError, api_lost
 from tasks import accumulate, drop_index, evaluate, history, ingest, plot, promote, split, tensorize, train
 from tasks.report import publish_report
 
@@ -46,14 +46,14 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     """
     p = Params.parse(**values)
     plot.preload()
-    root = str(core.prepare_root(p.artifacts_dir))
-    with core.in_use(root):  # held for the whole run: a --clean-artifacts refuses meanwhile, and the reverse
+    root = str(storage.prepare_root(p.artifacts_dir))
+    with storage.in_use(root):  # held for the whole run: a --clean-artifacts refuses meanwhile, and the reverse
         return _train(p, root)
 
 
 def _train(p: Params, root: str) -> dict[str, Any]:
-    run = StageRunner(root, refresh=p.refresh)
-    sources = core.partition_sources(p.data) if core.is_partitioned(p.data) else [core.data_source(p.data)]
+    run = core.StageRunner(root, refresh=p.refresh)
+    sources = storage.partition_sources(p.data) if storage.is_partitioned(p.data) else [storage.data_source(p.data)]
     threads = p.task_runner == "threads"
     with task_runner(p) as pool:
 
@@ -82,7 +82,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
     run_id = str(flow_run.id)
     promoting = promote.promote_model.submit(tensors, trained["model"], run_id, p.promote_tolerance, root)
     data = p.data if len(sources) > 1 else sources[0]
-    shown = core.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root})
+    shown = storage.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root})
     # The lifecycle writes, all or nothing (docs/lifecycle.md): the champion pointer, the history row, then the
     # run record, which commits them; a failure before it takes the first two back.
     try:
@@ -135,7 +135,7 @@ def task_runner(p: Params) -> TaskRunner:
 def summarize(artifacts: dict[str, dict[str, str]], cached: dict[str, bool], record: str) -> dict[str, Any]:
     """The run's result: the evaluation summary, where every artifact is, which stages were cached."""
     summary = core.read_json(artifacts["evaluate"]["summary"])
-    named = {stage: {name: core.public(path) for name, path in files.items()} for stage, files in artifacts.items()}
+    named = {stage: {name: storage.public(path) for name, path in files.items()} for stage, files in artifacts.items()}
     return {**summary, "artifacts": named, "cached": dict(cached), "run_record": record}
 
 
@@ -253,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     clean = args.pop("clean_artifacts", False)
     try:
         if clean:
-            cleared = core.clear(core.store_root(args.get("artifacts_dir")))
+            cleared = storage.clear(storage.store_root(args.get("artifacts_dir")))
             kept = (
                 f"; kept {cleared.kept} files the store did not write, and the store's marker" if cleared.kept else ""
             )
             print(f"deleted {cleared.deleted} files the store wrote under {cleared.where}{kept}")
             return 0
         p = Params.parse(**args)  # fail on bad parameters (and a --data that is none) before starting Prefect
-        core.prepare_root(p.artifacts_dir)  # and on an artifacts folder that cannot be written
+        storage.prepare_root(p.artifacts_dir)  # and on an artifacts folder that cannot be written
     except InputError as exc:
         print_error(exc)
         return 2

@@ -9,7 +9,7 @@ class InputError(ValueError):
     """A problem with the user's input, reported as one line without a traceback.
 
     The message names the file, column or parameter and says what to do about it. The stage core's
-    ``stagecore.errors.InputError`` is this same class (see there), so the CLI's one line and exit 2 cover
+    ``storage.errors.InputError`` is this same class (see there), so the CLI's one line and exit 2 cover
     what the library raises too.
     """
 

@@ -1,47 +1,16 @@
-"""The stage core: how a stage is declared, keyed, stored, verified, cached and recorded.
+"""The stage core: how a stage is declared, keyed, cached, verified and recorded; it writes through `storage`.
 
-Stages import this package as ``core`` and use what it exports; each submodule does one job (see docs/architecture.md).
+What a stage module needs, and nothing else: ``@core.stage`` and its ``File``/``Files`` inputs, ``core.outputs()``
+(the writer of this call's folder), the verified readers, the UI's two artifact kinds with the escaping of
+anything from data, and the two errors. A flow adds `StageRunner` and `write_run_record`. Nothing outside the
+package imports its submodules (tests/test_surface.py); each does one job (docs/architecture.md).
 """
 
-from stagecore.atomic import atomic_path, sweep_temporary_files, write_bytes, write_json
-from stagecore.behind import write_behind
-from stagecore.clean import clear, in_use
-from stagecore.columns import float_values, is_numeric
-from stagecore.declare import (
-    PARQUET_OPTIONS,
-    ROOT_ARGUMENT,
-    File,
-    Files,
-    Outputs,
-    Stage,
-    discard_if_empty,
-    hashed_file,
-    outputs,
-    parquet_options,
-    stage,
-)
-from stagecore.errors import RETRIES, InputError, IntegrityError, Transient
-from stagecore.hashing import HASHING, check_regular, refuse_special, sha256_file
-from stagecore.keys import code_digest, import_closure, library_versions, stage_key
-from stagecore.layout import (
-    CACHE_DIR,
-    CHAMPION_DIR,
-    CHAMPION_GENERATIONS,
-    HISTORY_DIR,
-    MARKER,
-    RUNS_DIR,
-    STORE_NAME,
-    STORE_VERSION,
-)
-from stagecore.lock import exclusive
+from stagecore.cache import StageRunner
+from stagecore.declare import File, Files, Outputs, outputs, stage
 from stagecore.manifest import (
-    MANIFEST_SUFFIX,
-    MANIFEST_VERSION,
-    PACKAGES,
     describe,
-    describe_pt,
-    describe_schema,
-    localize,
+    manifest_of,
     manifest_path,
     open_parquet,
     read_bytes,
@@ -50,120 +19,33 @@ from stagecore.manifest import (
     read_parquet,
     read_pt,
     verify,
-    verify_model,
-    verify_used,
-    versions,
 )
-from stagecore.markup import escape_cells, escape_mathtext, escape_md, markdown_artifact, table_artifact
-from stagecore.project import DEFAULT_DATA, DEFAULT_ROOT, PROJECT_PACKAGES, PROJECT_ROOT
-from stagecore.root import ROOT_ENV, artifacts_root, prepare_root, store_relative, store_root
+from stagecore.markup import escape_mathtext, escape_md, markdown_artifact, table_artifact
 from stagecore.runs import write_run_record
-from stagecore.sources import (
-    PARQUET_SUFFIXES,
-    PARTITION_SUFFIXES,
-    REDACTED,
-    data_source,
-    download,
-    downloaded,
-    downloaded_copy,
-    is_partitioned,
-    is_url,
-    partition_sources,
-    redact,
-    redact_all,
-)
-from stagecore.store import Store, is_remote, locate, open_store, public
+from storage.errors import InputError, IntegrityError
 
 __all__ = [
-    "CACHE_DIR",
-    "CHAMPION_DIR",
-    "CHAMPION_GENERATIONS",
-    "DEFAULT_DATA",
-    "DEFAULT_ROOT",
-    "HASHING",
-    "HISTORY_DIR",
-    "MANIFEST_SUFFIX",
-    "MANIFEST_VERSION",
-    "MARKER",
-    "PACKAGES",
-    "PARQUET_OPTIONS",
-    "PARQUET_SUFFIXES",
-    "PARTITION_SUFFIXES",
-    "PROJECT_PACKAGES",
-    "PROJECT_ROOT",
-    "REDACTED",
-    "RETRIES",
-    "ROOT_ARGUMENT",
-    "ROOT_ENV",
-    "RUNS_DIR",
-    "STORE_NAME",
-    "STORE_VERSION",
     "File",
     "Files",
     "InputError",
     "IntegrityError",
     "Outputs",
-    "Stage",
-    "Store",
-    "Transient",
-    "artifacts_root",
-    "atomic_path",
-    "check_regular",
-    "clear",
-    "code_digest",
-    "data_source",
+    "StageRunner",
     "describe",
-    "describe_pt",
-    "describe_schema",
-    "discard_if_empty",
-    "download",
-    "downloaded",
-    "downloaded_copy",
-    "escape_cells",
     "escape_mathtext",
     "escape_md",
-    "exclusive",
-    "float_values",
-    "hashed_file",
-    "import_closure",
-    "in_use",
-    "is_numeric",
-    "is_partitioned",
-    "is_remote",
-    "is_url",
-    "library_versions",
-    "localize",
-    "locate",
+    "manifest_of",
     "manifest_path",
     "markdown_artifact",
     "open_parquet",
-    "open_store",
     "outputs",
-    "parquet_options",
-    "partition_sources",
-    "prepare_root",
-    "public",
     "read_bytes",
     "read_json",
     "read_manifest",
     "read_parquet",
     "read_pt",
-    "redact",
-    "redact_all",
-    "refuse_special",
-    "sha256_file",
     "stage",
-    "stage_key",
-    "store_relative",
-    "store_root",
-    "sweep_temporary_files",
     "table_artifact",
     "verify",
-    "verify_model",
-    "verify_used",
-    "versions",
-    "write_behind",
-    "write_bytes",
-    "write_json",
     "write_run_record",
 ]

@@ -17,7 +17,7 @@ file drops the record, logs why, and the stage runs again.
 One process computes a key at a time: the stage runs under an ``flock`` on ``<key>.lock``, which the kernel
 drops when its process dies, so a ``kill -9`` leaves no stale lock. A second run that needs the same key waits,
 then finds the record. On an object store there is no lock: records are created with a conditional write and
-outputs go to folders claimed the same way (`stagecore.store`, docs/storage.md).
+outputs go to folders claimed the same way (`storage.store`, docs/storage.md).
 """
 
 from __future__ import annotations
@@ -39,18 +39,17 @@ from prefect.futures import wait
 from prefect.states import Completed, State
 from prefect.task_runners import TaskRunner
 
-from stagecore import validate
 from stagecore.declare import Stage
-from stagecore.errors import InputError, IntegrityError
-from stagecore.hashing import sha256_file
-from stagecore.layout import CACHE_DIR
 from stagecore.manifest import MANIFEST_SUFFIX, verify
-from stagecore.remote import StoreUnreachable
-from stagecore.sources import downloaded
-from stagecore.store import Store, open_store
+from storage import validate
+from storage.errors import InputError, IntegrityError
+from storage.hashing import sha256_file
+from storage.layout import CACHE_DIR
+from storage.remote import StoreUnreachable
+from storage.sources import downloaded
+from storage.store import Store, open_store
 
 RECORD_VERSION = validate.RECORD_VERSION
-MAX_RECORD_BYTES = 64 << 10  # a record lists a few file names; anything larger is not one of ours
 
 
 def record_rel(stage: str, key: str) -> str:
@@ -75,17 +74,6 @@ def write_record(store: Store, stage: str, key: str, outputs: dict[str, str], re
     return store.path(record_rel(stage, key))
 
 
-def parse_record(content: bytes, stage: str, key: str, names: tuple[str, ...] = ()) -> dict[str, str]:
-    """A record's outputs (name → path relative to the store): `stagecore.validate`'s bounds (size, depth,
-    JSON), then `stagecore.validate.cache_record` (exactly our shape, each path a relative path inside this
-    stage's folder). Invalid (a ValueError) when it is not one: a cache miss."""
-    try:
-        record = validate.load_json(content, "record", limit=MAX_RECORD_BYTES)
-    except validate.Invalid as exc:
-        raise validate.Invalid(f"record unreadable ({str(exc).removeprefix('record: ')})") from None
-    return validate.cache_record(record, stage, key, names)
-
-
 def read_record(
     root: str | os.PathLike[str] | Store, stage: str, key: str, names: tuple[str, ...] = ()
 ) -> dict[str, str] | None:
@@ -94,7 +82,7 @@ def read_record(
     IntegrityError when a listed file is missing."""
     store = open_store(root)
     try:
-        content = store.read(record_rel(stage, key), limit=MAX_RECORD_BYTES)
+        content = store.read(record_rel(stage, key), limit=validate.MAX_RECORD_BYTES)
     except StoreUnreachable:  # a good record is not dropped because the store did not answer
         raise
     except OSError as exc:
@@ -102,7 +90,7 @@ def read_record(
     if content is None:
         return None
     outputs = {}
-    for name, relative in parse_record(content, stage, key, names).items():
+    for name, relative in validate.parse_record(content, stage, key, names).items():
         if len(PurePosixPath(relative).parts) != 3:  # <stage>/<key folder>/<file>
             raise ValueError(f"record points outside the stage's folder ({relative!r})")
         outputs[name] = str(store.get(relative))

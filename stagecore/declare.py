@@ -8,14 +8,13 @@ for this very call's ``<root>/<stage>/<key>/`` folder: atomic, write-once, a man
 from __future__ import annotations
 
 import contextvars
-import datetime as dt
 import functools
 import inspect
 import json
 import os
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, ClassVar, TypeVar
@@ -26,23 +25,22 @@ import pyarrow.parquet as pq
 import torch
 from prefect import Task
 
-from stagecore.atomic import atomic_path, write_json
-from stagecore.behind import ParquetWriteBehind, WriteBehind
-from stagecore.errors import RETRIES
-from stagecore.hashing import HashingWriter, remember, sha256_file
+from stagecore.behind import ParquetWriteBehind, WriteBehind, write_behind
 from stagecore.keys import code_digest, plain, stage_key
 from stagecore.manifest import (
     MANIFEST_SUFFIX,
-    MANIFEST_VERSION,
     describe_pt,
     describe_schema,
     localize,
+    manifest_of,
     manifest_path,
-    versions,
 )
-from stagecore.sources import is_url, redact
-from stagecore.store import Store, open_store, public
-from stagecore.storepaths import recorded
+from storage.atomic import atomic_path, write_json
+from storage.errors import RETRIES
+from storage.hashing import HashingWriter, remember, sha256_file
+from storage.sources import is_url, redact
+from storage.store import Store, open_store, public
+from storage.storepaths import recorded
 
 R = TypeVar("R")
 
@@ -285,6 +283,19 @@ class Outputs:
     inputs: list[dict[str, str]]
     store: Store  # where `record` publishes each file (on an object store: uploads it from the scratch mirror)
 
+    parquet_options = staticmethod(parquet_options)
+    write_behind = staticmethod(write_behind)
+
+    def sink(self, name: str) -> AbstractContextManager[HashingWriter]:
+        """Where a stage streams ``name``'s bytes itself (`hashed_file`); `record` writes its manifest after."""
+        return hashed_file(self.folder / name)
+
+    def discard(self) -> None:
+        """Remove what this writer left in its folder, and the folder: a refused input leaves nothing behind."""
+        for path in self.folder.iterdir():
+            path.unlink(missing_ok=True)
+        discard_if_empty(self.folder)
+
     def write_parquet(self, table: pa.Table, name: str) -> str:
         return self._write(name, "parquet", lambda sink: pq.write_table(table, sink, **PARQUET_OPTIONS))
 
@@ -335,20 +346,9 @@ class Outputs:
         object store both are uploaded in that same order, after the local file is complete and hashed.
         """
         final = self.folder / name
-        manifest = {
-            "manifest_version": MANIFEST_VERSION,
-            "file": name,
-            "sha256": sha256_file(final),
-            "size": final.stat().st_size,
-            "format": fmt,
-            "schema": schema if schema is not None else describe_schema(final, fmt),
-            "stage": self.stage,
-            "key": self.key,
-            "params": self.params,
-            "inputs": self.inputs,
-            "versions": versions(),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
+        schema = schema if schema is not None else describe_schema(final, fmt)
+        size, digest = final.stat().st_size, sha256_file(final)
+        manifest = manifest_of(name, digest, size, fmt, schema, self.stage, self.inputs, self.key, self.params)
         try:
             write_json(manifest, manifest_path(final))
         except BaseException:  # no artifact without its manifest: a full disk leaves neither

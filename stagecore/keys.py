@@ -15,9 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from stagecore.project import PROJECT_PACKAGES, PROJECT_ROOT
-
-KEY_PATTERN = r"[0-9a-f]{16}"  # a stage key, as `stage_key` writes it
+from storage.project import PROJECT_PACKAGES, PROJECT_ROOT
 
 
 def code_digest(module: str) -> str:

@@ -4,6 +4,7 @@ that check a file against its manifest before anyone uses it.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import os
@@ -20,13 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from stagecore import validate
-from stagecore.errors import IntegrityError
-from stagecore.remote import StoreUnreachable
-from stagecore.store import artifact_of, local_copy, locate, open_store
-
-MANIFEST_SUFFIX = ".manifest.json"
-
+from storage import validate
+from storage.errors import IntegrityError
+from storage.layout import MANIFEST_SUFFIX
+from storage.remote import StoreUnreachable
+from storage.store import artifact_of, local_copy, locate, open_store
 
 MANIFEST_VERSION = 1
 
@@ -81,6 +80,35 @@ def describe_pt(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"entries": out}
 
 
+def manifest_of(
+    file: str,
+    sha256: str,
+    size: int,
+    fmt: str,
+    schema: dict[str, Any],
+    stage: str,
+    inputs: list[dict[str, str]],
+    key: str | None = None,
+    params: dict[str, Any] | None = None,
+    created: str | None = None,
+) -> dict[str, Any]:
+    """The manifest of a file the store wrote: what it is (digest, size, format, schema), which stage made it
+    from which inputs (under which key and parameters, for a stage's artifact), and the library versions."""
+    made = {"stage": stage} | ({"key": key, "params": params} if key is not None else {})
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "file": file,
+        "sha256": sha256,
+        "size": size,
+        "format": fmt,
+        "schema": schema,
+        **made,
+        "inputs": inputs,
+        "versions": versions(),
+        "created": created or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def manifest_path(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     return path.with_name(path.name + MANIFEST_SUFFIX)
@@ -88,7 +116,7 @@ def manifest_path(path: str | os.PathLike[str]) -> Path:
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of ``path`` (an artifact, or its URL on an object store), checked against its kind's shape
-    (`stagecore.validate.manifest`); IntegrityError when it is missing, unreadable or malformed: the artifact is
+    (`storage.validate.manifest`); IntegrityError when it is missing, unreadable or malformed: the artifact is
     then treated as missing, and the stage that wrote it runs again."""
     mpath = manifest_path(path)
     try:
@@ -147,16 +175,6 @@ def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = Fa
         if schema != manifest.get("schema"):
             raise IntegrityError(f"{path}: its entries do not match its manifest's schema")
     return manifest
-
-
-def verify_model(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """`verify` (loading it) of a file that must be a model: the ``model.pt`` of the train stage, with the entries
-    a model has (`stagecore.validate.model_manifest`); IntegrityError saying what it is instead."""
-    manifest = verify(path, load=True)
-    try:
-        return validate.model_manifest(manifest, what=str(path))
-    except validate.Invalid as exc:
-        raise IntegrityError(str(exc)) from None
 
 
 def verify_used(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -251,7 +269,7 @@ def read_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """A JSON artifact, verified, and parsed within `stagecore.validate.load_json`'s bounds."""
+    """A JSON artifact, verified, and parsed within `storage.validate.load_json`'s bounds."""
     local = _verified(path)
     try:
         return validate.load_json(Path(local).read_bytes(), str(path))

@@ -8,11 +8,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from stagecore.layout import RUNS_DIR
 from stagecore.manifest import verify_used, versions
-from stagecore.sources import redact_all
-from stagecore.store import open_store
-from stagecore.storepaths import recorded
+from storage.layout import RUNS_DIR
+from storage.sources import redact_all
+from storage.store import open_store
+from storage.storepaths import recorded
 
 
 def write_run_record(

@@ -11,7 +11,7 @@ import pyarrow as pa
 from prefect import get_run_logger
 
 import stagecore as core
-from stagecore.errors import InputError
+from storage.errors import InputError
 
 _PANDAS_UNNAMED = re.compile(r"Unnamed: (\d+)")
 

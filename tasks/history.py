@@ -1,6 +1,6 @@
 """The run history: one small Parquet file per flow run, ``<root>/history/<utc-time>-<flow-run-id>.parquet``.
 
-One file per run, written whole (`core.Store.write`: a rename on disk, one PUT on an object store) and never
+One file per run, written whole (`storage.Store.write`: a rename on disk, one PUT on an object store) and never
 rewritten, so concurrent runs never contend, and a store without append or rename-over works the same way.
 Reading concatenates the files in name order, which is time order. No read-modify-write anywhere. The schema is
 fixed: the run's parameters are one JSON column, so files written under other settings still concatenate.
@@ -23,8 +23,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
-from stagecore import validate
-from stagecore.layout import HISTORY_SCHEMA
+import storage
+import storage.validate
+from storage import validate
+from storage.layout import HISTORY_SCHEMA
 
 HISTORY_KEY = "linear-regression-history"
 SHOWN = 30  # runs in the UI's history table
@@ -58,7 +60,7 @@ def history_row(
         "flow_run_id": run_id,
         "data_sha256": data_sha256,
         "rows": rows,
-        "params": json.dumps(core.redact_all(dict(params)), sort_keys=True, default=str),
+        "params": json.dumps(storage.redact_all(dict(params)), sort_keys=True, default=str),
         "train_mse": metrics["train"]["mse"],
         "test_mse": metrics["test"]["mse"],
         "train_r2": metrics["train"]["r2"],
@@ -73,10 +75,10 @@ def history_row(
 def write_row(root: str | Path, row: pa.Table) -> str:
     """``<root>/history/<utc-time>-<run id>.parquet``, created once (never over another run's file); its name."""
     when: dt.datetime = row.column("time")[0].as_py()
-    rel = f"{core.HISTORY_DIR}/{when:%Y%m%dT%H%M%S%f}Z-{row.column('flow_run_id')[0].as_py()}.parquet"
+    rel = f"{storage.HISTORY_DIR}/{when:%Y%m%dT%H%M%S%f}Z-{row.column('flow_run_id')[0].as_py()}.parquet"
     sink = pa.BufferOutputStream()
     pq.write_table(row, sink)
-    store = core.open_store(root)
+    store = storage.open_store(root)
     try:
         store.write(rel, sink.getvalue().to_pybytes())
     except OSError as exc:
@@ -87,8 +89,10 @@ def write_row(root: str | Path, row: pa.Table) -> str:
 def take_back(root: str | Path, run_id: str) -> list[str]:
     """Delete run ``run_id``'s row, for a run that failed before its run record (docs/lifecycle.md); what was
     deleted."""
-    store = core.open_store(root)
-    doomed = [f"{core.HISTORY_DIR}/{n}" for n in store.names(core.HISTORY_DIR) if n.endswith(f"Z-{run_id}.parquet")]
+    store = storage.open_store(root)
+    doomed = [
+        f"{storage.HISTORY_DIR}/{n}" for n in store.names(storage.HISTORY_DIR) if n.endswith(f"Z-{run_id}.parquet")
+    ]
     store.remove(doomed)
     return [store.path(rel) for rel in doomed]
 
@@ -97,21 +101,21 @@ def read_history(root: str | Path, last: int | None = None, warn: Callable[[str]
     """The runs recorded under ``root``, oldest first (the last ``last`` of them); empty when there are none.
 
     Files whose name is not ours, that cannot be read, do not have this schema, or hold a row that is not a
-    run's (`stagecore.validate.history_row`: a null time, parameters that are not a JSON object…) are skipped,
+    run's (`storage.validate.history_row`: a null time, parameters that are not a JSON object…) are skipped,
     each named through ``warn`` (default: this module's logger): a history is a report, and one bad file must
     not hide the others, nor break the promotion or the report that read it.
     """
     warn = warn or logging.getLogger(__name__).warning
-    store = core.open_store(root)
+    store = storage.open_store(root)
     try:
-        names = [n for n in store.names(core.HISTORY_DIR) if _FILE.fullmatch(n)]
+        names = [n for n in store.names(storage.HISTORY_DIR) if _FILE.fullmatch(n)]
     except OSError as exc:
         raise store.error(exc) from None
     if last is not None:
         names = names[-last:] if last > 0 else []
     tables = []
     for name in names:
-        rel = f"{core.HISTORY_DIR}/{name}"
+        rel = f"{storage.HISTORY_DIR}/{name}"
         try:
             content = store.read(rel, limit=MAX_FILE_BYTES)
             if content is None or len(content) > MAX_FILE_BYTES:
@@ -157,7 +161,7 @@ def trend_png(history: pa.Table) -> bytes:
     return png_bytes(fig)
 
 
-@task(name="record_history", cache_policy=NO_CACHE, persist_result=False, **core.RETRIES)
+@task(name="record_history", cache_policy=NO_CACHE, persist_result=False, **storage.RETRIES)
 def record_history(
     root: str,
     run_id: str,
@@ -166,10 +170,10 @@ def record_history(
     promotion: dict[str, Any],
 ) -> str:
     """Append this run's row (its own file) and publish the last runs as the ``linear-regression-history`` table."""
-    ingest = [core.verify_used(path) for path in artifacts["ingest"].values()]
+    ingest = [core.read_manifest(path) for path in artifacts["ingest"].values()]  # verified by the run
     summary = core.read_json(artifacts["evaluate"]["summary"])
     rows = sum(int(m["schema"]["rows"]) for m in ingest)
-    model = core.store_relative(root, artifacts["train"]["model"])
+    model = storage.store_relative(root, artifacts["train"]["model"])
     now = dt.datetime.now(dt.UTC)
     row = history_row(now, run_id, data_digest(ingest), rows, params, summary, promotion["promoted"], model)
     path = write_row(root, row)
@@ -179,7 +183,7 @@ def record_history(
     core.table_artifact(shown, key=HISTORY_KEY, description=f"The last {SHOWN} runs under this artifacts folder")
     get_run_logger().info(
         "read %s and the last %d runs; wrote %s; published %s",
-        core.public(artifacts["evaluate"]["summary"]),
+        storage.public(artifacts["evaluate"]["summary"]),
         len(shown),
         core.describe(path),
         HISTORY_KEY,

@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger
 
 import stagecore as core
-from stagecore.errors import InputError
+import storage
+from storage.errors import InputError
 
 _SNIFF_BYTES = 8192
 DELIMITERS = (",", ";", "\t", "|")  # the ones a header line is searched for, in order of preference
@@ -46,14 +47,14 @@ BLOCK_BYTES = 16 << 20
 def local_copy(source: str) -> Iterator[Path]:
     """A local path for ``source``: the file itself, or a URL (http(s), s3://…) downloaded (streamed) to a
     temporary file, once: the stage cache's download when it made one."""
-    if not core.is_url(source):
+    if not storage.is_url(source):
         yield check_file(source)
         return
-    already = core.downloaded_copy(source)  # the stage cache downloaded it to key this stage
+    already = storage.downloaded_copy(source)  # the stage cache downloaded it to key this stage
     if already is not None:
         yield already
         return
-    with core.downloaded([source]) as paths:
+    with storage.downloaded([source]) as paths:
         yield paths[source]
 
 
@@ -64,7 +65,7 @@ def check_file(source: str) -> Path:
         raise InputError(f"{source}: file not found; pass --data with the path of a CSV file")
     if path.is_dir():
         raise InputError(f"{source}: is a folder, not a CSV file; pass --data with a file")
-    core.check_regular(path, source)
+    storage.check_regular(path, source)
     try:
         with open(path, "rb"):
             pass
@@ -151,17 +152,19 @@ def sniff_csv(path: Path, source: str) -> str:
     return detect_delimiter(head)
 
 
-def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None = None) -> pa.Schema:
-    """Stream ``path`` into ``final`` (atomically), block by block; returns the schema written.
+def csv_to_parquet(
+    path: Path, out: core.Outputs, source: str, delimiter: str | None = None, name: str = "raw.parquet"
+) -> pa.Schema:
+    """Stream ``path`` into ``raw.parquet`` (atomically), block by block; returns the schema written.
 
-    ``delimiter``: None to read it off the header line. Nothing is left at ``final`` unless every check passed.
+    ``delimiter``: None to read it off the header line. Nothing is left at ``name`` unless every check passed.
     """
     if delimiter is None:
         delimiter = sniff_csv(path, source)
     parse = pacsv.ParseOptions(delimiter=delimiter)
     seen: dict[str, bool] = {}
     try:
-        with core.hashed_file(final) as sink:
+        with out.sink(name) as sink:
             rows, schema = _stream(path, sink, parse, source, seen)
             if rows == 0:
                 raise InputError(f"{source}: has a header but no data rows; add rows or pass another --data")
@@ -178,25 +181,25 @@ def csv_to_parquet(path: Path, final: Path, source: str, delimiter: str | None =
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc2:
             raise _parse_error(exc2, source) from None
         check_schema(table.schema, source)  # a later block's invalid UTF-8 turns its column binary
-        with core.hashed_file(final) as sink:
-            pq.write_table(table, sink, **core.parquet_options(table))
+        with out.sink(name) as sink:
+            pq.write_table(table, sink, **out.parquet_options(table))
         schema = table.schema
     return schema
 
 
 def is_parquet(source: str) -> bool:
-    return Path(source).suffix.lower() in core.PARQUET_SUFFIXES
+    return Path(source).suffix.lower() in storage.PARQUET_SUFFIXES
 
 
-def parquet_to_parquet(path: Path, final: Path, source: str) -> pa.Schema:
-    """Copy a Parquet input into ``final`` (atomically) a row group at a time, checking it is readable Parquet."""
+def parquet_to_parquet(path: Path, out: core.Outputs, source: str, name: str = "raw.parquet") -> pa.Schema:
+    """Copy a Parquet input into ``raw.parquet`` (atomically) a row group at a time, checking it is readable Parquet."""
     try:
         reader = pq.ParquetFile(path, pre_buffer=False)  # read a row group at a time, keep none
         check_header(reader.schema_arrow.names, source)
         groups = (reader.read_row_group(group) for group in range(reader.num_row_groups))
         first = next(groups, reader.schema_arrow.empty_table())
-        with core.hashed_file(final) as sink:
-            with pq.ParquetWriter(sink, reader.schema_arrow, **core.parquet_options(first)) as writer:
+        with out.sink(name) as sink:
+            with pq.ParquetWriter(sink, reader.schema_arrow, **out.parquet_options(first)) as writer:
                 for table in itertools.chain([first], groups):
                     writer.write_table(table)
             if reader.metadata.num_rows == 0:
@@ -213,8 +216,8 @@ def _stream(
     tables = parsed_blocks(path, parse, seen)
     first = next(tables)
     check_schema(first.schema, source)  # before a byte is written
-    with pq.ParquetWriter(out, first.schema, **core.parquet_options(first)) as writer:
-        rows = core.write_behind(itertools.chain([first], tables), writer.write_table)
+    with pq.ParquetWriter(out, first.schema, **core.Outputs.parquet_options(first)) as writer:
+        rows = core.Outputs.write_behind(itertools.chain([first], tables), writer.write_table)
     return rows, first.schema
 
 
@@ -303,7 +306,7 @@ def partition_columns(table_paths: list[str], sources: list[str]) -> list[list[s
             differ = [f"extra column(s) {', '.join(map(repr, extra))}"] if extra else []
             differ += [f"missing column(s) {', '.join(map(repr, missing))}"] if missing else []
             raise InputError(
-                f"{core.redact(source)}: its columns are not those of {core.redact(sources[0])} "
+                f"{storage.redact(source)}: its columns are not those of {storage.redact(sources[0])} "
                 f"({'; '.join(differ)}); give every partition the same columns (their order may differ)"
             )
     return columns
@@ -323,29 +326,27 @@ def aligned_features(
     return [name for name in columns[0] if name != target]
 
 
+RAW = "raw.parquet"
+
+
 @core.stage("ingest", outputs=("table",))
 def ingest_csv(source: core.File, root: str) -> dict[str, str]:
     """Read ``source`` (CSV, or Parquet by its suffix) and write ``raw.parquet``: column names and types kept."""
-    label = core.redact(source)  # what messages and logs name: a URL without its secrets
+    label = storage.redact(source)  # what messages and logs name: a URL without its secrets
     with local_copy(source) as path:
         # keyed on the bytes read: for a URL, those of the download
-        outputs = core.outputs(digests={"source": core.sha256_file(path)})
-        out = outputs.folder / "raw.parquet"
-        had_manifest = core.manifest_path(out).exists()  # an earlier run's complete output, not ours to remove
+        outputs = core.outputs(digests={"source": storage.sha256_file(path)})
+        out = outputs.folder / RAW
         delimiter = None
         try:
             if is_parquet(source):
-                schema = parquet_to_parquet(path, out, label)
+                schema = parquet_to_parquet(path, outputs, label)
             else:
                 delimiter = sniff_csv(path, label)
-                schema = csv_to_parquet(path, out, label, delimiter)
-            outputs.record("raw.parquet", "parquet")
+                schema = csv_to_parquet(path, outputs, label, delimiter)
+            outputs.record(RAW, "parquet")
         except BaseException as exc:
-            # a refused input leaves nothing behind: no file without its manifest, not even a folder
-            if not had_manifest:
-                out.unlink(missing_ok=True)
-                core.manifest_path(out).unlink(missing_ok=True)
-            core.discard_if_empty(outputs.folder)
+            outputs.discard()  # a refused input leaves nothing behind: no file without its manifest, not a folder
             if isinstance(exc, pa.ArrowInvalid):  # e.g. "Empty CSV file" from open_csv
                 raise _parse_error(exc, label) from None
             raise

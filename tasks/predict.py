@@ -16,8 +16,10 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger
 
 import stagecore as core
+import storage
+from linreg.columns import float_values, is_numeric
 from linreg.model import predict
-from stagecore.errors import InputError
+from storage.errors import InputError
 from tasks.drop_index import resolve_column
 
 BATCH_ROWS = 1 << 20  # ~1M rows a batch: a few × 8 MB per feature, whatever the file's size
@@ -26,7 +28,7 @@ PREDICTION = "prediction"
 
 def check_features(schema: pa.Schema, features: list[str], source: str) -> None:
     """Refuse data the model cannot be applied to: a feature missing, or one that is not numeric (training's
-    rule, `core.is_numeric`: a boolean column is 1/0 in both)."""
+    rule, `is_numeric`: a boolean column is 1/0 in both)."""
     missing = [f for f in features if f not in schema.names]
     if missing:
         raise InputError(
@@ -35,7 +37,7 @@ def check_features(schema: pa.Schema, features: list[str], source: str) -> None:
         )
     for name in features:
         kind = schema.field(name).type
-        if not core.is_numeric(kind):
+        if not is_numeric(kind):
             raise InputError(
                 f"{source}: feature column {name!r} is {kind}, not numeric; fix the column and pass it again"
             )
@@ -54,7 +56,7 @@ def predict_batch(
     columns = []
     for name in features:
         column = batch.column(name)
-        values = core.float_values(column).astype(np.float64, copy=False)
+        values = float_values(column).astype(np.float64, copy=False)
         invalid = np.isnan(values)
         if column.null_count:
             invalid |= ~np.asarray(column.is_valid())
@@ -134,10 +136,10 @@ def predict_rows(
     out = str(outputs.folder / "predictions.parquet")
     get_run_logger().info(
         "read %s and %s with model %s; wrote %d predictions to %s",
-        core.public(table_path),
-        core.public(raw_path),
-        core.public(model_path),
+        storage.public(table_path),
+        storage.public(raw_path),
+        storage.public(model_path),
         rows,
-        core.public(out),
+        storage.public(out),
     )
     return {"predictions": out}

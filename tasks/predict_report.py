@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
+import storage
 from tasks.predict import BATCH_ROWS, PREDICTION
 
 REPORT_KEY = "linear-regression-predictions"
@@ -80,8 +81,8 @@ def render_report(rows: int, model: str, features: list[str], paths: list[str], 
 def publish_predictions(paths: list[str], model: str, features: list[str]) -> int:
     """Publish the row count, a histogram of the predictions and the model used; every run, cached or not."""
     counts, edges, rows = histogram(paths)
-    shown = [core.public(p) for p in paths]  # on an object store: the URLs, not the scratch mirror's files
-    report = render_report(rows, core.public(model), features, shown, histogram_png(counts, edges))
+    shown = [storage.public(p) for p in paths]  # on an object store: the URLs, not the scratch mirror's files
+    report = render_report(rows, storage.public(model), features, shown, histogram_png(counts, edges))
     core.markdown_artifact(report, key=REPORT_KEY, description="Rows, histogram and model of this prediction run")
     get_run_logger().info("read %d predictions from %d file(s); published the report %s", rows, len(paths), REPORT_KEY)
     return rows

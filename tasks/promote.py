@@ -7,7 +7,7 @@ its manifest), naming the model artifact and the run that made it; the model fil
 Their shape is fixed (``champion_version`` 1): ``model`` (the model's path relative to the root, posix),
 ``model_sha256``, ``flow_run_id``, ``features``, ``target``, ``test_mse``, ``promoted_at``. The current champion
 is the highest generation; a promotion that decided against generation N creates N+1 only if it is absent
-(`core.Store.create`: an exclusive link on disk, ``If-None-Match: *`` on an object store); if another run
+(`storage.Store.create`: an exclusive link on disk, ``If-None-Match: *`` on an object store); if another run
 created N+1 first, it reads the new champion and decides again. One protocol on every store: no lock, no
 clock, nothing a killed run leaves stale.
 
@@ -35,8 +35,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
+import storage
 from linreg.metrics import Sums, score
-from stagecore import validate
+from storage import validate
 
 CHAMPION_VERSION = validate.CHAMPION_VERSION
 POINTER = "champion.json"
@@ -80,8 +81,8 @@ def decide(
 
 # --- the pointer ----------------------------------------------------------------------------------
 
-GENERATIONS = f"{core.CHAMPION_DIR}/{core.CHAMPION_GENERATIONS}"
-LEGACY = f"{core.CHAMPION_DIR}/{POINTER}"  # a folder's one pointer before 2026-12-02: still read, never written
+GENERATIONS = f"{storage.CHAMPION_DIR}/{storage.CHAMPION_GENERATIONS}"
+LEGACY = f"{storage.CHAMPION_DIR}/{POINTER}"  # a folder's one pointer before 2026-12-02: still read, never written
 
 
 def generation_rel(generation: int) -> str:
@@ -91,16 +92,16 @@ def generation_rel(generation: int) -> str:
 
 def pointer_path(root: str | Path) -> str:
     """The current champion's pointer (its latest generation; for a store with none yet, where the first goes)."""
-    store = core.open_store(root)
+    store = storage.open_store(root)
     return store.path(generation_rel(max(latest_generation(store), 1)))
 
 
 def where(root: str | Path) -> str:
     """Where the champion's pointer lives, for messages: the store's generations."""
-    return core.open_store(root).path(GENERATIONS) + "/"
+    return storage.open_store(root).path(GENERATIONS) + "/"
 
 
-def latest_generation(store: core.Store) -> int:
+def latest_generation(store: storage.Store) -> int:
     """The highest generation of the pointer; 0 when there is none yet.
 
     Listed afresh, then probed forward one read at a time, so a listing that lags behind a create (some
@@ -114,7 +115,7 @@ def latest_generation(store: core.Store) -> int:
     return generation
 
 
-def _inside(store: core.Store, relative: str, pointer: str) -> Path:
+def _inside(store: storage.Store, relative: str, pointer: str) -> Path:
     """``relative`` as an absolute path inside the store's local ``work`` folder (on an object store its scratch
     mirror, where it is then downloaded); ValueError for an absolute path, ``..`` or a link out."""
     parts = PurePosixPath(relative)
@@ -125,7 +126,7 @@ def _inside(store: core.Store, relative: str, pointer: str) -> Path:
 
 
 def _parse(content: bytes, pointer: str) -> dict[str, Any]:
-    """The pointer's JSON, checked field by field against its fixed shape (`stagecore.validate`); ValueError
+    """The pointer's JSON, checked field by field against its fixed shape (`storage.validate`); ValueError
     (`validate.Invalid`) when it is not ours."""
     return validate.champion_pointer(validate.load_json(content, pointer, limit=MAX_POINTER_BYTES), pointer)
 
@@ -134,11 +135,11 @@ def read_champion(root: str | Path, generation: int | None = None) -> dict[str, 
     """The champion pointer (generation ``generation``, default: the latest), checked field by field, with
     ``model`` the local path of the model file, verified; None when there is no champion.
 
-    On an object store the model and its manifest are downloaded into the scratch mirror first (``core.public``
+    On an object store the model and its manifest are downloaded into the scratch mirror first (``storage.public``
     gives the URL). ValueError when the pointer is not ours (wrong shape, a model outside the root);
     ``core.IntegrityError`` when the model file is missing, does not match its manifest or the pointer's sha256.
     """
-    store = core.open_store(root)
+    store = storage.open_store(root)
     try:
         generation = latest_generation(store) if generation is None else generation
         rel = generation_rel(generation) if generation else LEGACY
@@ -153,14 +154,17 @@ def read_champion(root: str | Path, generation: int | None = None) -> dict[str, 
     body = _parse(content, pointer)
     model = _inside(store, body["model"], pointer)
     _download(store, body["model"])
-    _download(store, body["model"] + core.MANIFEST_SUFFIX)
-    manifest = core.verify_model(model)  # a pointer may name a model, and nothing else
+    _download(store, body["model"] + storage.MANIFEST_SUFFIX)
+    try:  # a pointer may name a model, and nothing else
+        manifest = validate.model_manifest(core.verify(model, load=True), what=str(model))
+    except validate.Invalid as exc:
+        raise core.IntegrityError(str(exc)) from None
     if manifest["sha256"] != body["model_sha256"]:
-        raise core.IntegrityError(f"{core.public(model)}: sha256 does not match the champion pointer {pointer}")
+        raise core.IntegrityError(f"{storage.public(model)}: sha256 does not match the champion pointer {pointer}")
     return {**body, "model": str(model)}
 
 
-def _download(store: core.Store, relative: str) -> Path:
+def _download(store: storage.Store, relative: str) -> Path:
     """A local copy of ``relative``. IntegrityError when it is missing (a champion that cannot be used); a storage
     error (one line, the run fails) when it is there but cannot be read: a store's passing trouble must not
     cost a good champion its place."""
@@ -186,7 +190,7 @@ def champion_model_path(root: str | Path) -> str | None:
 def _pointer(root: str | Path, model: str, run_id: str, trained: dict, test_mse: float) -> dict[str, Any]:
     return {
         "champion_version": CHAMPION_VERSION,
-        "model": core.store_relative(root, model),
+        "model": storage.store_relative(root, model),
         "model_sha256": core.read_manifest(model)["sha256"],
         "flow_run_id": run_id,
         "features": list(trained["features"]),
@@ -196,19 +200,12 @@ def _pointer(root: str | Path, model: str, run_id: str, trained: dict, test_mse:
     }
 
 
-def _manifest(pointer: dict[str, Any], file: str, content: bytes, model: str) -> dict[str, Any]:
-    return {
-        "manifest_version": core.MANIFEST_VERSION,
-        "file": file,
-        "sha256": hashlib.sha256(content).hexdigest(),
-        "size": len(content),
-        "format": "json",
-        "schema": {"keys": sorted(pointer)},
-        "stage": "promote",
-        "inputs": [{"name": "model", "path": pointer["model"], "sha256": pointer["model_sha256"]}],  # store-relative
-        "versions": core.versions(),
-        "created": pointer["promoted_at"],
-    }
+def _manifest(pointer: dict[str, Any], file: str, content: bytes) -> dict[str, Any]:
+    model = {"name": "model", "path": pointer["model"], "sha256": pointer["model_sha256"]}  # store-relative
+    digest, keys = hashlib.sha256(content).hexdigest(), {"keys": sorted(pointer)}
+    return core.manifest_of(
+        file, digest, len(content), "json", keys, "promote", [model], created=pointer["promoted_at"]
+    )
 
 
 def _run_of(content: bytes | None) -> str | None:
@@ -220,7 +217,7 @@ def _run_of(content: bytes | None) -> str | None:
 
 
 def create_generation(
-    store: core.Store, generation: int, model: str, run_id: str, trained: dict, test_mse: float
+    store: storage.Store, generation: int, model: str, run_id: str, trained: dict, test_mse: float
 ) -> dict[str, Any] | None:
     """Create generation ``generation`` of the pointer only if no run has created it (exclusive create on
     disk, a conditional write on an object store), then its manifest; the pointer, or None when another run
@@ -231,8 +228,8 @@ def create_generation(
     try:
         if not store.create(rel, content):
             return None
-        manifest = _manifest(pointer, rel.rsplit("/", 1)[1], content, model)
-        store.write(rel + core.MANIFEST_SUFFIX, (json.dumps(manifest, indent=2) + "\n").encode())
+        manifest = _manifest(pointer, rel.rsplit("/", 1)[1], content)
+        store.write(rel + storage.MANIFEST_SUFFIX, (json.dumps(manifest, indent=2) + "\n").encode())
     except OSError as exc:
         raise store.error(exc) from None
     return pointer
@@ -242,12 +239,12 @@ def take_back(root: str | Path, run_id: str) -> bool:
     """Undo run ``run_id``'s promotion, for a run that failed before its run record (docs/lifecycle.md): when its
     generation of the pointer is still the latest, it is deleted, so the champion before it is the champion
     again. A run that promoted since, over this one's, is left alone. Whether anything was taken back."""
-    store = core.open_store(root)
+    store = storage.open_store(root)
     generation = latest_generation(store)
     rel = generation_rel(generation)
     if generation == 0 or _run_of(store.read(rel, limit=MAX_POINTER_BYTES)) != run_id:
         return False
-    store.remove([rel, rel + core.MANIFEST_SUFFIX])
+    store.remove([rel, rel + storage.MANIFEST_SUFFIX])
     return True
 
 
@@ -270,13 +267,13 @@ def promote(
     challenger_mse = mse(partitions, trained["weights"], trained["bias"])
     challenger_sha = core.read_manifest(model_path)["sha256"]
 
-    store = core.open_store(root)
+    store = storage.open_store(root)
 
     def judge(generation: int) -> tuple[bool, dict[str, Any], str]:
         champion, unusable = _read(root, generation)
         write, block, level = _judge(champion, unusable, trained, partitions, challenger_mse, challenger_sha, tolerance)
         if write:
-            block["champion"] = core.public(model_path)
+            block["champion"] = storage.public(model_path)
         return write, block, level
 
     for lost in itertools.count():
@@ -320,7 +317,7 @@ def _judge(
     champion_mse, why = None, unusable
     if champion is not None and champion["model_sha256"] == challenger_sha:
         reason = "this run's model is already the champion (same model file): unchanged"
-        return False, _block(True, reason, core.public(champion["model"]), challenger_mse, challenger_mse), level
+        return False, _block(True, reason, storage.public(champion["model"]), challenger_mse, challenger_mse), level
     if champion is not None:
         same = list(champion["features"]) == list(trained["features"]) and champion["target"] == trained["target"]
         if same:
@@ -332,7 +329,7 @@ def _judge(
                 f"{list(trained['features'])} → {trained['target']}: not comparable, promoted"
             )
     promoted, reason = decide(challenger_mse, champion_mse, tolerance, why)
-    path = "" if promoted else core.public(champion["model"])  # the caller names the challenger when it wins
+    path = "" if promoted else storage.public(champion["model"])  # the caller names the challenger when it wins
     return promoted, _block(promoted, reason, path, champion_mse, challenger_mse), level if promoted else "warning"
 
 
@@ -347,14 +344,14 @@ def _block(promoted: bool, reason: str, champion: str, champion_mse: float | Non
     }
 
 
-@task(name="promote_model", cache_policy=NO_CACHE, persist_result=False, **core.RETRIES)
+@task(name="promote_model", cache_policy=NO_CACHE, persist_result=False, **storage.RETRIES)
 def promote_model(tensors_paths: list[str], model_path: str, run_id: str, tolerance: float, root: str) -> dict:
     """Champion vs challenger on this run's test rows; moves the champion pointer when the challenger wins."""
     block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance)
     getattr(get_run_logger(), level)(
         "read %s, %s and %d partition(s)' test rows; %s; wrote %s; champion: %s",
         where(root),
-        core.public(model_path),
+        storage.public(model_path),
         len(tensors_paths),
         block["reason"],
         wrote or "nothing (the pointer stays)",

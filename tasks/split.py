@@ -17,7 +17,7 @@ import pyarrow as pa
 from prefect import get_run_logger
 
 import stagecore as core
-from stagecore.errors import InputError
+from storage.errors import InputError
 
 ROW_GROUP_ROWS = 1 << 20  # rows gathered and written at a time
 MIN_ROWS_PER_PART = 2  # R² on the test part, and a loss to descend on the train part, need two rows each

@@ -10,7 +10,8 @@ import torch
 from prefect import get_run_logger
 
 import stagecore as core
-from stagecore.errors import InputError
+from linreg.columns import float_values, is_numeric
+from storage.errors import InputError
 
 
 class Columns(Protocol):
@@ -62,7 +63,7 @@ def select_columns(table: Columns, target: str, features: list[str] | None) -> l
             raise InputError(f"column {name!r} is the target; leave it out of --features")
     for name in [*chosen, target]:
         kind = table.schema.field(name).type
-        if not core.is_numeric(kind):  # the rule predict applies too
+        if not is_numeric(kind):  # the rule predict applies too
             role = "target" if name == target else "feature"
             hint = "pass a numeric --target" if name == target else "choose numeric columns with --features"
             raise InputError(f"{role} column {name!r} is not numeric ({kind}); {hint}")
@@ -72,7 +73,7 @@ def select_columns(table: Columns, target: str, features: list[str] | None) -> l
 def _fill(dest: np.ndarray, table: Columns, name: str, part: str, role: str = "feature") -> None:
     """Copy a column into a float32 slot (no float64 copy of the whole matrix); refuse NaN, inf, nulls, and
     finite values too large for float32 (which would turn to inf and be taken for missing ones)."""
-    values = core.float_values(table.column(name))  # nulls arrive as NaN; booleans as 1.0/0.0
+    values = float_values(table.column(name))  # nulls arrive as NaN; booleans as 1.0/0.0
     bad = int(np.count_nonzero(~np.isfinite(values))) if values.dtype.kind == "f" else 0
     leave_out = "leave the column out with --features" if role == "feature" else "pass another --target"
     if bad:

@@ -19,7 +19,7 @@ import stagecore as core
 from linreg.config import TrainConfig, choose_engine
 from linreg.stats import Stats
 from linreg.training import Names, fit, fit_stats
-from stagecore.errors import InputError
+from storage.errors import InputError
 
 
 class LatestProgress:

@@ -106,3 +106,11 @@ def no_run_logger():
 
     with disable_run_logger():
         yield
+
+
+def writer(folder: Path):
+    """A stage's writer (`core.Outputs`) for ``folder``, for tests of the functions a stage streams its files with."""
+    import stagecore as core
+    import storage
+
+    return core.Outputs(folder, "ingest", "0" * 16, {}, [], storage.open_store(folder))

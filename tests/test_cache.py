@@ -13,6 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 import stagecore as core
+import storage
 from conftest import ADVERTISING
 from flows.lineage import main as lineage_main
 from flows.train import STAGES, build_parser, linear_regression, main
@@ -92,12 +93,12 @@ def test_second_identical_run_is_cached_in_prefect_and_returns_the_same_files(ar
     assert task_run_states(second, "Cached") == dict.fromkeys(STAGE_TASKS, "Cached")
     assert task_run_states(first, "Completed") == dict.fromkeys(STAGE_TASKS, "Completed")
     # records live beside the artifacts, one per stage, each holding the stage's files (and nothing else)
-    records = [p for p in (artifacts / core.CACHE_DIR).rglob("*") if p.is_file() and p.suffix != ".lock"]
+    records = [p for p in (artifacts / storage.CACHE_DIR).rglob("*") if p.is_file() and p.suffix != ".lock"]
     assert len(records) == len(STAGES)
     assert all(p.suffix == ".json" for p in records)
     [ingest] = [p for p in records if p.parent.name == "ingest"]
     assert read_record(artifacts, "ingest", ingest.stem) == first["artifacts"]["ingest"]
-    assert len(list((artifacts / core.RUNS_DIR).glob("*.json"))) == 2
+    assert len(list((artifacts / storage.RUNS_DIR).glob("*.json"))) == 2
 
 
 def test_epochs_rerun_training_onwards_and_test_size_reruns_split_onwards(artifacts: Path):
@@ -148,12 +149,12 @@ def test_damaged_artifacts_and_records_are_cache_misses_that_rebuild(artifacts: 
     first = run(artifacts)
     a = first["artifacts"]
     train_table = Path(a["split"]["train"])
-    good_table = core.sha256_file(train_table)
+    good_table = storage.sha256_file(train_table)
     flip_bytes(train_table)  # a Parquet file with bytes flipped
     summary = Path(a["evaluate"]["summary"])
     summary.write_bytes(summary.read_bytes()[:50])  # truncated
     Path(a["plot"]["loss_curve"]).unlink()  # missing
-    drop_record = next((artifacts / core.CACHE_DIR / "drop_index").glob("*.json"))
+    drop_record = next((artifacts / storage.CACHE_DIR / "drop_index").glob("*.json"))
     drop_record.write_text('{"record_version": ')  # a cache record cut short
 
     second = run(artifacts)
@@ -170,8 +171,8 @@ def test_damaged_artifacts_and_records_are_cache_misses_that_rebuild(artifacts: 
     for path in files_of(second):
         core.verify(path)
     # rebuilt byte for byte, so tensorize kept its key and stayed cached; the damaged file was left as it was
-    assert core.sha256_file(second["artifacts"]["split"]["train"]) == good_table
-    assert core.sha256_file(train_table) != good_table
+    assert storage.sha256_file(second["artifacts"]["split"]["train"]) == good_table
+    assert storage.sha256_file(train_table) != good_table
     warnings = [m for m in task_log if "running the stage again" in m]
     assert any("drop_index" in m and "record unreadable" in m for m in warnings), warnings
     assert any("train.parquet" in m and "sha256" in m for m in warnings), warnings
@@ -202,7 +203,7 @@ def test_diverging_training_fails_clearly_and_does_not_poison_the_cache(artifact
     diverging = {"preset": "seed", "lr": 1.0}
     with pytest.raises(DivergenceError, match="training diverged at epoch"):
         run(artifacts, **diverging)
-    train_records = [p for p in (artifacts / core.CACHE_DIR / "train").glob("*") if p.suffix != ".lock"]
+    train_records = [p for p in (artifacts / storage.CACHE_DIR / "train").glob("*") if p.suffix != ".lock"]
     assert train_records == []
     assert not list((artifacts / "train").rglob("model.pt"))
     # the same parameters again: training runs again (nothing cached), fails the same way, one line on the CLI
@@ -237,7 +238,7 @@ def test_lineage_names_the_csv_and_parameters_of_a_model(artifacts: Path, capsys
     assert lineage_main([model, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [s["path"] for s in report["sources"]] == [str(ADVERTISING)]
-    assert report["sources"][0]["recorded_sha256"] == core.sha256_file(ADVERTISING)
+    assert report["sources"][0]["recorded_sha256"] == storage.sha256_file(ADVERTISING)
     assert report["parameters"]["split"] == {"test_size": 0.25, "seed": 0, "offset": 0, "total": 200}
     assert report["parameters"]["train"]["cfg"]["epochs"] == 700
     assert list(report["parameters"]) == ["ingest", "drop_index", "split", "tensorize", "accumulate", "train"]

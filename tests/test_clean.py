@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import stagecore as core
+import storage
+import storage.atomic
 from conftest import ADVERTISING, ROOT
 from flows import predict as predict_cli
 from flows.train import linear_regression, main
@@ -28,7 +30,7 @@ def trained(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("trained") / "store"
     linear_regression(artifacts_dir=str(store))
     assert predict_cli.main(["--artifacts-dir", str(store), "--data", str(ADVERTISING)]) == 0
-    assert (store / "predict").is_dir() and (store / core.CACHE_DIR / "predict").is_dir()
+    assert (store / "predict").is_dir() and (store / storage.CACHE_DIR / "predict").is_dir()
     return store
 
 
@@ -58,10 +60,10 @@ def users_files(store: Path) -> dict[str, bytes]:
         f"train/{model_folder}/model.pt.bak": b"mine",
         f"train/{KEY}/model.pt": b"mine",
         f"train/{KEY}/model.pt.manifest.json": b'{"file": "model.pt"}',
-        f"{core.CACHE_DIR}/train/{KEY}.json": b'{"mine": true}',
-        f"{core.CACHE_DIR}/train/{KEY}.lock": b"a lock with my data in it",
-        f"{core.CHAMPION_DIR}/champion.json.bak": b"{}",
-        f"{core.CHAMPION_DIR}/champion.lock": b"mine",
+        f"{storage.CACHE_DIR}/train/{KEY}.json": b'{"mine": true}',
+        f"{storage.CACHE_DIR}/train/{KEY}.lock": b"a lock with my data in it",
+        f"{storage.CHAMPION_DIR}/champion.json.bak": b"{}",
+        f"{storage.CHAMPION_DIR}/champion.lock": b"mine",
         ".notes.tmp": b"mine",
         "predict/README.md": b"mine",
         "notes.txt": b"mine",
@@ -99,7 +101,7 @@ def test_clean_keeps_every_file_of_the_users_whatever_its_name(store: Path, caps
     planted = users_files(store)
     assert main(["--clean-artifacts", "--artifacts-dir", str(store)]) == 0
     assert f"kept {len(planted)} files the store did not write" in capsys.readouterr().out
-    assert files(store) == {*planted, core.MARKER}
+    assert files(store) == {*planted, storage.MARKER}
     assert all((store / rel).read_bytes() == content for rel, content in planted.items())
 
     # the folder is still a store: the next runs work (training, then predict on its champion) and a second
@@ -108,7 +110,7 @@ def test_clean_keeps_every_file_of_the_users_whatever_its_name(store: Path, caps
     assert summary["metrics"]["test"]["mse"] == pytest.approx(4.4021, abs=1e-3)
     assert predict_cli.main(["--artifacts-dir", str(store), "--data", str(ADVERTISING)]) == 0
     assert main(["--clean-artifacts", "--artifacts-dir", str(store)]) == 0
-    assert files(store) == {*planted, core.MARKER}
+    assert files(store) == {*planted, storage.MARKER}
 
 
 def test_a_symlink_in_the_store_is_never_followed_or_deleted(store: Path, tmp_path: Path):
@@ -117,10 +119,10 @@ def test_a_symlink_in_the_store_is_never_followed_or_deleted(store: Path, tmp_pa
     (outside / "precious.txt").write_text("keep")
     (store / "runs" / "linked").symlink_to(outside)
     (store / "train" / "link.pt").symlink_to(outside / "precious.txt")
-    cleared = core.clear(store)
+    cleared = storage.clear(store)
     assert cleared.kept == 2
     assert (outside / "precious.txt").read_text() == "keep"
-    assert files(store) == {"runs/linked", "train/link.pt", core.MARKER}
+    assert files(store) == {"runs/linked", "train/link.pt", storage.MARKER}
 
 
 def test_clean_and_a_run_exclude_each_other(store: Path, capsys):
@@ -147,10 +149,10 @@ def test_clean_and_a_run_exclude_each_other(store: Path, capsys):
         assert files(store) == before
     finally:
         holder.communicate("", timeout=30)
-    cleaning = core.open_store(store).cleaning()
-    with cleaning, pytest.raises(core.InputError, match="is being cleaned"), core.in_use(store):
+    cleaning = storage.open_store(store).cleaning()
+    with cleaning, pytest.raises(core.InputError, match="is being cleaned"), storage.in_use(store):
         pass
-    with core.in_use(store), core.in_use(store):  # runs share the store
+    with storage.in_use(store), storage.in_use(store):  # runs share the store
         pass
     assert main(["--clean-artifacts", "--artifacts-dir", str(store)]) == 0
 
@@ -174,18 +176,18 @@ def test_clean_on_a_read_only_store_is_one_line_and_deletes_nothing(trained: Pat
 
 
 def test_an_old_empty_marker_is_upgraded_only_beside_the_stores_own_files(store: Path, tmp_path: Path):
-    (store / core.MARKER).write_text("")  # as an older version wrote it
-    core.prepare_root(store)
-    assert json.loads((store / core.MARKER).read_text())["store"] == core.STORE_NAME
-    (store / core.MARKER).write_text("")
+    (store / storage.MARKER).write_text("")  # as an older version wrote it
+    storage.prepare_root(store)
+    assert json.loads((store / storage.MARKER).read_text())["store"] == storage.STORE_NAME
+    (store / storage.MARKER).write_text("")
     (store / "runs" / "exp1.json").write_text("{}")
     with pytest.raises(core.InputError, match=r"already holds files the store did not write \(runs/exp1.json\)"):
-        core.prepare_root(store)
+        storage.prepare_root(store)
 
 
 def test_temporary_files_of_writers_are_the_stores(store: Path):
-    dead = f".model.pt.{core.atomic.HOST}-{2**22 + os.getpid()}.abc123.tmp"  # a pid beyond pid_max: dead
+    dead = f".model.pt.{storage.atomic.HOST}-{2**22 + os.getpid()}.abc123.tmp"  # a pid beyond pid_max: dead
     (store / "train" / dead).write_bytes(b"partial")
     (store / ".my.tmp").write_bytes(b"mine")
-    cleared = core.clear(store)
-    assert cleared.kept == 1 and files(store) == {".my.tmp", core.MARKER}
+    cleared = storage.clear(store)
+    assert cleared.kept == 1 and files(store) == {".my.tmp", storage.MARKER}

@@ -14,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import stagecore as core
+import storage
 from conftest import ADVERTISING, ROOT
+from stagecore.keys import import_closure
 
 PARTITIONED = ["ingest", "drop_index", "split", "tensorize", "accumulate", "train", "evaluate", "plot"]
 
@@ -23,11 +24,11 @@ PARTITIONED = ["ingest", "drop_index", "split", "tensorize", "accumulate", "trai
 @pytest.mark.no_server
 def test_import_closure_follows_every_form_of_import():
     # every stage runs the stage core, which the stages import as a package (stagecore/__init__.py)
-    core_modules = {"stagecore", "stagecore.declare", "stagecore.manifest", "stagecore.hashing", "stagecore.errors"}
-    assert core_modules <= set(core.import_closure("tasks.plot"))
-    assert not {m for m in core.import_closure("tasks.plot") if m.startswith("tasks")} - {"tasks.plot"}
+    core_modules = {"stagecore", "stagecore.declare", "stagecore.manifest", "storage.hashing", "storage.errors"}
+    assert core_modules <= set(import_closure("tasks.plot"))
+    assert not {m for m in import_closure("tasks.plot") if m.startswith("tasks")} - {"tasks.plot"}
     # accumulate runs Stats.of and qr_factor from the library, and no other stage's module
-    accumulate = set(core.import_closure("tasks.accumulate"))
+    accumulate = set(import_closure("tasks.accumulate"))
     assert {"linreg", "linreg.stats", "linreg.reference", *core_modules} <= accumulate
     assert not {m for m in accumulate if m.startswith("tasks")} - {"tasks.accumulate"}
 
@@ -35,10 +36,10 @@ def test_import_closure_follows_every_form_of_import():
 @pytest.mark.no_server
 def test_the_training_loops_are_in_trains_key_and_not_in_accumulates():
     """An edit to the loops re-runs training, never the statistics it reads (linreg/__init__.py imports nothing)."""
-    assert {"linreg.loops", "linreg.monitor", "linreg.training"} <= set(core.import_closure("tasks.train"))
-    accumulate = set(core.import_closure("tasks.accumulate"))
+    assert {"linreg.loops", "linreg.monitor", "linreg.training"} <= set(import_closure("tasks.train"))
+    accumulate = set(import_closure("tasks.accumulate"))
     assert not {"linreg.loops", "linreg.monitor", "linreg.training", "linreg.evaluation"} & accumulate
-    assert "linreg.loops" not in core.import_closure("tasks.evaluate")
+    assert "linreg.loops" not in import_closure("tasks.evaluate")
 
 
 def linreg_imports(path: Path) -> list[str]:
@@ -58,7 +59,7 @@ def test_project_code_imports_the_library_by_submodule():
     fit`` would key a stage without linreg/training.py. So the project's own code names the submodule."""
     offenders = [
         f"{path.relative_to(ROOT)}: {form}"
-        for package in core.PROJECT_PACKAGES
+        for package in storage.PROJECT_PACKAGES
         for path in sorted((ROOT / package).rglob("*.py"))
         for form in linreg_imports(path)
         if not form.startswith("linreg.")
@@ -70,7 +71,7 @@ def test_project_code_imports_the_library_by_submodule():
 def project(tmp_path: Path) -> Path:
     """A copy of the project's code, to edit without touching the checkout, and a partitioned input."""
     copy = tmp_path / "project"
-    for package in core.PROJECT_PACKAGES:
+    for package in storage.PROJECT_PACKAGES:
         shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
     frame = pd.read_csv(ADVERTISING)
     (copy / "parts").mkdir()
@@ -115,6 +116,6 @@ def test_an_edit_reruns_exactly_the_stages_that_can_run_the_edited_code(project:
         stage: stage not in ("train", "evaluate", "plot") for stage in PARTITIONED
     }
 
-    # stagecore/errors.py: imported by the stage core, which every stage imports: everything runs again
+    # storage/errors.py: imported by the stage core, which every stage imports: everything runs again
     edit(project / "stagecore" / "errors.py")
     assert cached_stages(project, artifacts) == dict.fromkeys(PARTITIONED, False)

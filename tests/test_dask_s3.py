@@ -21,6 +21,8 @@ import pandas as pd
 import pytest
 
 import stagecore as core
+import storage
+import storage.store
 from bench.make_data import make_csv
 from conftest import ROOT
 from flows import lineage
@@ -146,8 +148,8 @@ def test_dask_workers_without_a_shared_disk_equal_the_single_file_run(
         ingested |= {p.parent.name for p in artifacts_under(tmp) if p.name == "raw.parquet"}
     assert len(ingested) == 3  # each partition's raw table is in some worker's own scratch
     for path in summary["artifacts"]["ingest"].values():
-        assert not core.store.local_copy(path).exists()  # the flow read only their manifests
-    assert core.store.local_copy(summary["artifacts"]["train"]["model"]).exists()  # train ran here, on worker files
+        assert not storage.store.local_copy(path).exists()  # the flow read only their manifests
+    assert storage.store.local_copy(summary["artifacts"]["train"]["model"]).exists()  # train ran here, on worker files
 
     # a rerun: every stage Cached (keys are the files' contents, wherever they were computed), same fit
     assert main([*args, "--artifacts-dir", url, "--json"]) == 0

@@ -24,6 +24,7 @@ import stagecore as core
 from conftest import ROOT
 from flows.predict import linear_regression_predict
 from flows.train import linear_regression
+from stagecore.markup import escape_cells
 from tasks.plot import predicted_vs_actual
 from tasks.report import COEFFICIENTS_KEY, REPORT_KEY, markdown_table
 
@@ -110,7 +111,7 @@ def test_every_artifact_is_published_through_the_escaping_helpers():
 @pytest.mark.no_server
 def test_table_artifacts_escape_string_cells_only():
     """String cells are markdown in the UI; column names (ours) are plain text there, so they stay as they are."""
-    rows = core.escape_cells([{"feature": LINK, "test_mse": 0.5, "promoted": True, "note": None}])
+    rows = escape_cells([{"feature": LINK, "test_mse": 0.5, "promoted": True, "note": None}])
     assert rows == [{"feature": core.escape_md(LINK), "test_mse": 0.5, "promoted": True, "note": None}]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from test_postgres import postgres  # noqa: F401  (the throwaway PostgreSQL cluster fixture)
 
 import stagecore as core
+import storage
 from conftest import ROOT
 from flows.local_server import isolated_env, start_server
 from flows.train import STAGES, linear_regression
@@ -38,9 +39,10 @@ def artifact_files(root: Path) -> list[Path]:
         p
         for p in root.rglob("*")
         if p.is_file()
-        and not p.name.endswith(core.MANIFEST_SUFFIX)
-        and p.relative_to(root).parts[0] not in (core.CACHE_DIR, core.RUNS_DIR, core.CHAMPION_DIR, core.HISTORY_DIR)
-        and p.name != core.MARKER
+        and not p.name.endswith(storage.MANIFEST_SUFFIX)
+        and p.relative_to(root).parts[0]
+        not in (storage.CACHE_DIR, storage.RUNS_DIR, storage.CHAMPION_DIR, storage.HISTORY_DIR)
+        and p.name != storage.MARKER
     ]
 
 
@@ -63,7 +65,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 
 def records(root: Path, stage: str) -> list[Path]:
-    folder = root / core.CACHE_DIR / stage
+    folder = root / storage.CACHE_DIR / stage
     return [p for p in folder.glob("*") if p.suffix != ".lock"] if folder.exists() else []
 
 
@@ -79,7 +81,7 @@ def test_kill_9_mid_training_leaves_only_whole_artifacts_and_the_next_run_reuses
     )
     try:
         wait_for(lambda: records(artifacts, "tensorize"), 120, "the tensorize stage to finish")
-        wait_for(lambda: list((artifacts / core.CACHE_DIR / "train").glob("*.lock")), 30, "training to start")
+        wait_for(lambda: list((artifacts / storage.CACHE_DIR / "train").glob("*.lock")), 30, "training to start")
         time.sleep(1.0)  # well inside the training loop
         assert proc.poll() is None, "the flow ended before it could be killed"
     finally:
@@ -141,7 +143,7 @@ def four_concurrent_runs(artifacts: Path, env: dict[str, str] | None = None) -> 
         assert cached.count(False) == 1, (key, cached)
     files = assert_every_artifact_verifies(artifacts)
     assert len({p.parent for p in files}) == len(by_key)
-    assert len(list((artifacts / core.RUNS_DIR).glob("*.json"))) == 4
+    assert len(list((artifacts / storage.RUNS_DIR).glob("*.json"))) == 4
     for r in results:
         assert "Traceback" not in r.stderr, r.stderr[-3000:]
 

@@ -17,11 +17,12 @@ import pytest
 import torch
 
 import stagecore as core
+import storage
 from conftest import ROOT
 from flows.local_server import free_port
 from flows.train import STAGES
-from stagecore import remote
 from stagecore.declare import Outputs
+from storage import remote
 from tasks import promote
 
 BUCKET = "linreg-faults"
@@ -133,7 +134,7 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
 
 def outputs_in(folder: Path) -> Outputs:
     folder.mkdir(parents=True)
-    return Outputs(folder, "tensorize", folder.name, {}, [], core.open_store(folder.parent))
+    return Outputs(folder, "tensorize", folder.name, {}, [], storage.open_store(folder.parent))
 
 
 def files_in(folder: Path) -> list[str]:
@@ -193,7 +194,7 @@ def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_partial_file(tmp_pat
         left = [p for p in (disk / "artifacts").rglob("*") if p.is_file()]
         assert not [p for p in left if p.name.endswith(".tmp")], left
         for path in left:  # whatever was written whole verifies against its manifest
-            if path.parent.parent.name in STAGES and not path.name.endswith(core.MANIFEST_SUFFIX):
+            if path.parent.parent.name in STAGES and not path.name.endswith(storage.MANIFEST_SUFFIX):
                 core.verify(path)
 
 
@@ -203,9 +204,9 @@ def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_partial_file(tmp_pat
 def lifecycle_files(root: Path) -> dict[str, list[str]]:
     """What the lifecycle wrote: the champion's pointer, the history rows, the run records."""
     return {
-        "champion": sorted(p.name for p in (root / core.CHAMPION_DIR).glob("*.json")),
-        "history": sorted(p.name for p in (root / core.HISTORY_DIR).glob("*.parquet")),
-        "runs": sorted(p.name for p in (root / core.RUNS_DIR).glob("*.json")),
+        "champion": sorted(p.name for p in (root / storage.CHAMPION_DIR).glob("*.json")),
+        "history": sorted(p.name for p in (root / storage.HISTORY_DIR).glob("*.parquet")),
+        "runs": sorted(p.name for p in (root / storage.RUNS_DIR).glob("*.json")),
     }
 
 

@@ -31,6 +31,7 @@ from prefect.client.schemas.filters import LogFilter
 from prefect.exceptions import ObjectNotFound
 
 import stagecore as core
+import storage
 from conftest import ROOT
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from moto_s3 import s3_server
@@ -218,7 +219,7 @@ def test_the_run_used_a_clone_in_the_workers_temporary_folder_and_left_it_clean(
 
 def test_artifacts_manifests_run_record_champion_and_history_are_on_the_s3_server(team, monkeypatch):
     stored, run_id = team["stored"], str(team["flow_run"].id)
-    [record_url] = [path for path in stored if path.startswith(f"{PREFIX}/{core.RUNS_DIR}/")]
+    [record_url] = [path for path in stored if path.startswith(f"{PREFIX}/{storage.RUNS_DIR}/")]
     record = json.loads(stored[record_url])
     assert record["run_id"] == run_id
     model = record["stages"]["train"]["artifacts"]["model"]["path"]  # relative to the store

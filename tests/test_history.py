@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import stagecore as core
+import storage
 from flows import history as cli
 from tasks import history
 from tasks.report import render_report
@@ -35,7 +35,7 @@ def record(root: Path, n: int, test_mse: float, promoted: bool) -> str:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
-    root = Path(core.prepare_root(tmp_path / "store"))
+    root = Path(storage.prepare_root(tmp_path / "store"))
     for n, (mse, promoted) in enumerate([(4.0, True), (5.0, False), (3.0, True)]):
         record(root, n, mse, promoted)
     return root
@@ -113,16 +113,16 @@ def test_report_leads_with_the_headline_and_embeds_the_trend(store):
 
 
 def test_clean_deletes_history_and_champion_but_not_user_files(store):
-    rows = sorted(p.name for p in (store / core.HISTORY_DIR).iterdir())
-    champion = store / core.CHAMPION_DIR
+    rows = sorted(p.name for p in (store / storage.HISTORY_DIR).iterdir())
+    champion = store / storage.CHAMPION_DIR
     champion.mkdir()
     for name in ("champion.json", "champion.json.manifest.json"):  # named as the store's, but not its content
         (champion / name).write_text("{}")
     (champion / "mine.txt").write_text("keep")
-    cleared = core.clear(store)
+    cleared = storage.clear(store)
     assert cleared.deleted == len(rows) and cleared.kept == 3  # the history rows; the marker stays
     assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*")) == [
-        core.MARKER,
+        storage.MARKER,
         "champion",
         "champion/champion.json",
         "champion/champion.json.manifest.json",

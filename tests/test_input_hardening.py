@@ -24,13 +24,14 @@ import torch
 from test_bad_input import assert_one_line_error, run_cli
 
 import stagecore as core
-from conftest import ADVERTISING, ROOT
+import storage
+from conftest import ADVERTISING, ROOT, writer
 from flows import lineage
 from flows.local_server import isolated_env
 from flows.params import SEED_MAX, Params
 from flows.train import STAGES, main
 from linreg import DivergenceError, LossOverflowError, fit
-from stagecore.errors import InputError
+from storage.errors import InputError
 from tasks import ingest
 from tasks.drop_index import drop_index_column
 from tasks.ingest import check_file, csv_to_parquet, ingest_csv, parquet_to_parquet
@@ -42,7 +43,7 @@ ROWS = "a,b,sales\n1,2,3\n2,1,4\n3,5,6\n4,4,7\n5,3,8\n6,2,9\n"
 def unmanifested(root: Path) -> list[Path]:
     """Files in the stage folders under ``root`` that no manifest describes (a temp file counts)."""
     files = [p for stage in STAGES for p in (root / stage).rglob("*") if p.is_file()]
-    return [p for p in files if not p.name.endswith(core.MANIFEST_SUFFIX) and not core.manifest_path(p).exists()]
+    return [p for p in files if not p.name.endswith(storage.MANIFEST_SUFFIX) and not core.manifest_path(p).exists()]
 
 
 # --- 1. a header that repeats a column name --------------------------------------------------------
@@ -60,7 +61,7 @@ def unmanifested(root: Path) -> list[Path]:
 def test_csv_header_with_a_repeated_name_is_refused(content, shown, write_csv, tmp_path):
     path = write_csv(content)
     with pytest.raises(InputError, match=rf"data\.csv: the header repeats column name\(s\) {shown}; .*unique name"):
-        csv_to_parquet(Path(path), tmp_path / "raw.parquet", path)
+        csv_to_parquet(Path(path), writer(tmp_path), path)
     assert not list(tmp_path.glob("*.parquet")) and not list(tmp_path.glob(".*.tmp"))
 
 
@@ -69,7 +70,7 @@ def test_parquet_with_a_repeated_name_is_refused(tmp_path):
     source = tmp_path / "dup.parquet"
     pq.write_table(pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4])], names=["TV", "TV"]), source)
     with pytest.raises(InputError, match=r"dup\.parquet: the header repeats column name\(s\) 'TV'"):
-        parquet_to_parquet(source, tmp_path / "raw.parquet", str(source))
+        parquet_to_parquet(source, writer(tmp_path), str(source))
     assert not (tmp_path / "raw.parquet").exists()
 
 
@@ -234,7 +235,7 @@ def test_lineage_reports_a_malformed_manifest_as_not_verifying(chain, capsys):
 )
 @pytest.mark.no_server
 def test_lineage_on_a_malformed_run_record_is_one_line(record, tmp_path, capsys):
-    path = tmp_path / core.RUNS_DIR / "r.json"
+    path = tmp_path / storage.RUNS_DIR / "r.json"
     path.parent.mkdir()
     path.write_text(record)
     assert lineage.main([str(path)]) == 2
@@ -348,7 +349,7 @@ def test_index_column_equal_to_target_is_blamed_on_index_column(artifacts, capfd
 @pytest.mark.no_server
 def test_delimiter_is_read_off_the_header(delimiter, write_csv, tmp_path):
     content = '"a, the first"' + ROWS.replace(",", delimiter)[1:]
-    schema = csv_to_parquet(Path(write_csv(content)), tmp_path / "raw.parquet", "d.csv")
+    schema = csv_to_parquet(Path(write_csv(content)), writer(tmp_path), "d.csv")
     assert schema.names == ["a, the first", "b", "sales"]
     assert pq.read_table(tmp_path / "raw.parquet").num_rows == 6
 
@@ -362,7 +363,7 @@ def test_detect_delimiter():
 
 @pytest.mark.no_server
 def test_one_column_file_still_reads(write_csv, tmp_path):
-    schema = csv_to_parquet(Path(write_csv("sales\n1\n2\n")), tmp_path / "raw.parquet", "one.csv")
+    schema = csv_to_parquet(Path(write_csv("sales\n1\n2\n")), writer(tmp_path), "one.csv")
     assert schema.names == ["sales"]
 
 
@@ -382,17 +383,17 @@ def test_compressed_csv_is_read(suffix, opener, tmp_path):
     source = tmp_path / f"data.csv{suffix}"
     with opener(source, "wt") as fh:
         fh.write(ROWS.replace(",", ";"))
-    schema = csv_to_parquet(source, tmp_path / "raw.parquet", str(source))
+    schema = csv_to_parquet(source, writer(tmp_path), str(source))
     assert schema.names == ["a", "b", "sales"] and pq.read_table(tmp_path / "raw.parquet").num_rows == 6
     # the sniff looks at the decompressed bytes: an empty or binary file inside is still refused
     for content, message in ((b"", "file is empty"), (b"\x00\x01\x02" * 10, "is a binary file")):
         with opener(source, "wb") as fh:
             fh.write(content)
         with pytest.raises(InputError, match=message):
-            csv_to_parquet(source, tmp_path / "raw.parquet", str(source))
+            csv_to_parquet(source, writer(tmp_path), str(source))
     source.write_bytes(ROWS.encode())  # named .gz, but plain text
     with pytest.raises(InputError, match=rf"cannot be decompressed as {suffix[1:]}"):
-        csv_to_parquet(source, tmp_path / "raw.parquet", str(source))
+        csv_to_parquet(source, writer(tmp_path), str(source))
 
 
 # --- 6f. nothing after the error line ----------------------------------------------------------------

@@ -17,7 +17,7 @@ from conftest import ROOT
 from flows.cli import one_line
 from flows.predict import linear_regression_predict
 from flows.train import linear_regression
-from stagecore.errors import InputError
+from storage.errors import InputError
 from tasks import predict as stage
 
 BOOLS = "a,flag,sales\n" + "".join(

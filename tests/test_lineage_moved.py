@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 
 import stagecore as core
+import storage
 from conftest import ADVERTISING
 from flows import lineage
 from flows import predict as predict_flow
 from flows.train import linear_regression
-from stagecore.storepaths import recorded, resolved, store_of
+from storage.storepaths import recorded, resolved, store_of
 
 
 def test_recorded_names_are_relative_inside_the_store_and_as_given_outside(tmp_path):
     root = tmp_path / "store"
-    core.prepare_root(root)
+    storage.prepare_root(root)
     inside = root / "train" / "0123456789abcdef" / "model.pt"
     assert recorded(root, inside) == "train/0123456789abcdef/model.pt"
     assert recorded(root, tmp_path / "data.csv") == str(tmp_path / "data.csv")
@@ -30,7 +31,7 @@ def test_recorded_names_are_relative_inside_the_store_and_as_given_outside(tmp_p
     assert resolved(root, str(tmp_path / "data.csv")) == str(tmp_path / "data.csv")  # an older store's entry
     with pytest.raises(ValueError, match="outside the store"):
         resolved(root, "../elsewhere/model.pt")
-    assert store_of(inside) == str(root) and store_of(root / core.RUNS_DIR / "x.json") == str(root)
+    assert store_of(inside) == str(root) and store_of(root / storage.RUNS_DIR / "x.json") == str(root)
     assert store_of("data.csv") is None
     assert store_of("s3://bucket/s/train/0123456789abcdef/model.pt") == "s3://bucket/s"
     assert store_of("s3://bucket/s/runs/x.json") == "s3://bucket/s"
@@ -57,10 +58,10 @@ def test_store_files_name_their_inputs_relative_to_the_root(moved):
     assert [i["path"].split("/")[0] for i in manifest["inputs"]] == ["tensorize", "accumulate"]
     ingest = core.read_manifest(now(first["artifacts"]["ingest"]["table"], root))
     assert ingest["inputs"][0]["path"] == str(ADVERTISING)  # the source data, outside the store
-    [record] = (root / core.RUNS_DIR).iterdir()
+    [record] = (root / storage.RUNS_DIR).iterdir()
     stages = json.loads(record.read_text())["stages"]
     assert stages["train"]["artifacts"]["model"]["path"] == model.relative_to(root).as_posix()
-    champion = core.read_manifest(root / core.CHAMPION_DIR / core.CHAMPION_GENERATIONS / "00000001.json")
+    champion = core.read_manifest(root / storage.CHAMPION_DIR / storage.CHAMPION_GENERATIONS / "00000001.json")
     assert champion["inputs"][0]["path"] == model.relative_to(root).as_posix()
 
 
@@ -71,11 +72,11 @@ def test_lineage_traces_a_moved_store(moved, capsys):
     report = lineage.explain(model)
     assert report["ok"] and [s["path"] for s in report["sources"]] == [str(ADVERTISING)]
     assert {"ingest", "drop_index", "split", "tensorize", "accumulate", "train"} <= set(report["parameters"])
-    [record] = (root / core.RUNS_DIR).iterdir()
+    [record] = (root / storage.RUNS_DIR).iterdir()
     assert lineage.main([str(record)]) == 0
     traced = lineage.explain(record)
     assert traced["ok"] and all(str(root) in t["path"] for t in traced["artifacts"])
-    assert lineage.main([str(root / core.CHAMPION_DIR / core.CHAMPION_GENERATIONS / "00000001.json")]) == 0
+    assert lineage.main([str(root / storage.CHAMPION_DIR / storage.CHAMPION_GENERATIONS / "00000001.json")]) == 0
     capsys.readouterr()
 
 

@@ -109,7 +109,7 @@ def test_the_package_exports_its_names_lazily_and_only_those():
 
 def test_the_stage_core_reports_the_library_errors_as_its_own():
     """One class: the CLI's ``except InputError`` (exit 2, one line) catches what the library raises."""
-    from stagecore.errors import InputError as StageInputError  # the workflow: for this check only
+    from storage.errors import InputError as StageInputError  # the workflow: for this check only
 
     assert StageInputError is InputError and issubclass(LossOverflowError, DivergenceError)
     assert issubclass(DivergenceError, StageInputError)

@@ -22,7 +22,8 @@ from flows.params import Params
 from flows.train import format_summary, linear_regression, main
 from linreg import Names, Reference, Stats, evaluate, fit, fit_stats, least_squares, qr_factor
 from linreg.reference import FLOAT32_UNIT_ROUNDOFF, NORMAL_EQUATIONS_RTOL, normal_equations_residual
-from stagecore.errors import InputError
+from stagecore.declare import Stage
+from storage.errors import InputError
 from tasks import evaluate as evaluate_module
 from tasks.drop_index import drop_index
 from tasks.evaluate import coefficients_table, metrics_table
@@ -179,7 +180,7 @@ def test_a_reference_that_fails_its_check_is_reported_untrusted(huge_tv, caplog,
     assert core.escape_md("cannot be trusted: the normal-equation check failed") in report
     # and the stage logs a WARNING
     monkeypatch.setattr(evaluate_module, "get_run_logger", lambda: logging.getLogger("test-evaluate"))
-    outputs = core.Stage("evaluate", "tasks.evaluate").outputs(tmp_path, {})
+    outputs = Stage("evaluate", "tasks.evaluate").outputs(tmp_path, {})
     with caplog.at_level(logging.WARNING, logger="test-evaluate"):
         evaluate_module._write(dict(result), outputs, read="test rows")
     assert any(r.levelno == logging.WARNING and "cannot be trusted" in r.getMessage() for r in caplog.records)

@@ -18,10 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import stagecore as core
+import storage
 from bench.make_data import make_csv
+from conftest import writer
 from flows.params import Params
 from flows.train import linear_regression, main
-from stagecore.errors import InputError
+from storage.errors import InputError
 from tasks.ingest import parquet_to_parquet
 from tasks.split import partition_offsets, split_partition, split_table
 
@@ -51,17 +53,17 @@ def test_partition_sources_lists_a_folder_or_a_glob_sorted(tmp_path):
     for name in ("b.csv", "a.parquet", "c.CSV", "notes.txt"):
         (tmp_path / name).write_text("x\n1\n")
     (tmp_path / "sub.csv").mkdir()
-    assert core.is_partitioned(str(tmp_path)) and core.is_partitioned(str(tmp_path / "*.csv"))
-    assert not core.is_partitioned(str(tmp_path / "b.csv")) and not core.is_partitioned(None)
-    names = [p.rsplit("/", 1)[1] for p in core.partition_sources(str(tmp_path))]
+    assert storage.is_partitioned(str(tmp_path)) and storage.is_partitioned(str(tmp_path / "*.csv"))
+    assert not storage.is_partitioned(str(tmp_path / "b.csv")) and not storage.is_partitioned(None)
+    names = [p.rsplit("/", 1)[1] for p in storage.partition_sources(str(tmp_path))]
     assert names == ["a.parquet", "b.csv", "c.CSV"]
-    assert [p.rsplit("/", 1)[1] for p in core.partition_sources(str(tmp_path / "[ab].*"))] == ["a.parquet", "b.csv"]
+    assert [p.rsplit("/", 1)[1] for p in storage.partition_sources(str(tmp_path / "[ab].*"))] == ["a.parquet", "b.csv"]
     with pytest.raises(InputError, match=r"matches no data files"):
-        core.partition_sources(str(tmp_path / "*.json"))
+        storage.partition_sources(str(tmp_path / "*.json"))
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match=rf"folder {empty} matches no data files"):
-        core.partition_sources(str(empty))
+        storage.partition_sources(str(empty))
 
 
 @pytest.mark.no_server
@@ -70,12 +72,12 @@ def test_parquet_input_is_copied_unchanged_and_garbage_is_refused(tmp_path):
     table = pa.table({"TV": [1.5, 2.5, 3.5], "sales": [1, 2, 3]})
     pq.write_table(table, source, row_group_size=2)
     out = tmp_path / "raw.parquet"
-    parquet_to_parquet(source, out, str(source))
+    parquet_to_parquet(source, writer(tmp_path), str(source))
     assert pq.read_table(out).equals(table)
     bad = tmp_path / "bad.parquet"
     bad.write_text("TV,sales\n1,2\n")
     with pytest.raises(InputError, match=r"bad.parquet: cannot be read as Parquet"):
-        parquet_to_parquet(bad, tmp_path / "raw2.parquet", str(bad))
+        parquet_to_parquet(bad, writer(tmp_path), str(bad), name="raw2.parquet")
     assert not (tmp_path / "raw2.parquet").exists() and not list(tmp_path.glob("*.tmp"))
 
 

@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import ArtifactFilter
 from prefect.exceptions import ObjectNotFound
 
 import stagecore as core
+import storage
 from conftest import ADVERTISING, ROOT
 from flows import lineage
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
@@ -75,7 +76,7 @@ def test_predictions_are_the_models_weights_applied_in_row_order_with_the_index(
     # the manifest names the model by content, and by its path relative to the store
     manifest = core.read_manifest(summary["predictions"])
     model = Path(store["model"]).relative_to(store["root"]).as_posix()
-    assert {"path": model, "sha256": core.sha256_file(store["model"])}.items() <= {
+    assert {"path": model, "sha256": storage.sha256_file(store["model"])}.items() <= {
         k: v for i in manifest["inputs"] if i["name"] == "model_path" for k, v in i.items()
     }.items()
 

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 import stagecore as core
+import storage
 from conftest import ADVERTISING
 from flows.train import main
 from linreg import regression_metrics
-from stagecore.atomic import write_json
+from stagecore.manifest import describe_pt
+from storage.atomic import write_json
 from tasks import promote
 from tasks.history import read_history
 
@@ -31,8 +33,8 @@ def save(obj: dict, path: Path) -> str:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     path.write_bytes(buffer.getvalue())
-    manifest = {"sha256": core.sha256_file(path), "size": path.stat().st_size, "format": "pt"}
-    manifest.update(stage=path.parent.parent.name, schema=core.describe_pt(obj))  # <root>/<stage>/<key>/<file>
+    manifest = {"sha256": storage.sha256_file(path), "size": path.stat().st_size, "format": "pt"}
+    manifest.update(stage=path.parent.parent.name, schema=describe_pt(obj))  # <root>/<stage>/<key>/<file>
     write_json(manifest, core.manifest_path(path))
     return str(path)
 
@@ -185,6 +187,6 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     runs = read_history(artifacts).to_pylist()  # the failed run is recorded too
     assert [r["promoted"] for r in runs] == [True, False]
     assert [r["rows"] for r in runs] == [200, 200] and runs[0]["test_mse"] == block["challenger_test_mse"]
-    assert runs[0]["data_sha256"] == core.sha256_file(ADVERTISING) == runs[1]["data_sha256"]
+    assert runs[0]["data_sha256"] == storage.sha256_file(ADVERTISING) == runs[1]["data_sha256"]
     assert json.loads(runs[1]["params"])["epochs"] == 2 and runs[1]["test_mse"] > runs[0]["test_mse"]
     assert runs[0]["model"].startswith("train/") and runs[0]["time"] < runs[1]["time"]

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 import stagecore as core
+import storage
 from flows.train import main
 
 EXAMPLES = 90  # about 1.5 s each against the session's server (the suite has a 15-minute budget on 2 cores)
@@ -111,12 +112,12 @@ def assert_store_holds_only_manifested_files(root: Path) -> None:
         assert not path.name.endswith(".tmp"), f"temporary file left: {path}"
         top = path.relative_to(root).parts[0]
         if top in (
-            core.CACHE_DIR,
-            core.RUNS_DIR,
-            core.CHAMPION_DIR,
-            core.HISTORY_DIR,
-            core.MARKER,
-        ) or path.name.endswith(core.MANIFEST_SUFFIX):
+            storage.CACHE_DIR,
+            storage.RUNS_DIR,
+            storage.CHAMPION_DIR,
+            storage.HISTORY_DIR,
+            storage.MARKER,
+        ) or path.name.endswith(storage.MANIFEST_SUFFIX):
             continue
         core.verify(path)  # an artifact with a manifest that holds
 

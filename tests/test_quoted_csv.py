@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import writer
 from flows.train import main
 from tasks import ingest
 from tasks.ingest import csv_to_parquet, record_end
@@ -51,7 +52,7 @@ def test_quoted_line_breaks_over_many_blocks_read_as_pandas_reads_them(newline, 
     source.write_bytes(quoted_rows(600, newline).encode())
     assert source.stat().st_size > 4 * BLOCK
     out = tmp_path / "raw.parquet"
-    csv_to_parquet(source, out, str(source))
+    csv_to_parquet(source, writer(out.parent), str(source), name=out.name)
     assert pq.ParquetFile(out).num_row_groups > 2  # really read block by block
     got = pq.read_table(out).to_pandas()
     pd.testing.assert_frame_equal(got, pd.read_csv(source), check_dtype=False)
@@ -64,7 +65,7 @@ def test_a_quoted_field_longer_than_a_block_is_read(tmp_path, monkeypatch):
     source = tmp_path / "long.csv"
     source.write_text(f'x,note,y\n1,"{long}",2\n' + "".join(f"{i},short,{i}\n" for i in range(2000)))
     out = tmp_path / "raw.parquet"
-    csv_to_parquet(source, out, str(source))
+    csv_to_parquet(source, writer(out.parent), str(source), name=out.name)
     pd.testing.assert_frame_equal(pq.read_table(out).to_pandas(), pd.read_csv(source), check_dtype=False)
 
 
@@ -76,7 +77,7 @@ def test_a_stray_quote_inside_a_field_still_reads(tmp_path, monkeypatch):
     rows = "".join(f'{i}" tall,{i}\n' for i in range(500)) + "".join(f'"two\nlines",{i}\n' for i in range(500))
     source.write_text("height,n\n" + rows)
     out = tmp_path / "raw.parquet"
-    csv_to_parquet(source, out, str(source))
+    csv_to_parquet(source, writer(out.parent), str(source), name=out.name)
     pd.testing.assert_frame_equal(pq.read_table(out).to_pandas(), pd.read_csv(source), check_dtype=False)
 
 

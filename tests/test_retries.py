@@ -9,6 +9,7 @@ import pytest
 from prefect import flow
 
 import stagecore as core
+import storage
 from stagecore.cache import StageRunner, bind
 from tasks.drop_index import drop_index_column
 from tasks.ingest import ingest_csv
@@ -22,15 +23,15 @@ def test_the_cached_task_keeps_the_stages_options(tmp_path):
     stage = drop_index_column.with_options(timeout_seconds=7, tags={"nightly"}, retries=5, retry_delay_seconds=3)
     cached = bind(stage, tmp_path)
     assert (cached.timeout_seconds, cached.tags, cached.retries) == (7, {"nightly"}, 5)
-    assert cached.retry_delay_seconds == 3 and cached.retry_condition_fn is core.RETRIES["retry_condition_fn"]
-    assert drop_index_column.retries == core.RETRIES["retries"] == 2  # the default of every stage
+    assert cached.retry_delay_seconds == 3 and cached.retry_condition_fn is storage.RETRIES["retry_condition_fn"]
+    assert drop_index_column.retries == storage.RETRIES["retries"] == 2  # the default of every stage
 
 
 @pytest.mark.no_server
 @pytest.mark.parametrize(
     ("exc", "retried"),
     [
-        (core.Transient("s3: cannot be reached"), True),
+        (storage.Transient("s3: cannot be reached"), True),
         (ConnectionResetError("reset by peer"), True),
         (TimeoutError("timed out"), True),
         (core.InputError("column x is not numeric"), False),
@@ -43,17 +44,17 @@ def test_only_what_may_pass_is_retried(exc, retried):
     class Failed:
         data = exc
 
-    assert core.RETRIES["retry_condition_fn"](None, None, Failed()) is retried
+    assert storage.RETRIES["retry_condition_fn"](None, None, Failed()) is retried
 
 
 @pytest.mark.no_server
 def test_a_download_that_failed_for_good_is_not_transient(tmp_path):
     with pytest.raises(core.InputError) as refused:
-        core.download("http://127.0.0.1:9/data.csv", tmp_path / "x.csv")  # nothing listens: may pass
-    assert isinstance(refused.value, core.Transient)
+        storage.download("http://127.0.0.1:9/data.csv", tmp_path / "x.csv")  # nothing listens: may pass
+    assert isinstance(refused.value, storage.Transient)
     with pytest.raises(core.InputError) as missing:
-        core.download((tmp_path / "nothing.csv").as_uri(), tmp_path / "y.csv")  # no such file: will not pass
-    assert not isinstance(missing.value, core.Transient)
+        storage.download((tmp_path / "nothing.csv").as_uri(), tmp_path / "y.csv")  # no such file: will not pass
+    assert not isinstance(missing.value, storage.Transient)
 
 
 def _run_with_failures(root: str, monkeypatch, failures: list[BaseException]) -> tuple[int, object]:
@@ -79,14 +80,14 @@ def _run_with_failures(root: str, monkeypatch, failures: list[BaseException]) ->
 
 
 def test_a_stage_retries_a_transient_failure_and_completes(tmp_path, monkeypatch):
-    root = core.prepare_root(tmp_path / "store")
-    reads, state = _run_with_failures(root, monkeypatch, [core.Transient("store did not answer")] * 2)
+    root = storage.prepare_root(tmp_path / "store")
+    reads, state = _run_with_failures(root, monkeypatch, [storage.Transient("store did not answer")] * 2)
     assert state.is_completed() and reads == 3  # two failures, then the third try
     assert core.verify(state.result()["table"])["stage"] == "drop_index"
 
 
 def test_a_users_mistake_is_not_retried(tmp_path, monkeypatch):
-    root = core.prepare_root(tmp_path / "store")
+    root = storage.prepare_root(tmp_path / "store")
     reads, state = _run_with_failures(root, monkeypatch, [core.InputError("a column is not numeric")])
     assert state.is_failed() and reads == 1
     with pytest.raises(core.InputError, match="not numeric"):

@@ -25,13 +25,16 @@ import pytest
 import torch
 
 import stagecore as core
+import storage
+import storage.atomic
 from conftest import ADVERTISING, ROOT
 from flows import history as history_cli
 from flows import lineage, train
 from flows import predict as predict_cli
 from moto_s3 import s3_server, use_env
-from stagecore import remote
-from stagecore.atomic import write_json
+from stagecore.manifest import describe_pt
+from storage import remote
+from storage.atomic import write_json
 from tasks import promote
 from tasks.history import read_history
 
@@ -92,8 +95,8 @@ def lifecycle(capsys) -> dict[str, dict]:
 def generations(url: str) -> dict[int, dict]:
     """The champion's pointer generations on the store: number → pointer (each has its manifest)."""
     found = fs().find(f"{url.removeprefix('s3://')}/champion")
-    pointers = sorted(p for p in found if p.endswith(".json") and not p.endswith(core.MANIFEST_SUFFIX))
-    assert sorted(found) == sorted([*pointers, *(p + core.MANIFEST_SUFFIX for p in pointers)])
+    pointers = sorted(p for p in found if p.endswith(".json") and not p.endswith(storage.MANIFEST_SUFFIX))
+    assert sorted(found) == sorted([*pointers, *(p + storage.MANIFEST_SUFFIX for p in pointers)])
     out = {}
     for path in pointers:
         assert path.rsplit("/", 2)[-2] == "gen"
@@ -164,7 +167,7 @@ def test_promotion_across_runs_on_s3(s3, capsys):
     pointers = generations(LIFE)  # two promotions: two immutable generations, nothing else under champion/
     assert [pointers[n]["model"] for n in (1, 2)] == [m.removeprefix(LIFE + "/") for m in (models["a"], models["b"])]
     champion = promote.read_champion(LIFE)  # downloaded and verified in the scratch mirror
-    assert core.public(champion["model"]) == models["b"] and champion == {**pointers[2], "model": champion["model"]}
+    assert storage.public(champion["model"]) == models["b"] and champion == {**pointers[2], "model": champion["model"]}
     assert champion["model_sha256"] == core.read_manifest(models["b"])["sha256"]
     assert promote.champion_model_path(LIFE) == champion["model"]
 
@@ -200,7 +203,7 @@ def test_predict_with_the_champion_on_s3(s3, capsys):
     summary = cli(capsys, predict_cli.main, "--data", str(ADVERTISING), "--artifacts-dir", LIFE)
     assert summary["model"] == champion and summary["rows"] == 200
     out = summary["predictions"]
-    assert out.startswith(f"{LIFE}/predict/") and fs().exists(out) and fs().exists(out + core.MANIFEST_SUFFIX)
+    assert out.startswith(f"{LIFE}/predict/") and fs().exists(out) and fs().exists(out + storage.MANIFEST_SUFFIX)
     table = pq.read_table(pa.BufferReader(fs().cat_file(out)))
     np.testing.assert_allclose(table["prediction"].to_numpy(), expected(champion), rtol=1e-6)
     report = lineage.explain(out)  # the prediction → the champion model → the training CSV, verified on the store
@@ -222,8 +225,8 @@ def _save(obj: dict, path: Path) -> str:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     path.write_bytes(buffer.getvalue())
-    manifest = {"sha256": core.sha256_file(path), "size": path.stat().st_size, "format": "pt"}
-    manifest.update(stage=path.parent.parent.name, schema=core.describe_pt(obj))  # a model's: stage train, its entries
+    manifest = {"sha256": storage.sha256_file(path), "size": path.stat().st_size, "format": "pt"}
+    manifest.update(stage=path.parent.parent.name, schema=describe_pt(obj))  # a model's: stage train, its entries
     write_json(manifest, core.manifest_path(path))
     return str(path)
 
@@ -239,10 +242,10 @@ def _test_rows(tmp_path: Path) -> str:
 def _model(url: str, name: str, scale: float) -> str:
     """A model ``scale`` times the true weights (1.0: the best) on the store at ``url``, as a stage leaves it:
     uploaded with its manifest, and in this process's scratch mirror."""
-    local = core.open_store(url).work / "train" / name / "model.pt"
+    local = storage.open_store(url).work / "train" / name / "model.pt"
     _save({"weights": W * scale, "bias": 0.5, "features": ["p", "q"], "target": "y", "name": name}, local)
     remote.upload(local, f"{url}/train/{name}/model.pt")
-    remote.upload(core.manifest_path(local), f"{url}/train/{name}/model.pt{core.MANIFEST_SUFFIX}")
+    remote.upload(core.manifest_path(local), f"{url}/train/{name}/model.pt{storage.MANIFEST_SUFFIX}")
     return str(local)
 
 
@@ -301,7 +304,7 @@ def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_p
     pointers = generations(url)
     assert [p["model"] for p in pointers.values()] == ["train/a/model.pt", "train/c/model.pt"]
     monkeypatch.undo()
-    assert core.public(promote.champion_model_path(url)) == f"{url}/train/c/model.pt"
+    assert storage.public(promote.champion_model_path(url)) == f"{url}/train/c/model.pt"
 
 
 def test_an_unusable_champion_on_s3_is_replaced_and_a_store_error_keeps_it(s3, tmp_path, monkeypatch):
@@ -359,7 +362,7 @@ def test_two_concurrent_runs_on_one_prefix(s3, capsys):
     else:  # the better run promoted first; the worse one was compared with it
         assert [p["model"] for p in pointers.values()] == [models["b"]]
         assert worse["promotion"]["champion_test_mse"] == pytest.approx(better["promotion"]["challenger_test_mse"])
-    assert core.public(promote.champion_model_path(url)) == better["artifacts"]["train"]["model"]
+    assert storage.public(promote.champion_model_path(url)) == better["artifacts"]["train"]["model"]
     rows = read_history(url).to_pylist()
     assert len(rows) == 2 and sorted(r["promoted"] for r in rows) == sorted(
         s["promotion"]["promoted"] for s in (worse, better)
@@ -384,7 +387,7 @@ def test_s3_clean_proves_what_it_deletes_knows_predict_and_waits_for_no_run(s3, 
     for rel, content in mine.items():
         fs().pipe_file(f"{BUCKET}/proven/{rel}", content)
 
-    with core.in_use(url):  # a run holds the store: a clean refuses, in one line, and deletes nothing
+    with storage.in_use(url):  # a run holds the store: a clean refuses, in one line, and deletes nothing
         before = sorted(fs().find(f"{BUCKET}/proven"))
         assert train.main(["--artifacts-dir", url, "--clean-artifacts"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -394,13 +397,13 @@ def test_s3_clean_proves_what_it_deletes_knows_predict_and_waits_for_no_run(s3, 
         ]
         assert sorted(fs().find(f"{BUCKET}/proven")) == before
     # a lease of a dead process on this host is stale: it does not hold the store
-    dead = {"host": core.atomic.HOST, "pid": 2**22 + 1, "started": "2026-12-01T00:00:00+00:00"}
+    dead = {"host": storage.atomic.HOST, "pid": 2**22 + 1, "started": "2026-12-01T00:00:00+00:00"}
     fs().pipe_file(f"{BUCKET}/proven/.cache/active/{'a' * 32}.json", json.dumps(dead).encode())
 
     assert train.main(["--artifacts-dir", url, "--clean-artifacts"]) == 0
     assert f"kept {len(mine)} files the store did not write" in capsys.readouterr().out
     left = sorted(p.removeprefix(f"{BUCKET}/proven/") for p in fs().find(f"{BUCKET}/proven"))
-    assert left == sorted([*mine, core.MARKER])
+    assert left == sorted([*mine, storage.MARKER])
     assert all(fs().cat_file(f"{BUCKET}/proven/{rel}") == content for rel, content in mine.items())
     assert run(capsys, "--artifacts-dir", url)[0] == 0  # still a store: the next run works
     assert not fs().exists(f"{BUCKET}/proven/.cache/active") or not fs().ls(f"{BUCKET}/proven/.cache/active")
@@ -419,7 +422,7 @@ def test_s3_data_and_clean_deletes_only_what_the_store_wrote(s3, capsys):
         fs().pipe_file(f"{BUCKET}/{path}", b"mine")
     assert train.main(["--artifacts-dir", url, "--clean-artifacts"]) == 0
     OUTPUT.append(capsys.readouterr().out)
-    kept = [*mine, f"cleaned/{core.MARKER}"]  # the user's objects, and the marker that keeps the prefix a store
+    kept = [*mine, f"cleaned/{storage.MARKER}"]  # the user's objects, and the marker that keeps the prefix a store
     assert sorted(fs().find(f"{BUCKET}/cleaned")) == sorted(f"{BUCKET}/{p}" for p in kept)
     assert fs().exists(data)  # outside the prefix: untouched
 
@@ -447,9 +450,13 @@ def sources_of(summary: dict) -> list[str]:
 
 def test_partitions_on_s3_train_as_the_same_rows_in_one_local_file(s3, capsys, tmp_path):
     urls = upload_parts()
-    assert core.is_partitioned(PARTS + "/") and core.is_partitioned(PARTS) and core.is_partitioned(f"{PARTS}/*.csv")
-    assert not core.is_partitioned(urls[0]) and not core.is_partitioned("https://example.com/data/")
-    assert core.partition_sources(PARTS + "/") == urls  # sorted by URL; the other objects ignored
+    assert (
+        storage.is_partitioned(PARTS + "/")
+        and storage.is_partitioned(PARTS)
+        and storage.is_partitioned(f"{PARTS}/*.csv")
+    )
+    assert not storage.is_partitioned(urls[0]) and not storage.is_partitioned("https://example.com/data/")
+    assert storage.partition_sources(PARTS + "/") == urls  # sorted by URL; the other objects ignored
     stats = ("--engine", "stats")
     code, single = run(capsys, *stats, "--data", str(ADVERTISING), "--artifacts-dir", str(tmp_path / "local"))
     assert code == 0
@@ -465,7 +472,7 @@ def test_partitions_on_s3_train_as_the_same_rows_in_one_local_file(s3, capsys, t
     code, again = run(capsys, *stats, "--data", PARTS + "/", "--artifacts-dir", PARTS_STORE)
     assert code == 0 and again["cached"] == dict.fromkeys(STAGES, True) and again["weights"] == parts["weights"]
 
-    assert core.partition_sources(f"{PARTS}/part-[01].csv") == urls[:2]  # a glob selects (a run costs 15 s)
+    assert storage.partition_sources(f"{PARTS}/part-[01].csv") == urls[:2]  # a glob selects (a run costs 15 s)
 
     fs().pipe_file(f"{BUCKET}/no-data/readme.txt", b"not data")
     for data in (f"s3://{BUCKET}/no-data/", f"{PARTS}/*.parquet"):
@@ -484,7 +491,7 @@ def test_predict_on_partitions_on_s3_writes_one_file_per_partition(s3, capsys):
     assert isinstance(outputs, list) and len(outputs) == len(urls) and summary["rows"] == 200
     values = []
     for out in outputs:
-        assert out.startswith(f"{PARTS_STORE}/predict/") and fs().exists(out + core.MANIFEST_SUFFIX)
+        assert out.startswith(f"{PARTS_STORE}/predict/") and fs().exists(out + storage.MANIFEST_SUFFIX)
         values.append(pq.read_table(pa.BufferReader(fs().cat_file(out)))["prediction"].to_numpy())
     assert [len(v) for v in values] == [stop - start for start, stop in CUTS]  # in the partitions' order
     np.testing.assert_allclose(np.concatenate(values), expected(summary["model"]), rtol=1e-6)

@@ -13,6 +13,7 @@ from prefect import Task
 
 import stagecore as core
 import tasks
+from stagecore.declare import ROOT_ARGUMENT
 
 pytestmark = pytest.mark.no_server
 
@@ -43,7 +44,7 @@ def test_every_stage_of_the_pipeline_is_declared_by_signature():
 @pytest.mark.parametrize("task", stage_tasks(), ids=lambda t: t.name)
 def test_every_argument_but_root_changes_the_key(task: Task, tmp_path: Path):
     stage = task.fn.stage
-    arguments = set(inspect.signature(task.fn).parameters) - {core.ROOT_ARGUMENT}
+    arguments = set(inspect.signature(task.fn).parameters) - {ROOT_ARGUMENT}
     assert set(stage.params) | set(stage.files) == arguments and not set(stage.params) & set(stage.files)
 
     def file(name: str, content: str) -> str:
@@ -52,7 +53,7 @@ def test_every_argument_but_root_changes_the_key(task: Task, tmp_path: Path):
         return str(path)
 
     def args(changed: str | None = None) -> dict:
-        out = {core.ROOT_ARGUMENT: str(tmp_path / "root")}
+        out = {ROOT_ARGUMENT: str(tmp_path / "root")}
         for name in stage.files:
             content = "other bytes" if name == changed else "bytes"
             hint = inspect.signature(task.fn).parameters[name].annotation
@@ -65,7 +66,7 @@ def test_every_argument_but_root_changes_the_key(task: Task, tmp_path: Path):
     for name in arguments:
         assert stage.key(args(changed=name)) != base, f"{task.name}: {name} does not reach the key"
     moved = args()
-    moved[core.ROOT_ARGUMENT] = str(tmp_path / "elsewhere")
+    moved[ROOT_ARGUMENT] = str(tmp_path / "elsewhere")
     assert stage.key(moved) == base  # where the store is does not change what a stage computes
 
 

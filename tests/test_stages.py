@@ -18,8 +18,11 @@ import torch
 from sklearn.model_selection import train_test_split
 
 import stagecore as core
-from conftest import ADVERTISING
-from stagecore.errors import InputError
+import storage
+from conftest import ADVERTISING, writer
+from stagecore.behind import write_behind
+from stagecore.declare import Stage
+from storage.errors import InputError
 from tasks import ingest, split
 from tasks.drop_index import drop_index, drop_index_column
 from tasks.ingest import check_file, csv_to_parquet, ingest_csv
@@ -45,7 +48,7 @@ def small_table() -> pa.Table:
 
 
 def test_csv_to_parquet_keeps_names_and_dtypes(write_csv, tmp_path):
-    schema = csv_to_parquet(Path(write_csv(SMALL)), tmp_path / "raw.parquet", "small.csv")
+    schema = csv_to_parquet(Path(write_csv(SMALL)), writer(tmp_path), "small.csv")
     written = pq.read_table(tmp_path / "raw.parquet")
     assert written.column_names == ["", "x1", "x2", "y"] == schema.names
     assert [str(f.type) for f in written.schema] == ["int64", "double", "int64", "double"]
@@ -56,7 +59,7 @@ def test_csv_to_parquet_streams_blocks_into_row_groups(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
     rows = "a,b\n" + "".join(f"{i},{i * 0.5}\n" for i in range(5000))
     (tmp_path / "big.csv").write_text(rows)
-    csv_to_parquet(tmp_path / "big.csv", tmp_path / "raw.parquet", "big.csv")
+    csv_to_parquet(tmp_path / "big.csv", writer(tmp_path), "big.csv")
     parquet = pq.ParquetFile(tmp_path / "raw.parquet")
     assert parquet.metadata.num_row_groups > 1 and parquet.metadata.num_rows == 5000
     assert parquet.read().equals(pacsv.read_csv(tmp_path / "big.csv"))
@@ -65,7 +68,7 @@ def test_csv_to_parquet_streams_blocks_into_row_groups(tmp_path, monkeypatch):
 def test_csv_to_parquet_delta_encodes_a_row_index_and_keeps_dictionaries_for_the_rest(tmp_path):
     rows = ",x,k\n" + "".join(f"{i},{i % 7 * 0.5},{i % 3}\n" for i in range(5000))  # index, low-cardinality x, k
     (tmp_path / "indexed.csv").write_text(rows)
-    csv_to_parquet(tmp_path / "indexed.csv", tmp_path / "raw.parquet", "indexed.csv")
+    csv_to_parquet(tmp_path / "indexed.csv", writer(tmp_path), "indexed.csv")
     parquet = pq.ParquetFile(tmp_path / "raw.parquet")
     encodings = [set(parquet.metadata.row_group(0).column(i).encodings) for i in range(3)]
     assert "DELTA_BINARY_PACKED" in encodings[0] and "RLE_DICTIONARY" not in encodings[0]
@@ -77,7 +80,7 @@ def test_csv_to_parquet_widens_a_type_contradicted_by_a_later_block(tmp_path, mo
     monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
     rows = "a,b\n" + "".join(f"{i},{i}\n" for i in range(5000)) + "1.5,2\n"
     (tmp_path / "mixed.csv").write_text(rows)
-    csv_to_parquet(tmp_path / "mixed.csv", tmp_path / "raw.parquet", "mixed.csv")
+    csv_to_parquet(tmp_path / "mixed.csv", writer(tmp_path), "mixed.csv")
     written = pq.read_table(tmp_path / "raw.parquet")
     assert str(written.schema.field("a").type) == "double" and written.num_rows == 5001
     assert not list(tmp_path.glob("*.tmp"))
@@ -93,11 +96,11 @@ def test_ingest_task_writes_parquet_unchanged(write_csv, artifacts):
 @pytest.mark.usefixtures("no_run_logger")
 def test_ingest_hashes_the_csv_once_and_its_parquet_as_it_is_written(write_csv, artifacts):
     source = write_csv(SMALL)
-    before = dict(core.HASHING)
+    before = dict(storage.HASHING)
     out = ingest_csv.fn(source, str(artifacts))
-    assert core.HASHING["bytes"] - before["bytes"] == Path(source).stat().st_size  # read to hash: the CSV only
-    assert core.HASHING["streamed"] - before["streamed"] == Path(out["table"]).stat().st_size
-    assert core.read_manifest(out["table"])["sha256"] == core.sha256_file(out["table"])
+    assert storage.HASHING["bytes"] - before["bytes"] == Path(source).stat().st_size  # read to hash: the CSV only
+    assert storage.HASHING["streamed"] - before["streamed"] == Path(out["table"]).stat().st_size
+    assert core.read_manifest(out["table"])["sha256"] == storage.sha256_file(out["table"])
 
 
 @pytest.mark.usefixtures("no_run_logger")
@@ -128,7 +131,7 @@ def test_ingest_reads_an_http_url(tmp_path, artifacts):
 )
 def test_csv_to_parquet_refuses_what_is_not_a_csv_with_rows(content, message, write_csv, tmp_path):
     with pytest.raises(InputError, match=message):
-        csv_to_parquet(Path(write_csv(content)), tmp_path / "raw.parquet", "bad.csv")
+        csv_to_parquet(Path(write_csv(content)), writer(tmp_path), "bad.csv")
     assert not list(tmp_path.glob("*.parquet*")) and not list(tmp_path.glob(".*.tmp"))
 
 
@@ -142,14 +145,14 @@ def test_check_file_missing_file_and_folder(tmp_path):
 def test_write_behind_keeps_order_and_raises_either_sides_error():
     batches = [pa.record_batch({"x": [i, i]}) for i in range(5)]
     got: list[int] = []
-    assert core.write_behind(iter(batches), lambda b: got.append(b.column(0)[0].as_py())) == 10
+    assert write_behind(iter(batches), lambda b: got.append(b.column(0)[0].as_py())) == 10
     assert got == [0, 1, 2, 3, 4]
 
     def broken_write(batch):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        core.write_behind(iter(batches), broken_write)
+        write_behind(iter(batches), broken_write)
 
     def broken_read():
         yield batches[0]
@@ -157,7 +160,7 @@ def test_write_behind_keeps_order_and_raises_either_sides_error():
 
     written: list[int] = []
     with pytest.raises(pa.ArrowInvalid):
-        core.write_behind(broken_read(), lambda b: written.append(b.num_rows))
+        write_behind(broken_read(), lambda b: written.append(b.num_rows))
     assert written == [2]  # the batch read before the error was written before the error surfaced
 
 
@@ -179,7 +182,7 @@ def test_drop_index_names_the_missing_column():
 
 @pytest.mark.usefixtures("no_run_logger")
 def test_drop_index_task(artifacts):
-    raw = core.Stage("t", "stagecore.declare").outputs(artifacts, {}).write_parquet(small_table(), "r.parquet")
+    raw = Stage("t", "stagecore.declare").outputs(artifacts, {}).write_parquet(small_table(), "r.parquet")
     out = drop_index_column.fn(raw, "Unnamed: 0", str(artifacts))
     assert core.read_parquet(out["table"]).column_names == ["x1", "x2", "y"]
 
@@ -190,7 +193,7 @@ def test_drop_index_task_streams_batches_in_order(artifacts, monkeypatch):
     monkeypatch.setattr("tasks.drop_index.BATCH_ROWS", 3)
     n = 10
     t = table(**{"": list(range(n)), "x": [float(i) / 3 for i in range(n)], "y": [2.0 * i for i in range(n)]})
-    raw = core.Stage("t", "stagecore.declare").outputs(artifacts, {}).write_parquet(t, "r.parquet")
+    raw = Stage("t", "stagecore.declare").outputs(artifacts, {}).write_parquet(t, "r.parquet")
     out = drop_index_column.fn(raw, "Unnamed: 0", str(artifacts))
     clean = core.open_parquet(out["table"])
     assert clean.metadata.num_row_groups == 4  # 3 + 3 + 3 + 1 rows

@@ -22,6 +22,8 @@ from prefect.results import ResultRecord, ResultRecordMetadata
 from prefect.serializers import JSONSerializer, PickleSerializer
 
 import stagecore as core
+import storage
+import storage.atomic
 from conftest import ADVERTISING, ROOT
 from flows.lineage import main as lineage_main
 from flows.train import STAGES, linear_regression, main
@@ -51,7 +53,7 @@ def pickled_payload(flag: Path) -> bytes:
 
 
 def record_of(artifacts: Path, stage: str) -> Path:
-    [record] = (artifacts / core.CACHE_DIR / stage).glob("*.json")
+    [record] = (artifacts / storage.CACHE_DIR / stage).glob("*.json")
     return record
 
 
@@ -59,7 +61,7 @@ def match_manifest(path: Path) -> None:
     """Make ``path``'s manifest agree with its (replaced) bytes, as an attacker with write access could."""
     manifest_file = core.manifest_path(path)
     manifest = json.loads(manifest_file.read_text())
-    manifest.update(sha256=core.sha256_file(path), size=path.stat().st_size)
+    manifest.update(sha256=storage.sha256_file(path), size=path.stat().st_size)
     manifest_file.write_text(json.dumps(manifest))
 
 
@@ -138,15 +140,15 @@ def test_planted_manifests_markers_and_run_records_are_plain_data(artifacts: Pat
     payload = pickled_payload(flag)
     clean = Path(first["artifacts"]["drop_index"]["table"])
     core.manifest_path(clean).write_bytes(payload)  # a manifest that is a pickle
-    (artifacts / core.MARKER).write_bytes(payload)  # a marker that is a pickle
+    (artifacts / storage.MARKER).write_bytes(payload)  # a marker that is a pickle
     run_record = Path(first["run_record"])
     run_record.write_bytes(payload)  # a run record that is a pickle
 
     # a damaged marker beside files nothing proves to be the store's: refused in one line, nothing touched
     with pytest.raises(core.InputError, match=r"its marker \.linreg-store is not a store's marker") as refused:
         run(artifacts)
-    assert "\n" not in str(refused.value) and (artifacts / core.MARKER).read_bytes() == payload
-    (artifacts / core.MARKER).write_text(json.dumps({"store": core.STORE_NAME, "version": 1}))  # restored
+    assert "\n" not in str(refused.value) and (artifacts / storage.MARKER).read_bytes() == payload
+    (artifacts / storage.MARKER).write_text(json.dumps({"store": storage.STORE_NAME, "version": 1}))  # restored
 
     second = run(artifacts)
     assert second["cached"]["drop_index"] is False and second["cached"]["ingest"] is True
@@ -173,10 +175,10 @@ def test_a_users_non_empty_folder_is_never_adopted_and_clean_deletes_only_store_
 
     # A folder an older version marked (an empty marker, the user's files beside the store's): still no adoption
     # of the user's files by clean. Everything the store wrote goes; the user's files, and so the folder, stay.
-    (mine / core.MARKER).write_text("")
+    (mine / storage.MARKER).write_text("")
     with pytest.raises(core.InputError, match="already holds files the store did not write"):
-        core.prepare_root(mine)
-    (mine / core.MARKER).write_text(json.dumps({"store": core.STORE_NAME, "version": 1}))
+        storage.prepare_root(mine)
+    (mine / storage.MARKER).write_text(json.dumps({"store": storage.STORE_NAME, "version": 1}))
     summary = run(mine)
     (mine / "train").mkdir(exist_ok=True)
     (Path(summary["artifacts"]["train"]["model"]).parent / "my-notes.txt").write_text("mine too")
@@ -185,7 +187,7 @@ def test_a_users_non_empty_folder_is_never_adopted_and_clean_deletes_only_store_
     assert "kept 3 files the store did not write, and the store's marker" in capsys.readouterr().out
     left = sorted(str(p.relative_to(mine)) for p in mine.rglob("*") if p.is_file())
     model_dir = Path(summary["artifacts"]["train"]["model"]).parent.relative_to(mine)
-    assert left == sorted([core.MARKER, "notes.txt", str(model_dir / "my-notes.txt"), "runs/todo.md"])
+    assert left == sorted([storage.MARKER, "notes.txt", str(model_dir / "my-notes.txt"), "runs/todo.md"])
 
 
 @pytest.mark.no_server
@@ -204,11 +206,11 @@ def test_clean_artifacts_on_a_file_or_a_missing_folder_is_one_line(tmp_path: Pat
 def test_refresh_writes_new_files_and_earlier_run_records_still_verify(artifacts: Path, capsys):
     first = run(artifacts)
     model = Path(first["artifacts"]["train"]["model"])
-    model_sha = core.sha256_file(model)
+    model_sha = storage.sha256_file(model)
     second = run(artifacts, refresh=True)
     assert second["cached"] == dict.fromkeys(STAGES, False)
     assert Path(second["artifacts"]["train"]["model"]) != model
-    assert core.sha256_file(model) == model_sha  # written once, never replaced
+    assert storage.sha256_file(model) == model_sha  # written once, never replaced
     assert lineage_main([first["run_record"]]) == 0
     assert lineage_main([second["run_record"]]) == 0
     assert "all files verify" in capsys.readouterr().out
@@ -219,16 +221,16 @@ def test_refresh_writes_new_files_and_earlier_run_records_still_verify(artifacts
 def test_temporary_files_of_dead_writers_are_swept(artifacts: Path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    core.prepare_root(artifacts)
+    storage.prepare_root(artifacts)
     folder = artifacts / "ingest" / "0123456789abcdef"
     folder.mkdir(parents=True)
-    host = core.atomic.HOST
+    host = storage.atomic.HOST
     orphan = folder / f".raw.parquet.{host}-{dead_pid}.abc123.tmp"
     live = folder / f".raw.parquet.{host}-{os.getpid()}.def456.tmp"
     other_host = folder / f".raw.parquet.elsewhere-{dead_pid}.ghi789.tmp"
     for path in (orphan, live, other_host):
         path.write_bytes(b"half a file")
-    core.prepare_root(artifacts)
+    storage.prepare_root(artifacts)
     assert not orphan.exists()
     assert live.exists() and other_host.exists()
 
@@ -236,7 +238,7 @@ def test_temporary_files_of_dead_writers_are_swept(artifacts: Path):
 def test_failed_runs_leave_no_records(artifacts: Path):
     with pytest.raises(core.InputError):
         run(artifacts, preset="seed", lr=1.0)
-    files = [p for p in (artifacts / core.CACHE_DIR).rglob("*") if p.is_file()]
+    files = [p for p in (artifacts / storage.CACHE_DIR).rglob("*") if p.is_file()]
     assert files and all(p.suffix in (".lock", ".json") for p in files)
     for record in (p for p in files if p.suffix == ".json"):
         assert read_record(artifacts, record.parent.name, record.stem)
@@ -254,7 +256,7 @@ def test_failed_runs_leave_no_records(artifacts: Path):
 )
 @pytest.mark.no_server
 def test_redact(url: str, recorded: str):
-    assert core.redact(url) == recorded
+    assert storage.redact(url) == recorded
 
 
 @pytest.fixture
@@ -299,4 +301,4 @@ def test_sha256_refuses_what_is_not_a_regular_file(tmp_path: Path):
     os.mkfifo(fifo)
     for path in (fifo, Path("/dev/zero"), tmp_path):
         with pytest.raises((core.InputError, IsADirectoryError)):
-            core.sha256_file(path)
+            storage.sha256_file(path)

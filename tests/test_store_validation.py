@@ -1,4 +1,4 @@
-"""Every JSON file the store reads is checked before it is trusted (stagecore/validate.py, docs/security.md).
+"""Every JSON file the store reads is checked before it is trusted (storage/validate.py, docs/security.md).
 
 One real run makes a store (module-scoped); each test (and each property example) plants a malformed file of
 one kind into a fresh copy of it and checks that the next run, predict, history or lineage ends in success or
@@ -21,13 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stagecore as core
+import storage
 from conftest import ADVERTISING
 from flows import history as history_cli
 from flows import lineage
 from flows import predict as predict_cli
 from flows.train import STAGES, linear_regression
 from flows.train import main as train_main
-from stagecore.atomic import write_json
+from storage.atomic import write_json
 from tasks import promote
 from tasks.history import SCHEMA
 
@@ -62,7 +63,7 @@ def artifact(root: Path, stage: str, name: str) -> Path:
 
 
 def record_of(root: Path, stage: str) -> Path:
-    [path] = sorted((root / core.CACHE_DIR / stage).glob("*.json"))
+    [path] = sorted((root / storage.CACHE_DIR / stage).glob("*.json"))
     return path
 
 
@@ -74,10 +75,10 @@ def point_champion_at(root: Path, target: Path) -> None:
     """Rewrite the pointer (and its manifest) to name ``target``, as a writer of the store could."""
     pointer = Path(promote.pointer_path(root))
     body = json.loads(pointer.read_text())
-    body.update(model=target.relative_to(root).as_posix(), model_sha256=core.sha256_file(target))
+    body.update(model=target.relative_to(root).as_posix(), model_sha256=storage.sha256_file(target))
     pointer.write_text(json.dumps(body))
     manifest = json.loads(core.manifest_path(pointer).read_text())
-    manifest.update(sha256=core.sha256_file(pointer), size=pointer.stat().st_size)
+    manifest.update(sha256=storage.sha256_file(pointer), size=pointer.stat().st_size)
     core.manifest_path(pointer).write_text(json.dumps(manifest))
 
 
@@ -152,13 +153,13 @@ def test_a_deeply_nested_pointer_is_replaced(store):
 
 
 def test_a_deeply_nested_marker_is_replaced_in_a_folder_of_store_files(store):
-    (store / core.MARKER).write_text(DEEP)
+    (store / storage.MARKER).write_text(DEEP)
     assert all(run(store)["cached"].values())
-    assert json.loads((store / core.MARKER).read_text())["store"] == core.STORE_NAME
+    assert json.loads((store / storage.MARKER).read_text())["store"] == storage.STORE_NAME
 
 
 def test_a_deeply_nested_marker_beside_a_users_file_is_one_line(store, capsys):
-    (store / core.MARKER).write_text(DEEP)
+    (store / storage.MARKER).write_text(DEEP)
     (store / "notes.txt").write_text("mine")
     assert train_main(["--artifacts-dir", str(store)]) == 2
     err = capsys.readouterr().err
@@ -168,7 +169,7 @@ def test_a_deeply_nested_marker_beside_a_users_file_is_one_line(store, capsys):
 
 
 def test_a_deeply_nested_run_record_is_one_line(store, capsys):
-    [record] = sorted((store / core.RUNS_DIR).glob("*.json"))
+    [record] = sorted((store / storage.RUNS_DIR).glob("*.json"))
     record.write_text(DEEP)
     assert lineage.main([str(record)]) == 2
     err = capsys.readouterr().err
@@ -195,7 +196,7 @@ def history_file(root: Path, name: str, **changes) -> Path:
         "model": "train/x/model.pt",
     }
     row.update(changes)
-    path = root / core.HISTORY_DIR / f"20200101T000000000000Z-{name}.parquet"
+    path = root / storage.HISTORY_DIR / f"20200101T000000000000Z-{name}.parquet"
     pq.write_table(pa.Table.from_pylist([row], schema=SCHEMA), path)
     return path
 
@@ -225,7 +226,7 @@ def chain(folder: Path, length: int, cycle: bool = False) -> Path:
     for i in range(length):
         path = folder / f"step{i}.json"
         path.write_text(json.dumps({"i": i}))
-        inputs = [{"name": "in", "path": str(previous), "sha256": core.sha256_file(previous)}]
+        inputs = [{"name": "in", "path": str(previous), "sha256": storage.sha256_file(previous)}]
         if cycle and i == length - 1:
             inputs.append({"name": "loop", "path": str(folder / "step0.json"), "sha256": "0" * 64})
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -301,12 +302,12 @@ PROPERTY = settings(
 
 def target_of(root: Path, kind: str, which: int) -> Path:
     if kind == "manifest":
-        files = sorted(root.rglob(f"*{core.MANIFEST_SUFFIX}"))
+        files = sorted(root.rglob(f"*{storage.MANIFEST_SUFFIX}"))
         return files[which % len(files)]
     if kind == "marker":
-        return root / core.MARKER
+        return root / storage.MARKER
     if kind == "cache record":
-        records = sorted((root / core.CACHE_DIR).glob("*/*.json"))
+        records = sorted((root / storage.CACHE_DIR).glob("*/*.json"))
         return records[which % len(records)]
     return Path(promote.pointer_path(root))
 

@@ -14,7 +14,7 @@ from linreg import DivergenceError, Stats, fit
 from linreg.loops import train_scratch
 from linreg.model import initial_params, mse
 from linreg.stats import Scaler
-from stagecore.errors import InputError
+from storage.errors import InputError
 from tasks.drop_index import drop_index
 from tasks.split import split_table
 from tasks.tensorize import to_tensors

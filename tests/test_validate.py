@@ -1,4 +1,4 @@
-"""stagecore.validate: every kind of store JSON checked before it is trusted. Pure: no Prefect server used."""
+"""storage.validate: every kind of store JSON checked before it is trusted. Pure: no Prefect server used."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from stagecore import validate
-from stagecore.root import STORE_NAME
-from stagecore.validate import Invalid
+from storage import validate
+from storage.root import STORE_NAME
+from storage.validate import Invalid
 
 pytestmark = pytest.mark.no_server
 

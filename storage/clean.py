@@ -4,7 +4,7 @@ A file is the store's only when its content says so: a manifest of the store's s
 names, and the artifact it describes (name and size); a cache record, run record, champion pointer or history
 row that parses as its kind; an empty lock; the claim of a stage folder; the temporary file of a writer. Names
 alone prove nothing: a user's ``runs/my-analysis.json`` or ``history/notes.parquet`` is not the store's, and
-survives. The same rules run over a folder and over an object store, through `stagecore.store.Store`.
+survives. The same rules run over a folder and over an object store, through `storage.store.Store`.
 
 A run and a clean exclude each other (`in_use`, `cleaning`): on a folder through ``flock`` on the marker
 (shared by runs, exclusive for a clean; the kernel drops it when a process dies); on an object store through
@@ -22,22 +22,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stagecore import validate
-from stagecore.atomic import TEMP_OWNER
-from stagecore.cache import parse_record
-from stagecore.errors import InputError
-from stagecore.keys import KEY_PATTERN
-from stagecore.layout import (
+from storage import validate
+from storage.atomic import TEMP_OWNER
+from storage.errors import InputError
+from storage.layout import (
     CACHE_DIR,
     CHAMPION_DIR,
     CHAMPION_GENERATIONS,
     HISTORY_COLUMNS,
     HISTORY_DIR,
+    KEY_PATTERN,
+    MANIFEST_SUFFIX,
     MARKER,
     RUNS_DIR,
 )
-from stagecore.manifest import MANIFEST_SUFFIX
-from stagecore.store import ACTIVE_DIR, CLAIM, CLEANING, LEASE, Store, lease_ok, open_store
+from storage.store import ACTIVE_DIR, CLAIM, CLEANING, LEASE, Store, lease_ok, open_store
 
 _STAGE = re.compile(r"[a-z][a-z0-9_]*")
 _KEY_FOLDER = re.compile(rf"(?P<key>{KEY_PATTERN})(\.\d+)?")
@@ -97,7 +96,7 @@ def _proves(tree: Store, rel: str, size: int, files: dict[str, int]) -> list[str
             if cached["kind"] == "lock":
                 return [rel] if size == 0 else []  # a lock holds nothing: deleting an empty one loses nothing
             content = tree.read(rel)
-            parse_record(content or b"", parts[1], cached["key"])
+            validate.parse_record(content or b"", parts[1], cached["key"])
             return [rel]
         if (parts[:-1] == ACTIVE_DIR.split("/") and LEASE.fullmatch(name)) or rel == CLEANING:
             return [rel] if lease_ok(_json(tree, rel)) else []

@@ -10,6 +10,8 @@ import pyarrow as pa
 
 MARKER = ".linreg-store"  # marks a folder as an artifacts store (JSON naming the store), written at creation
 STORE_NAME, STORE_VERSION = "linreg-flow", 1
+KEY_PATTERN = r"[0-9a-f]{16}"  # a stage key, as `stagecore.keys.stage_key` writes it
+MANIFEST_SUFFIX = ".manifest.json"  # beside every artifact: <file>.manifest.json
 CACHE_DIR = ".cache"  # the stages' cache records and locks (stagecore/cache.py)
 RUNS_DIR = "runs"  # one JSON run record per flow run (stagecore/runs.py)
 CHAMPION_DIR = "champion"  # the champion pointer, its manifest and its lock (tasks/promote.py)

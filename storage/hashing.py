@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stagecore.errors import InputError
+from storage.errors import InputError
 
 _CHUNK = 1 << 20
 _BESIDE_BYTES = 4 << 20  # from this size a write is hashed beside the write, not after it

@@ -1,6 +1,6 @@
 """The artifacts root: where it is, and how it becomes a store (marked at creation, never a user's folder).
 
-One road for a folder and an object store: both are a `stagecore.store.Store`, marked by the same rule.
+One road for a folder and an object store: both are a `storage.store.Store`, marked by the same rule.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import json
 import os
 from pathlib import Path
 
-from stagecore import validate
-from stagecore.clean import inventory
-from stagecore.errors import InputError
-from stagecore.layout import MARKER, STORE_NAME, STORE_VERSION
-from stagecore.project import DEFAULT_ROOT
-from stagecore.store import Store, open_store
+from storage import validate
+from storage.clean import inventory
+from storage.errors import InputError
+from storage.layout import MARKER, STORE_NAME, STORE_VERSION
+from storage.project import DEFAULT_ROOT
+from storage.store import Store, open_store
 
 ROOT_ENV = "LINREG_ARTIFACTS_DIR"
 

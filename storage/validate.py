@@ -17,7 +17,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from stagecore.layout import STORE_NAME
+from storage.layout import STORE_NAME
 
 MAX_JSON_BYTES = 64 << 20
 """The largest store JSON read at all. Run records and the manifests of train and evaluate list every partition's
@@ -189,7 +189,7 @@ def model_manifest(obj: Any, what: str = "manifest") -> dict[str, Any]:
 
 
 def marker(obj: Any) -> dict[str, Any]:
-    """The store's marker (stagecore/root.py ``_mark``): an object naming the store; other fields tolerated."""
+    """The store's marker (storage/root.py ``_mark``): an object naming the store; other fields tolerated."""
     obj = _object(obj, "marker")
     if obj.get("store") != STORE_NAME:
         raise Invalid(f"marker: field 'store' is not {STORE_NAME!r}")
@@ -297,3 +297,17 @@ def history_row(row: Any, what: str = "history row") -> dict[str, Any]:
     if not isinstance(row["promoted"], bool):
         raise Invalid(f"{what}: promoted is not true or false")
     return row
+
+
+MAX_RECORD_BYTES = 64 << 10  # a record lists a few file names; anything larger is not one of ours
+
+
+def parse_record(content: bytes, stage: str, key: str, names: tuple[str, ...] = ()) -> dict[str, str]:
+    """A record's outputs (name → path relative to the store): `storage.validate`'s bounds (size, depth,
+    JSON), then `storage.cache_record` (exactly our shape, each path a relative path inside this
+    stage's folder). Invalid (a ValueError) when it is not one: a cache miss."""
+    try:
+        record = load_json(content, "record", limit=MAX_RECORD_BYTES)
+    except Invalid as exc:
+        raise Invalid(f"record unreadable ({str(exc).removeprefix('record: ')})") from None
+    return cache_record(record, stage, key, names)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from stagecore.layout import CHAMPION_DIR, CHAMPION_GENERATIONS, RUNS_DIR
-from stagecore.sources import is_url, redact
-from stagecore.store import open_store, public
+from storage.layout import CHAMPION_DIR, CHAMPION_GENERATIONS, RUNS_DIR
+from storage.sources import is_url, redact
+from storage.store import open_store, public
 
 
 def recorded(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> str:

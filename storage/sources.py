@@ -14,9 +14,9 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from stagecore.errors import InputError, Transient
-from stagecore.project import DEFAULT_DATA
-from stagecore.remote import filesystem, local_path, storage_error, translated
+from storage.errors import InputError, Transient
+from storage.project import DEFAULT_DATA
+from storage.remote import filesystem, local_path, storage_error, translated
 
 
 def is_url(source: str) -> bool:

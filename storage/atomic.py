@@ -14,7 +14,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from stagecore.errors import InputError
+from storage.errors import InputError
 
 HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"  # in temporary files' names, with the pid
 

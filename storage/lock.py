@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from stagecore.errors import InputError
+from storage.errors import InputError
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Object storage's transport (``s3://``, ``gs://``, ``az://``, … through fsspec), under `stagecore.store.ObjectStore`
+"""Object storage's transport (``s3://``, ``gs://``, ``az://``, … through fsspec), under `storage.store.ObjectStore`
 and the data sources that are URLs: one filesystem per URL, conditional creates (``If-None-Match: *``),
 streamed whole-file transfers (multipart on S3, so no big file is buffered whole and a PUT appears only
 complete), and a store's failures as one line (`storage_error`). See docs/storage.md.
@@ -20,8 +20,8 @@ from typing import Any
 import fsspec
 from fsspec.spec import AbstractFileSystem
 
-from stagecore.atomic import atomic_path
-from stagecore.errors import InputError, IntegrityError, Transient
+from storage.atomic import atomic_path
+from storage.errors import InputError, IntegrityError, Transient
 
 _CHUNK = 1 << 20
 

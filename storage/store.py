@@ -3,7 +3,7 @@
 ``--artifacts-dir`` (a folder, ``file://…``, or ``s3://…``, ``gs://…`` through fsspec) becomes a `Store` the moment
 it is read (`open_store`): nothing else in the project asks which kind it is. Everything the store holds is
 written once, against this protocol: stage folders and their manifests (stagecore/declare.py), cache records
-(stagecore/cache.py), run records, the marker and `clear` (stagecore/root.py, stagecore/clean.py), the champion's
+(stagecore/cache.py), run records, the marker and `clear` (storage/root.py, storage/clean.py), the champion's
 pointer generations (tasks/promote.py) and the history (tasks/history.py).
 
 The protocol, in paths relative to the store's root (posix):
@@ -41,13 +41,12 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext, supp
 from pathlib import Path
 from typing import Any
 
-from stagecore import remote, validate
-from stagecore.atomic import HOST, alive, makedirs, sweep_temporary_files, write_bytes, write_error
-from stagecore.errors import InputError, IntegrityError
-from stagecore.hashing import sha256_file
-from stagecore.keys import KEY_PATTERN
-from stagecore.layout import CACHE_DIR, MARKER
-from stagecore.lock import exclusive
+from storage import remote, validate
+from storage.atomic import HOST, alive, makedirs, sweep_temporary_files, write_bytes, write_error
+from storage.errors import InputError, IntegrityError
+from storage.hashing import sha256_file
+from storage.layout import CACHE_DIR, KEY_PATTERN, MARKER
+from storage.lock import exclusive
 
 CLAIM = ".claim"  # the first object of a stage folder on an object store: whoever creates it owns the folder
 ACTIVE_DIR = f"{CACHE_DIR}/active"  # on an object store: one lease object per running flow
