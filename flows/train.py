@@ -40,7 +40,7 @@ def linear_regression(**values: Any) -> dict[str, Any]:
 
     The parameters are `flows.params.Params`' fields (its ``signature``): each one's type, default, valid range
     and description is defined there once. Each stage is cached on the content of its inputs, its parameters
-    and its code (see tasks/cache.py): an unchanged stage is *Cached*; ``refresh`` runs every stage
+    and its code (stagecore/cache.py): an unchanged stage is *Cached*; ``refresh`` runs every stage
     regardless. Then ``promote_model`` (champion vs challenger, tasks/promote.py), ``record_history`` (one row per
     run, tasks/history.py) and ``publish_report`` (the UI artifacts) run; they are not stages and are never cached.
     """

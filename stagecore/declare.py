@@ -122,7 +122,7 @@ def outputs(digests: Mapping[str, str] | None = None) -> Outputs:
     try:
         declared, args = _CALL.get()
     except LookupError:
-        raise RuntimeError("store.outputs() is for the body of a function declared with @store.stage") from None
+        raise RuntimeError("core.outputs() is for the body of a function declared with @core.stage") from None
     return declared.outputs(args[ROOT_ARGUMENT], args, digests)
 
 

@@ -113,7 +113,7 @@ def _proves(tree: Store, rel: str, size: int, files: dict[str, int]) -> list[str
 
 
 def _champion(tree: Store, rel: str, size: int) -> list[str]:
-    """``champion/champion.json`` and ``champion/gen/<n>.json``: a pointer, its manifest (whose sha256 is the
+    """``champion/gen/<n>.json`` (and a folder's ``champion/champion.json`` from before 2026-12-02): a pointer, its manifest (whose sha256 is the
     pointer's), the pointer's lock (empty)."""
     parts = rel.split("/")
     name = parts[-1]
