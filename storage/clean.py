@@ -113,8 +113,8 @@ def _proves(tree: Store, rel: str, size: int, files: dict[str, int]) -> list[str
 
 
 def _champion(tree: Store, rel: str, size: int) -> list[str]:
-    """``champion/gen/<n>.json`` (and a folder's ``champion/champion.json`` from before 2026-12-02): a pointer, its manifest (whose sha256 is the
-    pointer's), the pointer's lock (empty)."""
+    """``champion/gen/<n>.json`` (and a folder's ``champion/champion.json`` from before 2026-12-02): a pointer,
+    its manifest (whose sha256 is the pointer's), the old pointer's lock (empty)."""
     parts = rel.split("/")
     name = parts[-1]
     pointer = parts == [CHAMPION_DIR, "champion.json"] or (

@@ -47,8 +47,9 @@ def resolved(root: str | os.PathLike[str] | None, entry: str) -> str:
 
 def store_of(path: str | os.PathLike[str]) -> str | None:
     """The root of the store that holds ``path``, from where the store puts its files (no file is read):
-    ``<root>/<stage>/<key>/<file>`` (an artifact), ``<root>/runs/<record>``, ``<root>/champion/champion.json`` (a folder's pointer before 2026-12-02),
-    ``<root>/champion/gen/<n>.json``; the same on disk and on an object store. None for a shorter path."""
+    ``<root>/<stage>/<key>/<file>`` (an artifact), ``<root>/runs/<record>``, ``<root>/champion/gen/<n>.json``,
+    ``<root>/champion/champion.json`` (a folder's pointer before 2026-12-02); the same on disk and on an object
+    store. None for a shorter path."""
     parts = str(path).rstrip("/").split("/")
     if len(parts) > 3 and parts[-3:-1] == [CHAMPION_DIR, CHAMPION_GENERATIONS]:
         depth = 3
