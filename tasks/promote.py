@@ -41,7 +41,7 @@ from storage import validate
 
 CHAMPION_VERSION = validate.CHAMPION_VERSION
 POINTER = "champion.json"
-_GENERATION = re.compile(r"(\d{8,})\.json")  # champion/gen/<n>.json on an object store
+_GENERATION = re.compile(r"(\d{8,})\.json")  # champion/gen/<n>.json
 MAX_POINTER_BYTES = validate.SMALL_JSON_BYTES
 FIELDS = validate.CHAMPION_FIELDS
 
@@ -257,10 +257,10 @@ def promote(
     """Read the champion, score both models on this run's test rows, decide, move the pointer if promoted.
     Returns the ``promotion`` block, the log level's name and the pointer if it was written.
 
-    On disk all of it happens under the pointer's lock. On an object store the decision is made against the
-    latest generation N and the pointer moves by creating N+1 conditionally; when another run created N+1
-    first, the champion is read again and the decision made again, against it (optimistic concurrency: no lock,
-    no clock, nothing left stale by a killed run). Either way two racing runs end as if one ran after the other.
+    The decision is made against the latest generation N and the pointer moves by creating N+1 only if it is
+    absent; when another run created N+1 first, the champion is read again and the decision made again, against
+    it (optimistic concurrency: no lock, no clock, nothing left stale by a killed run). Two racing runs end as if
+    one ran after the other, on every store.
     """
     trained = core.read_pt(model_path)
     partitions = [core.read_pt(p) for p in tensors_paths]

@@ -117,5 +117,5 @@ def test_an_edit_reruns_exactly_the_stages_that_can_run_the_edited_code(project:
     }
 
     # storage/errors.py: imported by the stage core, which every stage imports: everything runs again
-    edit(project / "stagecore" / "errors.py")
+    edit(project / "storage" / "errors.py")
     assert cached_stages(project, artifacts) == dict.fromkeys(PARTITIONED, False)

@@ -204,7 +204,7 @@ def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_partial_file(tmp_pat
 def lifecycle_files(root: Path) -> dict[str, list[str]]:
     """What the lifecycle wrote: the champion's pointer, the history rows, the run records."""
     return {
-        "champion": sorted(p.name for p in (root / storage.CHAMPION_DIR).glob("*.json")),
+        "champion": sorted(p.name for p in (root / storage.CHAMPION_DIR / storage.CHAMPION_GENERATIONS).glob("*.json")),
         "history": sorted(p.name for p in (root / storage.HISTORY_DIR).glob("*.parquet")),
         "runs": sorted(p.name for p in (root / storage.RUNS_DIR).glob("*.json")),
     }
