@@ -32,9 +32,9 @@ from flows.params import SEED_MAX, Params
 from flows.train import STAGES, main
 from linreg import DivergenceError, LossOverflowError, fit
 from storage.errors import InputError
-from tasks import ingest
+from storage.tabular import check_file, detect_delimiter
 from tasks.drop_index import drop_index_column
-from tasks.ingest import check_file, csv_to_parquet, ingest_csv, parquet_to_parquet
+from tasks.ingest import csv_to_parquet, ingest_csv, parquet_to_parquet
 from tasks.tensorize import to_tensors
 
 ROWS = "a,b,sales\n1,2,3\n2,1,4\n3,5,6\n4,4,7\n5,3,8\n6,2,9\n"
@@ -105,7 +105,7 @@ def test_latin1_csv_is_refused_and_leaves_nothing(content, write_csv, artifacts)
 @pytest.mark.no_server
 def test_latin1_beyond_the_sniffed_bytes_is_refused(tmp_path, artifacts, monkeypatch):
     """Past the first 8 kB only pyarrow sees the bytes: it reads them as a binary column, or a binary name."""
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", 4096)
     rows = "".join(f"{i},{i}\n" for i in range(3000)).encode()
     (tmp_path / "late.csv").write_bytes(b"a,sales\n" + rows + b"caf\xe9,1\n")
     with pytest.raises(InputError, match=r"late\.csv: is not UTF-8 text \(in column 'a'.*re-save it as UTF-8"):
@@ -356,9 +356,9 @@ def test_delimiter_is_read_off_the_header(delimiter, write_csv, tmp_path):
 
 @pytest.mark.no_server
 def test_detect_delimiter():
-    assert ingest.detect_delimiter(b"sales\n1\n") == ","  # one column: none of them
-    assert ingest.detect_delimiter(b'"x;y",b,c\n') == ","  # a delimiter inside quotes does not count
-    assert ingest.detect_delimiter(b"a;b,c;d\n") == ";"
+    assert detect_delimiter(b"sales\n1\n") == ","  # one column: none of them
+    assert detect_delimiter(b'"x;y",b,c\n') == ","  # a delimiter inside quotes does not count
+    assert detect_delimiter(b"a;b,c;d\n") == ";"
 
 
 @pytest.mark.no_server

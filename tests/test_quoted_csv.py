@@ -13,10 +13,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import storage.tabular
 from conftest import writer
 from flows.train import main
-from tasks import ingest
-from tasks.ingest import csv_to_parquet, record_end
+from storage.tabular import record_end
+from tasks.ingest import csv_to_parquet
 
 BLOCK = 4096
 
@@ -47,7 +48,7 @@ def test_record_end_cuts_only_outside_quotes(data, odd, want):
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_quoted_line_breaks_over_many_blocks_read_as_pandas_reads_them(newline, tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", BLOCK)
+    monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", BLOCK)
     source = tmp_path / "quoted.csv"
     source.write_bytes(quoted_rows(600, newline).encode())
     assert source.stat().st_size > 4 * BLOCK
@@ -60,7 +61,7 @@ def test_quoted_line_breaks_over_many_blocks_read_as_pandas_reads_them(newline, 
 
 
 def test_a_quoted_field_longer_than_a_block_is_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", BLOCK)
+    monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", BLOCK)
     long = "\n".join(f'line {i}, with ""quotes""' for i in range(3 * BLOCK // 20))
     source = tmp_path / "long.csv"
     source.write_text(f'x,note,y\n1,"{long}",2\n' + "".join(f"{i},short,{i}\n" for i in range(2000)))
@@ -72,7 +73,7 @@ def test_a_quoted_field_longer_than_a_block_is_read(tmp_path, monkeypatch):
 def test_a_stray_quote_inside_a_field_still_reads(tmp_path, monkeypatch):
     """Not RFC 4180 (``5" tall``: a quote inside an unquoted field, which pyarrow keeps as a character), beside
     quoted line breaks: the count of quotes is off, the blocks may not parse, and the file is read whole."""
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", BLOCK)
+    monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", BLOCK)
     source = tmp_path / "stray.csv"
     rows = "".join(f'{i}" tall,{i}\n' for i in range(500)) + "".join(f'"two\nlines",{i}\n' for i in range(500))
     source.write_text("height,n\n" + rows)
@@ -83,7 +84,7 @@ def test_a_stray_quote_inside_a_field_still_reads(tmp_path, monkeypatch):
 
 def test_a_csv_with_quoted_line_breaks_trains_on_its_numeric_columns(tmp_path, artifacts, monkeypatch, capsys):
     """The string column is refused as a feature by name (one line), and training on the numeric ones works."""
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", BLOCK)
+    monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", BLOCK)
     source = tmp_path / "quoted.csv"
     source.write_text(quoted_rows(600))
     common = ["--data", str(source), "--target", "y", "--index-column", "none", "--artifacts-dir", str(artifacts)]

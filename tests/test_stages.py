@@ -23,9 +23,10 @@ from conftest import ADVERTISING, writer
 from stagecore.behind import write_behind
 from stagecore.declare import Stage
 from storage.errors import InputError
-from tasks import ingest, split
+from storage.tabular import check_file
+from tasks import split
 from tasks.drop_index import drop_index, drop_index_column
-from tasks.ingest import check_file, csv_to_parquet, ingest_csv
+from tasks.ingest import csv_to_parquet, ingest_csv
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.split import split_table
 from tasks.tensorize import to_tensors
@@ -56,7 +57,7 @@ def test_csv_to_parquet_keeps_names_and_dtypes(write_csv, tmp_path):
 
 
 def test_csv_to_parquet_streams_blocks_into_row_groups(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", 4096)
     rows = "a,b\n" + "".join(f"{i},{i * 0.5}\n" for i in range(5000))
     (tmp_path / "big.csv").write_text(rows)
     csv_to_parquet(tmp_path / "big.csv", writer(tmp_path), "big.csv")
@@ -77,7 +78,7 @@ def test_csv_to_parquet_delta_encodes_a_row_index_and_keeps_dictionaries_for_the
 
 
 def test_csv_to_parquet_widens_a_type_contradicted_by_a_later_block(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", 4096)
     rows = "a,b\n" + "".join(f"{i},{i}\n" for i in range(5000)) + "1.5,2\n"
     (tmp_path / "mixed.csv").write_text(rows)
     csv_to_parquet(tmp_path / "mixed.csv", writer(tmp_path), "mixed.csv")
