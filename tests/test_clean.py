@@ -131,7 +131,7 @@ def test_clean_and_a_run_exclude_each_other(store: Path, capsys):
         [
             sys.executable,
             "-c",
-            f"import stagecore as c, sys\nwith c.in_use({str(store)!r}):\n print(1, flush=True)\n sys.stdin.read()",
+            f"import storage as c, sys\nwith c.in_use({str(store)!r}):\n print(1, flush=True)\n sys.stdin.read()",
         ],
         cwd=ROOT,
         stdin=subprocess.PIPE,
