@@ -54,7 +54,6 @@ def linear_regression(**values: Any) -> dict[str, Any]:
 def _train(p: Params, root: str) -> dict[str, Any]:
     run = core.StageRunner(root, refresh=p.refresh)
     sources = storage.partition_sources(p.data) if storage.is_partitioned(p.data) else [storage.data_source(p.data)]
-    threads = p.task_runner == "threads"
     with task_runner(p) as pool:
 
         def each(task: Task, calls: list[tuple]) -> list[dict[str, str]]:
@@ -62,8 +61,6 @@ def _train(p: Params, root: str) -> dict[str, Any]:
 
         raw = each(ingest.ingest_csv, [(s, root) for s in sources])
         ingest.partition_columns([r["table"] for r in raw], sources)  # a missing or extra column: refused, named
-        # the split's permutation needs only the row count: drawn beside drop_index for splits in this process
-        ahead = split.DrawAhead(sum(split.count_rows([r["table"] for r in raw])), p.seed) if threads else None
         clean = [
             c["table"] for c in each(drop_index.drop_index_column, [(r["table"], p.index_column, root) for r in raw])
         ]
@@ -71,7 +68,6 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         offsets = split.partition_offsets(rows)
         calls = [(t, p.test_size, p.seed, o, sum(rows), root) for t, o in zip(clean, offsets, strict=True)]
         parts = each(split.split_data, calls)
-        del ahead  # the splits are done with it
         features = ingest.aligned_features(clean, sources, p.target, p.features)  # columns in another order
         calls = [(s["train"], s["test"], p.target, features, root) for s in parts]
         tensors = [t["tensors"] for t in each(tensorize.tensorize, calls)]

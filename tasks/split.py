@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import subprocess
-import sys
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +43,7 @@ _PERMUTATION_LOCK = threading.Lock()
 _PERMUTATION: dict[tuple[int, int], weakref.ref] = {}
 
 
-def permutation(n: int, seed: int, helper: bool = False) -> np.ndarray:
+def permutation(n: int, seed: int) -> np.ndarray:
     """``RandomState(seed).permutation(n)`` (read-only), drawn once while any caller still holds it.
 
     It is the slowest step of a split (2.4 s at 20M rows), and the same for every partition of one input:
@@ -56,56 +53,11 @@ def permutation(n: int, seed: int, helper: bool = False) -> np.ndarray:
         known = _PERMUTATION.get((n, seed))
         drawn = known() if known is not None else None
         if drawn is None:
-            drawn = draw(n, seed, helper)
+            drawn = np.random.RandomState(seed).permutation(n)
             drawn.flags.writeable = False
             _PERMUTATION.clear()
             _PERMUTATION[n, seed] = weakref.ref(drawn)
         return drawn
-
-
-# From this many rows a permutation drawn ahead is drawn in a helper process: legacy RandomState's shuffle holds
-# the GIL (2.4 s at 20M rows) and would stall the stages it is meant to overlap; in a helper it takes 3.5 s (the
-# interpreter starts, the array comes back through a pipe) but stalls nothing.
-HELPER_ROWS = 1_000_000
-_DRAW = (
-    "import sys, numpy as np; n, seed = map(int, sys.argv[1:]); "
-    "sys.stdout.buffer.write(memoryview(np.random.RandomState(seed).permutation(n).astype(np.int64, copy=False)))"
-)
-
-
-def draw(n: int, seed: int, helper: bool = False) -> np.ndarray:
-    """``RandomState(seed).permutation(n)``; with ``helper``, from `HELPER_ROWS` rows, drawn by this interpreter
-    in a helper process (the same numpy) and read back through a pipe, so this process's threads keep running."""
-    if not helper or n < HELPER_ROWS:
-        return np.random.RandomState(seed).permutation(n)
-    drawn = np.empty(n, dtype=np.int64)
-    view, got = memoryview(drawn).cast("B"), 0
-    with subprocess.Popen([sys.executable, "-c", _DRAW, str(n), str(seed)], stdout=subprocess.PIPE) as process:
-        assert process.stdout is not None
-        while got < len(view) and (read := process.stdout.readinto(view[got:])):
-            got += read
-    if process.returncode or got != len(view):
-        raise RuntimeError(f"drawing the split's permutation of {n} rows failed (exit {process.returncode})")
-    return drawn
-
-
-class DrawAhead:
-    """The permutation of ``total`` rows, drawn on a background thread (and a helper process) as soon as the
-    row count is known.
-
-    The flow starts it once ingest has counted the rows, so the draw overlaps drop_index; while this object
-    lives, the split stages of this process find it drawn, or wait for it, through `permutation`. The thread is
-    a daemon: a run that fails first does not wait for it.
-    """
-
-    def __init__(self, total: int, seed: int):
-        self.drawn: np.ndarray | None = None
-
-        def run() -> None:
-            with contextlib.suppress(Exception):  # the split draws it again, and reports the error itself
-                self.drawn = permutation(total, seed, helper=True)
-
-        threading.Thread(target=run, name="draw-permutation", daemon=True).start()
 
 
 def split_partition(table: pa.Table, test_size: float, seed: int, offset: int, total: int) -> tuple[pa.Table, pa.Table]:
@@ -176,20 +128,17 @@ def split_data(
 ) -> dict[str, str]:
     """Read one partition's clean table (a single file is the one partition), write ``train.parquet`` and
     ``test.parquet``: its rows ``offset … offset+len`` of the ``total`` rows of the input."""
-    table = core.read_parquet(table_path)  # the permutation is drawn by now where the flow drew it ahead
+    table = core.read_parquet(table_path)
     schema, num_rows = table.schema, table.num_rows
     columns = gatherable_columns(table)
     del table  # its numeric columns are copied out: the gathers read the copies
     parts = dict(zip(("train", "test"), split_rows(num_rows, test_size, seed, offset, total), strict=True))
     outputs = core.outputs()
 
-    def write(part: str, rows: np.ndarray) -> None:
+    for part, rows in parts.items():
         with outputs.parquet_writer(f"{part}.parquet", schema) as writer:
             for start in range(0, max(len(rows), 1), ROW_GROUP_ROWS):  # a group is written while the next is gathered
                 writer.write_table(take(columns, schema, rows[start : start + ROW_GROUP_ROWS]))
-
-    with ThreadPoolExecutor(2, thread_name_prefix="split-part") as pool:  # the test part beside the train part
-        list(pool.map(write, parts, parts.values()))
     out = {part: str(outputs.folder / f"{part}.parquet") for part in parts}
     get_run_logger().info(
         "read %s (rows %d…%d of %d); %d train / %d test rows (test_size=%s, seed=%d); wrote %s and %s",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import threading
-import time
 from functools import partial
 from pathlib import Path
 
@@ -213,17 +212,13 @@ def test_split_matches_sklearn_rows_and_order(test_size, seed):
     pd.testing.assert_frame_equal(test.to_pandas(), expected_test.reset_index(drop=True))
 
 
-def test_permutation_drawn_ahead_in_a_helper_process_is_legacy_randomstates(monkeypatch):
-    """The helper process draws the very permutation scikit-learn's split takes; a split then finds it drawn."""
-    monkeypatch.setattr(split, "HELPER_ROWS", 10)
-    assert np.array_equal(split.draw(1000, 7, helper=True), np.random.RandomState(7).permutation(1000))
-    ahead = split.DrawAhead(1001, 3)
-    for _ in range(200):
-        if ahead.drawn is not None:
-            break
-        time.sleep(0.05)
-    assert split.permutation(1001, 3) is ahead.drawn  # shared, not drawn again
-    assert np.array_equal(ahead.drawn, np.random.RandomState(3).permutation(1001))
+def test_permutation_is_legacy_randomstates_drawn_once_while_held():
+    """The very permutation scikit-learn's split takes, read-only; while a split holds it, another finds it drawn."""
+    drawn = split.permutation(1001, 3)
+    assert np.array_equal(drawn, np.random.RandomState(3).permutation(1001))
+    assert not drawn.flags.writeable  # shared between partitions: none may shuffle it in place
+    assert split.permutation(1001, 3) is drawn  # shared, not drawn again
+    assert np.array_equal(split.permutation(1001, 4), np.random.RandomState(4).permutation(1001))
     mixed = table(a=list(range(1001)), b=[float(i) for i in range(1001)], c=[None, *map(str, range(1000))])
     train, test = split_table(mixed, 0.2, 3)  # numeric columns gathered by numpy, the rest by Arrow
     order = np.random.RandomState(3).permutation(1001)
