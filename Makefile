@@ -31,8 +31,13 @@ setup: $(STAMP) ## create .venv and install the project (torch pinned, CPU build
 run: $(STAMP) ## run the default job (Advertising); pass options with ARGS="--preset seed"
 	$(PY) -m flows.train $(ARGS)
 
-test: $(STAMP) ## run the test suite against a real Prefect server
-	$(PY) -m pytest $(ARGS)
+# `make test`'s pytest-xdist workers, each with its own Prefect server and PREFECT_HOME (tests/conftest.py), a
+# module whole on one worker. More workers than the 2 cores: most of a test's time is spent waiting on servers
+# and child processes. TEST_WORKERS=0 runs the tests in one process, as plain `pytest` does.
+TEST_WORKERS ?= 4
+
+test: $(STAMP) ## run the test suite against real Prefect servers, on pytest-xdist workers (TEST_WORKERS=4)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(ARGS)
 
 test-fast: $(STAMP) ## only the tests marked no_server: no Prefect server is started (LINREG_TEST_SERVER=0)
 	LINREG_TEST_SERVER=0 $(PY) -m pytest -m no_server $(ARGS)

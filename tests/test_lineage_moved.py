@@ -20,6 +20,7 @@ from flows.train import linear_regression
 from storage.storepaths import recorded, resolved, store_of
 
 
+@pytest.mark.no_server
 def test_recorded_names_are_relative_inside_the_store_and_as_given_outside(tmp_path):
     root = tmp_path / "store"
     storage.prepare_root(root)

@@ -31,6 +31,7 @@ def quoted_rows(n: int, newline: str = "\n") -> str:
     return "".join(text)
 
 
+@pytest.mark.no_server
 @pytest.mark.parametrize(
     ("data", "odd", "want"),
     [
@@ -46,6 +47,7 @@ def test_record_end_cuts_only_outside_quotes(data, odd, want):
     assert record_end(data, odd) == want
 
 
+@pytest.mark.no_server
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_quoted_line_breaks_over_many_blocks_read_as_pandas_reads_them(newline, tmp_path, monkeypatch):
     monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", BLOCK)
@@ -60,6 +62,7 @@ def test_quoted_line_breaks_over_many_blocks_read_as_pandas_reads_them(newline, 
     assert got["note"][1] == f'row 1{newline}said "hi, there"{newline}{newline}, and left'
 
 
+@pytest.mark.no_server
 def test_a_quoted_field_longer_than_a_block_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(storage.tabular, "BLOCK_BYTES", BLOCK)
     long = "\n".join(f'line {i}, with ""quotes""' for i in range(3 * BLOCK // 20))
@@ -70,6 +73,7 @@ def test_a_quoted_field_longer_than_a_block_is_read(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(pq.read_table(out).to_pandas(), pd.read_csv(source), check_dtype=False)
 
 
+@pytest.mark.no_server
 def test_a_stray_quote_inside_a_field_still_reads(tmp_path, monkeypatch):
     """Not RFC 4180 (``5" tall``: a quote inside an unquoted field, which pyarrow keeps as a character), beside
     quoted line breaks: the count of quotes is off, the blocks may not parse, and the file is read whole."""

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,8 +263,9 @@ def test_a_failed_runs_promotion_is_taken_back_on_s3(s3, tmp_path):
 
 
 def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_path, monkeypatch):
-    """b and c both decide against champion a (reads slowed down); c creates generation 2 first, so b's
-    conditional create of generation 2 loses, and b decides again, against c: not promoted."""
+    """b and c both decide against champion a (each waits for the other's read); c creates generation 2 first
+    (b's create waits for c's), so b's conditional create of generation 2 loses, and b decides again, against c:
+    not promoted. Ordered by events, not sleeps: a busy machine cannot reorder the race."""
     url = f"s3://{BUCKET}/race"
     tensors = _test_rows(tmp_path)
 
@@ -276,24 +276,36 @@ def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_p
         return promote.promote(url, [tensors], path, f"run-{name}", 0.0)[0]
 
     assert race("a", model("a", 0.5))["promoted"]
-    read = promote.read_champion
+    read, create = promote.read_champion, promote.create_generation
+    both_read, c_created, decided = threading.Barrier(2, timeout=120), threading.Event(), set()
 
-    def slow_read(root, generation=None):
+    def read_then_wait(root, generation=None):
         champion = read(root, generation)
-        time.sleep(0.5)
+        name = threading.current_thread().name
+        if name not in decided:  # a challenger's first read: neither decides before both have read champion a
+            decided.add(name)
+            both_read.wait()
         return champion
 
-    monkeypatch.setattr(promote, "read_champion", slow_read)
+    def create_c_first(root, generation, *args, **kwargs):
+        name = threading.current_thread().name
+        if name == "b":
+            assert c_created.wait(120), "c never created its generation"
+        try:
+            return create(root, generation, *args, **kwargs)
+        finally:
+            if name == "c":
+                c_created.set()
+
+    monkeypatch.setattr(promote, "read_champion", read_then_wait)
+    monkeypatch.setattr(promote, "create_generation", create_c_first)
     paths = {"b": model("b", 0.8), "c": model("c", 1.0)}  # c is the best
-    results, start = {}, threading.Barrier(2)
+    results = {}
 
     def challenger(name: str) -> None:
-        start.wait()
-        if name == "b":
-            time.sleep(0.1)  # b creates last if both decide against a
         results[name] = race(name, paths[name])
 
-    threads = [threading.Thread(target=challenger, args=(n,)) for n in paths]
+    threads = [threading.Thread(target=challenger, args=(n,), name=n) for n in paths]
     for t in threads:
         t.start()
     for t in threads:

@@ -236,6 +236,7 @@ def chain(folder: Path, length: int, cycle: bool = False) -> Path:
     return previous
 
 
+@pytest.mark.no_server
 def test_a_1500_deep_lineage_chain_is_one_line_not_a_recursion_error(tmp_path, capsys):
     end = chain(tmp_path / "c", 1500)
     assert lineage.main([str(end)]) == 2
@@ -245,6 +246,7 @@ def test_a_1500_deep_lineage_chain_is_one_line_not_a_recursion_error(tmp_path, c
     )
 
 
+@pytest.mark.no_server
 def test_a_lineage_chain_within_the_bound_is_walked_with_a_cycle_seen_once(tmp_path, capsys):
     end = chain(tmp_path / "c", lineage.MAX_CHAIN - 2, cycle=True)
     assert lineage.main([str(end), "--json"]) == 0
@@ -358,6 +360,7 @@ def test_history_rows_with_nulls_never_break_history(trained, changes, capsys):
         shutil.rmtree(root.parent, ignore_errors=True)
 
 
+@pytest.mark.no_server
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(length=st.integers(1, 120), cycle=st.booleans(), plant=st.booleans(), data=st.data())  # MAX_CHAIN is 100
 def test_lineage_chains_end_in_a_report_or_one_line(tmp_path_factory, length, cycle, plant, data, capsys):
