@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 from pydantic.fields import FieldInfo
 
 import storage
-from linreg.config import Device, Engine, Init, Method, TrainConfig, check_config, trains_on_stats
+from linreg.config import Device, Engine, Init, Method, Scaling, TrainConfig, check_config, trains_on_stats
+from linreg.precision import Dtype
 from storage.errors import InputError
 
 TaskRunnerName = Literal["threads", "dask"]
@@ -22,8 +23,8 @@ SEED_MAX = 2**32 - 1  # numpy's RandomState, which draws the split, takes seeds 
 # What a preset decides, unless a parameter of the same name is given. "default" reaches the least-squares
 # optimum; "seed" reproduces the original tutorial (raw features, tiny fixed step, no early stop).
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": {"epochs": 1000, "lr": "auto", "tol": 1e-7, "standardize": True, "init": "zeros"},
-    "seed": {"epochs": 1000, "lr": 1e-5, "tol": 0.0, "standardize": False, "init": "randn"},
+    "default": {"epochs": 1000, "lr": "auto", "tol": 1e-7, "scaling": "auto", "init": "zeros"},
+    "seed": {"epochs": 1000, "lr": 1e-5, "tol": 0.0, "scaling": "none", "init": "randn"},
 }
 
 
@@ -51,10 +52,17 @@ class Params(BaseModel):
     epochs: PositiveInt | None = Field(None, description="most epochs to train")
     lr: PositiveFloat | Literal["auto"] | None = Field(None, description="step size; auto: 1/L of the Hessian")
     tol: float | None = Field(None, ge=0, description="early stop below this relative loss change; 0: never")
-    standardize: bool | None = Field(None, description="standardize features with training statistics")
+    scaling: Scaling | None = Field(
+        None,
+        description="change of variables gradient descent runs in: none, standardize, whiten (Hessian = identity), "
+        "or auto: whiten unless the standardized features are uncorrelated",
+    )
     init: Init | None = Field(None, description="initial weights")
     method: Method = Field("scratch", description="hand-written loop or nn/optim")
     device: Device = Field("auto", description="auto: cuda when available")
+    dtype: Dtype = Field(
+        "auto", description="precision of the tensors and the loop; auto: float64 unless big data is safe in float32"
+    )
     engine: Engine = Field(
         "auto", description="rows: loop over every row; stats: same iterates from XᵀX, Xᵀy; auto: by size"
     )
@@ -75,6 +83,9 @@ class Params(BaseModel):
         "rows) by more than this fraction of the champion's MSE; 0: not worse",
     )
     require_promotion: bool = Field(False, description="fail the run when its model is not promoted to champion")
+    promote_off_optimum: bool = Field(
+        False, description="let a model that ended off the least-squares optimum be promoted (it is not by default)"
+    )
 
     @classmethod
     def parse(cls, **values: Any) -> Params:

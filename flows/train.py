@@ -69,7 +69,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         calls = [(t, p.test_size, p.seed, o, sum(rows), root) for t, o in zip(clean, offsets, strict=True)]
         parts = each(split.split_data, calls)
         features = ingest.aligned_features(clean, sources, p.target, p.features)  # columns in another order
-        calls = [(s["train"], s["test"], p.target, features, root) for s in parts]
+        calls = [(s["train"], s["test"], p.target, features, p.dtype, sum(rows), root) for s in parts]
         tensors = [t["tensors"] for t in each(tensorize.tensorize, calls)]
         stats = [s["stats"] for s in each(accumulate.accumulate_stats, [(t, root) for t in tensors])]
     trained = run(train.train_model, tensors, stats, p.training(), root)
@@ -161,10 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt("epochs", type=int)
     opt("lr", metavar="FLOAT|auto", type=lambda v: v if v == "auto" else float(v))
     opt("tol", type=float)
-    opt("standardize", action=argparse.BooleanOptionalAction)
+    opt("scaling", choices=Params.choices("scaling"))
     opt("init", choices=Params.choices("init"))
     opt("method", choices=Params.choices("method"))
     opt("device", choices=Params.choices("device"))
+    opt("dtype", choices=Params.choices("dtype"))
     opt("engine", choices=Params.choices("engine"))
     opt("task_runner", choices=Params.choices("task_runner"))
     opt("dask_address", metavar="tcp://HOST:PORT")
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("refresh", action="store_true")
     opt("promote_tolerance", metavar="FRACTION", type=float)
     opt("require_promotion", action="store_true")
+    opt("promote_off_optimum", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON line at the end")
     parser.add_argument(
         "--clean-artifacts",

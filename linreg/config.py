@@ -11,6 +11,10 @@ Method = Literal["scratch", "builtins"]
 Init = Literal["zeros", "randn"]
 Device = Literal["auto", "cpu", "cuda"]
 Engine = Literal["auto", "rows", "stats"]
+# none: raw features; standardize: each column to mean 0, std 1; whiten: the standardized columns rotated and
+# scaled so that the training MSE's Hessian is the identity (every direction the same curvature); auto: whiten
+# unless the standardized columns are already uncorrelated (docs/numbers.md, "The change of variables")
+Scaling = Literal["auto", "none", "standardize", "whiten"]
 
 STATS_ENGINE_MIN_ROWS = 100_000  # below this the row-wise loop is already instant: keep the textbook reference
 
@@ -23,7 +27,7 @@ class TrainConfig:
     epochs: int
     lr: float | Literal["auto"]
     tol: float  # stop once the loss's relative change stays below this (FLAT_EPOCHS in a row); 0: never
-    standardize: bool
+    scaling: Scaling
     init: Init
     seed: int
     device: Device

@@ -21,8 +21,9 @@ class DivergenceError(InputError):
 class LossOverflowError(DivergenceError):
     """The float32 loss overflowed because of the target's scale: no step size helps, rescaling the target does.
 
-    The row loop sums the squared errors in float32; at zero weights that sum is ``yᵀy``, so a target whose
-    squares add up beyond float32's largest value makes the very first loss inf.
+    A float32 row loop (``--dtype float32``) sums the squared errors in float32; at zero weights that sum is the
+    centred target's ``yᵀy``, so a target whose squares add up beyond float32's largest value makes the very
+    first loss inf.
     """
 
     def __init__(self, epoch: int, rms: float, target: str = "the target"):
@@ -31,5 +32,5 @@ class LossOverflowError(DivergenceError):
         super().__init__(
             f"training loss overflowed float32 at epoch {epoch}: {target} has a scale of ~{rms:.2g} (root mean "
             f"square), so the squared errors add up beyond float32's largest value ≈3.4e38, whatever the step "
-            f"size; rescale the target (e.g. divide it by {divisor:.0e}), or pass --engine stats (float64)"
+            f"size; rescale the target (e.g. divide it by {divisor:.0e}), or pass --dtype float64"
         )

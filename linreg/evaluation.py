@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -18,6 +19,11 @@ MSE_RTOL = 1e-6
 # A train MSE below this fraction of mean(y²) is an exact fit: float32 data and training round at 1e-7 relative,
 # so a relative gap over such an MSE measures rounding, not optimization.
 EXACT_FIT_RTOL = 1e-10
+# A model this far from the optimum is not a success (docs/numbers.md, "Off the optimum"): its train MSE more than
+# this fraction above least squares', or, where least squares fits the rows exactly, a train RMSE above
+# EXACT_FIT_MISSED_RTOL of the target's standard deviation.
+OFF_OPTIMUM_GAP = 1e-3
+EXACT_FIT_MISSED_RTOL = 1e-5
 
 
 def optimality_gap(gd: Sums, ols: Sums, reference: Reference) -> tuple[float | None, float | None, str | None]:
@@ -37,6 +43,23 @@ def optimality_gap(gd: Sums, ols: Sums, reference: Reference) -> tuple[float | N
     if problem is not None:
         return None, None, problem
     return (None if ols_mse <= floor else (gd_mse - ols_mse) / ols_mse), gd_mse - ols_mse, None
+
+
+def off_optimum(gap: float | None, gd: Sums, ols: Sums, problem: str | None) -> str | None:
+    """Why gradient descent's model is off the least-squares optimum, or None (on it, or no trusted reference)."""
+    if problem is not None:
+        return None
+    gd_mse, ols_mse = gd.sse / gd.n, ols.sse / ols.n
+    if gap is not None and gap > OFF_OPTIMUM_GAP:
+        return f"its train MSE {gd_mse:.6g} is {gap:.3g} above the least-squares optimum {ols_mse:.6g} (relative)"
+    variance = ols.m2 / ols.n  # the target's spread: an offset (Unix times) must not hide a miss
+    missed = (gd_mse / variance) ** 0.5 if variance > 0 else 0.0
+    if gap is None and missed > EXACT_FIT_MISSED_RTOL:
+        return (
+            f"least squares fits the training rows exactly, and its train RMSE is {missed:.3g} of the target's "
+            "standard deviation"
+        )
+    return None
 
 
 def evaluate(partitions: Iterable[dict], trained: dict, ols: Reference) -> dict:
@@ -62,6 +85,7 @@ def evaluate(partitions: Iterable[dict], trained: dict, ols: Reference) -> dict:
     metrics = {part: sums["gd", part].metrics() for part in PARTS}
     baseline = {part: sums["ols", part].metrics() for part in PARTS}
     gap, gap_abs, problem = optimality_gap(sums["gd", "train"], sums["ols", "train"], ols)
+    off = off_optimum(gap, sums["gd", "train"], sums["ols", "train"], problem)
     features = list(trained["features"])
     return {
         "metrics": metrics,
@@ -71,6 +95,7 @@ def evaluate(partitions: Iterable[dict], trained: dict, ols: Reference) -> dict:
         "reference_rank": ols.rank,
         "optimality_gap": gap,
         "optimality_gap_abs": gap_abs,
+        "off_optimum": off,
         "weights": dict(zip(features, weights.tolist(), strict=True)),
         "bias": float(trained["bias"]),
         "ols_weights": dict(zip(features, ols.weights.tolist(), strict=True)),
@@ -80,6 +105,11 @@ def evaluate(partitions: Iterable[dict], trained: dict, ols: Reference) -> dict:
         "max_stable_lr": float(trained["max_stable_lr"]),
         "converged": bool(trained["converged"]),
         "engine": str(trained["engine"]),
+        # what a model file before 2026-12-02 does not record reads as unknown
+        "scaling": str(trained.get("scaling", "unknown")),
+        "condition": float(trained.get("condition", math.nan)),
+        "dtype": str(trained.get("dtype", "unknown")),
+        "dtype_reason": str(trained.get("dtype_reason", "not recorded")),
         "train_seconds": float(trained["train_seconds"]),
         "training": dict(trained["config"]),
         "test_predictions": {"actual": np.concatenate(actual), "predicted": np.concatenate(predicted)},

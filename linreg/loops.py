@@ -34,7 +34,7 @@ def train_scratch(x, y, w, b, lr: float, epochs: int, stop: Stop) -> tuple[torch
 
 def train_builtins(x, y, w, b, lr: float, epochs: int, stop: Stop) -> tuple[torch.Tensor, torch.Tensor]:
     """The same model and loss with PyTorch's own pieces: nn.Linear, nn.MSELoss, optim.SGD."""
-    linear = torch.nn.Linear(w.shape[1], 1, device=x.device)
+    linear = torch.nn.Linear(w.shape[1], 1, device=x.device, dtype=x.dtype)
     with torch.no_grad():
         linear.weight.copy_(w)
         linear.bias.copy_(b)

@@ -9,7 +9,8 @@ from linreg.config import TrainConfig
 from linreg.errors import DivergenceError, LossOverflowError
 
 RISING_EPOCHS = 5  # this many consecutive rises of the loss count as divergence
-RISE_TOLERANCE = 1e-6  # relative rise below this is float32 rounding, not a rise
+RISE_TOLERANCE = 1e-6  # relative change below this is a float32 loss's rounding: neither a rise nor progress
+FLOAT64_ROUNDING = 1e-12  # the same for a float64 loss (a sum of n squares rounds at about n·2⁻⁵³ at worst)
 # Near an exact fit the loss is rounding noise: the stats engine's (θᵀGθ − 2θᵀc + yᵀy)/n cancels to about 1e-15
 # of mean(y²), even below zero, and float32 rows round at a similar level. Changes under this fraction of
 # mean(y²) are neither a rise (no false "diverged") nor progress (with --tol > 0, such epochs count as flat).
@@ -34,11 +35,12 @@ class Monitor:
         target_rms: float | None = None,
         floor: float = 0.0,  # the loss's rounding level, absolute (see LOSS_FLOOR_RTOL)
         target: str = "the target",
+        rounding: float = RISE_TOLERANCE,  # the loss's rounding, relative: RISE_TOLERANCE (float32) or FLOAT64_ROUNDING
     ):
         """``target_rms``: the target's root mean square when the loss is float32 and its squares, summed,
         overflow it (an inf loss is then the data's scale, not the step size); None otherwise. ``target``:
         how an overflow's message names the target."""
-        self.cfg, self.lr, self.max_stable_lr, self.floor = cfg, lr, max_stable_lr, floor
+        self.cfg, self.lr, self.max_stable_lr, self.floor, self.rounding = cfg, lr, max_stable_lr, floor, rounding
         self.on_progress = on_progress
         self.target_rms, self.target = target_rms, target
         self.every = max(1, cfg.epochs // PROGRESS_STEPS)
@@ -57,11 +59,12 @@ class Monitor:
                 raise LossOverflowError(epoch, self.target_rms, self.target)
             self._diverged(epoch, f"loss became {loss}")
         if previous is not None:
-            self.rising = self.rising + 1 if loss > previous * (1 + RISE_TOLERANCE) + self.floor else 0
+            self.rising = self.rising + 1 if loss > previous * (1 + self.rounding) + self.floor else 0
             if self.rising >= RISING_EPOCHS:
                 self._diverged(epoch, f"loss rose for {RISING_EPOCHS} epochs in a row to {loss:.4g}")
             change = abs(previous - loss)
-            flat = change < self.cfg.tol * abs(previous) or (self.cfg.tol > 0 and change <= self.floor)
+            noise = self.floor + self.rounding * abs(previous)  # a change this small is the loss's own rounding
+            flat = change < self.cfg.tol * abs(previous) or (self.cfg.tol > 0 and change <= noise)
             self.flat = self.flat + 1 if flat else 0
             self.converged = self.flat >= FLAT_EPOCHS
         done = self.converged or epoch == self.cfg.epochs

@@ -31,10 +31,11 @@ def qr_factor(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) ->
     return r
 
 
-# The rows are float32 (tensorize): with unit-norm columns, rounding them moves [x 1]·D by up to 2⁻²⁴·√(d+1)
-# in norm, so singular values of the equilibrated problem below (d+1)·2⁻²⁴ of the largest are storage noise,
-# not information (think 2·a − 1 stored beside a: exactly collinear but for float32 rounding). Keeping them
-# gives weights of 1e12 whose float64 predictions cancel to noise; they are cut as rank-deficient instead.
+# The rows are stored with a unit roundoff u (2⁻²⁴ for float32 rows, 2⁻⁵³ for float64; tensorize chooses):
+# with unit-norm columns, rounding them moves [x 1]·D by up to u·√(d+1) in norm, so singular values of the
+# equilibrated problem below (d+1)·u of the largest are storage noise, not information (think 2·a − 1 stored
+# beside a: exactly collinear but for float32 rounding). Keeping them gives weights of 1e12 whose float64
+# predictions cancel to noise; they are cut as rank-deficient instead.
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24
 # A correct least-squares solution leaves each column's normal equation aᵢᵀ(Aθ − y) = 0 up to rounding: about
 # machine epsilon times ‖aᵢ‖·(Σ‖aₖ‖|θₖ| + ‖y‖), whatever the conditioning (Householder QR and an SVD solve are
@@ -54,21 +55,22 @@ class Reference:
     problem: str | None = None  # why it cannot be trusted; None when it can
 
 
-def least_squares(factors: list[torch.Tensor]) -> Reference:
+def least_squares(factors: list[torch.Tensor], unit_roundoff: float = FLOAT32_UNIT_ROUNDOFF) -> Reference:
     """The OLS weights and intercept from the R factors of all the training rows (`qr_factor`), in float64, checked.
 
     R·D is the R factor of A·D for a diagonal D, so the columns are equilibrated after the factors are merged
     (D = 1/column norm, the norms of R's columns being A's): exact, and the same for one file or many partitions.
     Without it one huge feature value makes the SVD's rank cut-off (relative to the largest singular value)
-    drop every other column. The rank tolerance is then relative to the scaled problem, at the float32
-    precision of the rows, and the solution is checked against the normal equations before it is believed.
+    drop every other column. The rank tolerance is then relative to the scaled problem, at the precision the
+    rows are stored in (``unit_roundoff``), and the solution is checked against the normal equations before it
+    is believed.
     """
     r = torch.linalg.qr(torch.cat(factors), mode="r").R
     d = r.shape[1] - 1  # features + intercept
     r_a, r_y = r[:, :d], r[:, d:]
     norms = torch.linalg.vector_norm(r_a, dim=0)
     scale = torch.where(norms > 0, 1.0 / norms, torch.ones_like(norms))
-    rcond = d * FLOAT32_UNIT_ROUNDOFF
+    rcond = d * unit_roundoff
     fit = torch.linalg.lstsq(r_a * scale, r_y, rcond=rcond, driver="gelsd")  # gelsd: SVD, rank-deficient too
     theta = fit.solution.ravel() * scale
     residual = normal_equations_residual(r_a, r_y.ravel(), theta)

@@ -1,9 +1,10 @@
 """Fitting: from the rows (or their statistics) and a `TrainConfig` to raw-unit weights, by gradient descent.
 
-By default the features are standardized with training statistics and the step is ``1/L`` (L: the largest
-eigenvalue of the training MSE's Hessian), which makes plain gradient descent reach the least-squares optimum
-in a few dozen epochs; the fitted weights are folded back to raw units. The ``seed`` preset turns all of that
-off to reproduce the original tutorial.
+By default the features are whitened with training statistics (`linreg.stats.Scaler`: standardized, then
+rotated so that the training MSE's Hessian is the identity) and the step is ``1/L`` (L: the largest eigenvalue
+of that Hessian), which makes plain gradient descent reach the least-squares optimum in a few epochs however
+correlated the columns are; the fitted weights are folded back to raw units. The ``seed`` preset turns all of
+that off to reproduce the original tutorial.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from linreg.config import Device, TrainConfig, choose_engine, trains_on_stats
 from linreg.errors import InputError
 from linreg.loops import LOOPS, train_stats
 from linreg.model import initial_params
-from linreg.monitor import LOSS_FLOOR_RTOL, Monitor, Progress
+from linreg.monitor import FLOAT64_ROUNDING, LOSS_FLOOR_RTOL, RISE_TOLERANCE, Monitor, Progress
 from linreg.stats import Scaler, Stats
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # ≈3.4e38
@@ -32,6 +33,8 @@ class Fit:
     lr: float
     max_stable_lr: float
     engine: str
+    scaling: str = "none"  # the change of variables it ran in (auto resolved)
+    condition: float = math.nan  # the Hessian's condition number after standardizing (nan: not standardized)
     history: list[float] = field(default_factory=list)
     converged: bool = False
 
@@ -59,12 +62,13 @@ def fit(
     """
     stats = Stats.of(x, y) if stats is None else stats
     engine = choose_engine(cfg, stats.n)
-    start = _Start.of(stats, cfg, engine, on_progress, names)
+    start = _Start.of(stats, cfg, engine, on_progress, names, x.dtype)
     if engine == "stats":
         w, b = train_stats(start.scaled, start.w, start.b, start.lr, cfg.epochs, start.monitor)
     else:
-        x, y = start.scaler.transform(x.to(start.w.device)), y.to(start.w.device)
-        w, b = LOOPS[cfg.method](x, y, start.w, start.b, start.lr, cfg.epochs, start.monitor)
+        x, y = start.scaler.transform(x.to(start.w.device)), start.scaler.transform_y(y.to(start.w.device))
+        w0, b0 = start.w.to(x.dtype), start.b.to(x.dtype)  # the loop runs in the rows' own precision
+        w, b = LOOPS[cfg.method](x, y, w0, b0, start.lr, cfg.epochs, start.monitor)
     return start.fit(w, b)
 
 
@@ -114,7 +118,7 @@ class _Start:
     """What every engine starts from: the scaled problem, the step size, the stopping rule and θ₀."""
 
     scaler: Scaler
-    scaled: Stats  # the statistics of the standardized features
+    scaled: Stats  # the statistics of the rows in the new variables (`Scaler.transform_stats`)
     engine: str
     lr: float
     max_stable_lr: float
@@ -124,24 +128,31 @@ class _Start:
 
     @classmethod
     def of(
-        cls, stats: Stats, cfg: TrainConfig, engine: str, on_progress: Progress | None, names: Names | None
+        cls,
+        stats: Stats,
+        cfg: TrainConfig,
+        engine: str,
+        on_progress: Progress | None,
+        names: Names | None,
+        dtype: torch.dtype = torch.float64,
     ) -> _Start:
         refuse_degenerate(stats, names)
         device = resolve_device(cfg.device)
-        scaler = Scaler.fit(stats, cfg.standardize)
+        scaler = Scaler.fit(stats, cfg.scaling)
         scaled = scaler.transform_stats(stats)
         curvature = scaled.hessian_max_eigenvalue()
         lr = 1.0 / curvature if cfg.lr == "auto" else float(cfg.lr)
-        # the row loop's loss is float32: a sum of squared errors beyond its range is inf from the first epoch
-        overflows = engine == "rows" and stats.yy > FLOAT32_MAX / 2
+        # a float32 row loop's loss: a sum of squared errors beyond its range is inf from the first epoch
+        overflows = engine == "rows" and dtype == torch.float32 and scaled.yy > FLOAT32_MAX / 2
         monitor = Monitor(
             cfg,
             lr,
             max_stable_lr=2.0 / curvature,
             on_progress=on_progress,
-            target_rms=math.sqrt(stats.yy / stats.n) if overflows else None,
-            floor=LOSS_FLOOR_RTOL * stats.yy / stats.n,
+            target_rms=math.sqrt(scaled.yy / stats.n) if overflows else None,
+            floor=LOSS_FLOOR_RTOL * scaled.yy / stats.n,
             target=_target(names),
+            rounding=RISE_TOLERANCE if engine == "rows" and dtype == torch.float32 else FLOAT64_ROUNDING,
         )
         w0, b0 = initial_params(stats.g.shape[0] - 1, cfg.init, cfg.seed, device)
         return cls(scaler, scaled, engine, lr, 2.0 / curvature, monitor, w0, b0)
@@ -149,6 +160,6 @@ class _Start:
     def fit(self, w: torch.Tensor, b: torch.Tensor) -> Fit:
         """The result of training that ended at (w, b): raw-unit weights, with the monitor's record."""
         weights, bias = self.scaler.unfold(w, b)
-        return Fit(
-            weights, bias, self.lr, self.max_stable_lr, self.engine, self.monitor.history, self.monitor.converged
-        )
+        kind, condition = self.scaler.kind, self.scaler.condition
+        history, converged = self.monitor.history, self.monitor.converged
+        return Fit(weights, bias, self.lr, self.max_stable_lr, self.engine, kind, condition, history, converged)

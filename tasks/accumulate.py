@@ -32,7 +32,7 @@ def accumulate_stats(tensors_path: core.File, root: str) -> dict[str, str]:
         r = pool.submit(qr_factor, data["x_train"], data["y_train"])
         stats = Stats.of(data["x_train"], data["y_train"])
         r = r.result()
-    saved = {**stats.as_dict(), "r": r, "features": data["features"], "target": data["target"]}
+    saved = {**stats.as_dict(), "r": r, **{k: data[k] for k in ("features", "target", "dtype", "dtype_reason")}}
     out = core.outputs().write_pt(saved, "stats.pt")
     get_run_logger().info(
         "read %s; statistics of %d training rows × %d features; wrote %s",

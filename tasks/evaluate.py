@@ -12,6 +12,7 @@ from prefect import get_run_logger
 
 import stagecore as core
 from linreg.evaluation import PARTS, evaluate
+from linreg.precision import FLOAT32_UNIT_ROUNDOFF, FLOAT64_UNIT_ROUNDOFF
 from linreg.reference import least_squares
 
 # r2 is null where the part's target does not vary; a fixed schema keeps it float64 even when all are null
@@ -50,7 +51,9 @@ def evaluate_model(
 
     The reference merges the partitions' QR factors (from ``stats.pt``); the tensors are read one at a time.
     """
-    ols = least_squares([core.read_pt(path)["r"] for path in stats_paths])
+    stats = [core.read_pt(path) for path in stats_paths]
+    stored = FLOAT32_UNIT_ROUNDOFF if any(s["dtype"] == "float32" for s in stats) else FLOAT64_UNIT_ROUNDOFF
+    ols = least_squares([s["r"] for s in stats], stored)
     partitions = (core.read_pt(path) for path in tensors_paths)
     result = evaluate(partitions, core.read_pt(model_path), ols)
     read = f"{len(tensors_paths)} partition(s)' tensors and {model_path}"
@@ -100,7 +103,8 @@ def reference_notes(result: dict) -> list[str]:
     if result["reference_rank"] < columns:
         notes.append(
             f"note: the features are collinear (rank {result['reference_rank']} of {columns} columns with the "
-            "intercept, to float32 precision; e.g. a constant feature, or one a combination of others): least "
-            "squares has many solutions and the weights shown are one of them; compare the MSEs, not the weights"
+            f"intercept, to the {result['dtype']} precision of the rows; e.g. a constant feature, or one a "
+            "combination of others): least squares has many solutions and the weights shown are one of them; "
+            "compare the MSEs, not the weights"
         )
     return notes

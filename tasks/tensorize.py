@@ -1,4 +1,8 @@
-"""Stage 4: turn the train and test tables into float32 feature and target tensors, saved as one ``.pt``."""
+"""Stage 4: turn the train and test tables into feature and target tensors, saved as one ``.pt``.
+
+float64 unless the data is big and float32 is measured safe for it (`linreg.precision.choose_dtype`); the choice
+and its reason travel with the tensors into the model and the summary.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from prefect import get_run_logger
 
 import stagecore as core
 from linreg.columns import float_values, is_numeric
+from linreg.precision import Dtype, choose_dtype
 from storage.errors import InputError
 
 
@@ -71,8 +76,8 @@ def select_columns(table: Columns, target: str, features: list[str] | None) -> l
 
 
 def _fill(dest: np.ndarray, table: Columns, name: str, part: str, role: str = "feature") -> None:
-    """Copy a column into a float32 slot (no float64 copy of the whole matrix); refuse NaN, inf, nulls, and
-    finite values too large for float32 (which would turn to inf and be taken for missing ones)."""
+    """Copy a column into its slot (float32 or float64; no second copy of the whole matrix); refuse NaN, inf,
+    nulls, and finite values too large for a float32 slot (which would turn to inf and be taken for missing)."""
     values = float_values(table.column(name))  # nulls arrive as NaN; booleans as 1.0/0.0
     bad = int(np.count_nonzero(~np.isfinite(values))) if values.dtype.kind == "f" else 0
     leave_out = "leave the column out with --features" if role == "feature" else "pass another --target"
@@ -89,18 +94,46 @@ def _fill(dest: np.ndarray, table: Columns, name: str, part: str, role: str = "f
         raise InputError(
             f"{role} column {name!r} has {int(over.sum())} value(s) beyond float32's range in the {part} rows "
             f"(up to {largest:.3g}; float32's largest is ≈3.4e38); rescale the column (e.g. divide it by "
-            f"{10.0 ** np.floor(np.log10(largest)):.0e}) or {leave_out}"
+            f"{10.0 ** np.floor(np.log10(largest)):.0e}), pass --dtype float64, or {leave_out}"
         )
 
 
-def to_tensors(train: Columns, test: Columns, target: str, features: list[str] | None) -> dict:
-    """``x_train`` (n×d), ``y_train`` (n×1), ``x_test``, ``y_test`` as float32, plus the names they came from."""
+def to_tensors(
+    train: Columns, test: Columns, target: str, features: list[str] | None, dtype: Dtype = "auto", rows: int = 0
+) -> dict:
+    """``x_train`` (n×d), ``y_train`` (n×1), ``x_test``, ``y_test`` in the chosen dtype, the names they came from,
+    and ``dtype`` and ``dtype_reason``.
+
+    ``rows``: the whole input's row count (all partitions), which sizes the ``auto`` choice like one file's.
+    A big ``auto`` input is read as float32 first, its rounding risk measured on those values, and read again
+    as float64 only when the risk is too high: never two float64 copies at once.
+    """
     chosen = select_columns(train, target, features)
-    out: dict = {"features": chosen, "target": target}
+    values = max(rows, train.num_rows + test.num_rows) * (len(chosen) + 1)
+    kind, reason = choose_dtype(dtype, values)  # by size, or as asked
+    if dtype == "auto" and kind == torch.float32:  # big: decide on the values themselves
+        out = _read(train, test, chosen, target, np.float32)
+        columns = [c.numpy() for c in out["x_train"].unbind(1)] + [out["y_train"][:, 0].numpy()]
+        kind, reason = choose_dtype(dtype, values, columns)
+        if kind == torch.float64:
+            out = _read(train, test, chosen, target, np.float64)
+    else:
+        out = _read(train, test, chosen, target, np.float32 if kind == torch.float32 else np.float64)
+    return {
+        **out,
+        "features": chosen,
+        "target": target,
+        "dtype": str(kind).removeprefix("torch."),
+        "dtype_reason": reason,
+    }
+
+
+def _read(train: Columns, test: Columns, chosen: list[str], target: str, dtype: type) -> dict:
+    out: dict = {}
     fills = []
     for part, table in (("train", train), ("test", test)):
-        x = np.empty((table.num_rows, len(chosen)), dtype=np.float32)
-        y = np.empty((table.num_rows, 1), dtype=np.float32)
+        x = np.empty((table.num_rows, len(chosen)), dtype=dtype)
+        y = np.empty((table.num_rows, 1), dtype=dtype)
         fills += [(x[:, j], table, name, part, "feature") for j, name in enumerate(chosen)]
         fills.append((y[:, 0], table, target, part, "target"))
         out[f"x_{part}"], out[f"y_{part}"] = torch.from_numpy(x), torch.from_numpy(y)
@@ -112,20 +145,28 @@ def to_tensors(train: Columns, test: Columns, target: str, features: list[str] |
 
 @core.stage("tensorize", outputs=("tensors",))
 def tensorize(
-    train_path: core.File, test_path: core.File, target: str, features: list[str] | None, root: str
+    train_path: core.File,
+    test_path: core.File,
+    target: str,
+    features: list[str] | None,
+    dtype: Dtype,
+    rows: int,
+    root: str,
 ) -> dict[str, str]:
-    """Read the split tables, write ``tensors.pt`` (float32 tensors + feature names)."""
+    """Read the split tables, write ``tensors.pt`` (tensors + feature names + their dtype and why)."""
     train, test = ParquetColumns(train_path), ParquetColumns(test_path)
-    tensors = to_tensors(train, test, target, features)
+    tensors = to_tensors(train, test, target, features, dtype, rows)
     out = core.outputs().write_pt(tensors, "tensors.pt")
     get_run_logger().info(
-        "read %s and %s; features %s, target %r; x_train %s, x_test %s (float32); wrote %s",
+        "read %s and %s; features %s, target %r; x_train %s, x_test %s (%s: %s); wrote %s",
         train_path,
         test_path,
         tensors["features"],
         target,
         tuple(tensors["x_train"].shape),
         tuple(tensors["x_test"].shape),
+        tensors["dtype"],
+        tensors["dtype_reason"],
         core.describe(out),
     )
     return {"tensors": out}

@@ -102,17 +102,22 @@ def train_model(tensors_paths: core.Files, stats_paths: core.Files, cfg: TrainCo
         "max_stable_lr": result.max_stable_lr,
         "converged": result.converged,
         "engine": result.engine,
+        "scaling": result.scaling,
+        "condition": result.condition,
+        **_precision(parts),
         "train_seconds": seconds,
         "config": asdict(cfg),
     }
     out = core.outputs().write_pt(saved, "model.pt")
     logger.info(
-        "read %d partition(s)' statistics (%d training rows); %s training (%s engine) ran %d epochs in %.2f s at "
-        "lr %.4g (%s); final train loss %.6g; wrote %s",
+        "read %d partition(s)' statistics (%d training rows); %s training (%s engine, %s, %s) ran %d epochs in "
+        "%.2f s at lr %.4g (%s); final train loss %.6g; wrote %s",
         len(stats_paths),
         stats.n,
         cfg.method,
         result.engine,
+        result.scaling,
+        saved["dtype"],
         len(result.history),
         seconds,
         result.lr,
@@ -121,6 +126,16 @@ def train_model(tensors_paths: core.Files, stats_paths: core.Files, cfg: TrainCo
         core.describe(out),
     )
     return {"model": out}
+
+
+def _precision(parts: list[dict]) -> dict[str, str]:
+    """The tensors' dtype and why (tensorize's choice): one for all partitions, or each partition's."""
+    kinds = {(p["dtype"], p["dtype_reason"]) for p in parts}
+    if len(kinds) == 1:
+        dtype, reason = kinds.pop()
+        return {"dtype": dtype, "dtype_reason": reason}
+    dtypes = sorted({dtype for dtype, _ in kinds})
+    return {"dtype": "+".join(dtypes), "dtype_reason": "; ".join(sorted({reason for _, reason in kinds}))}
 
 
 def _training_rows(tensors_paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

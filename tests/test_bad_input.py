@@ -85,6 +85,6 @@ def test_bad_parameters_fail_before_any_work(args, message, artifacts: Path, cap
 
 
 def test_diverging_lr_is_a_clear_error(artifacts: Path, capfd):
-    code, err = run_cli(["--artifacts-dir", str(artifacts), "--lr", "0.001", "--no-standardize"], capfd)
+    code, err = run_cli(["--artifacts-dir", str(artifacts), "--lr", "0.001", "--scaling", "none"], capfd)
     assert_one_line_error(code, err, r"training diverged at epoch \d+ .*largest stable lr for this data is 3\.22")
     assert not (artifacts / "train").exists()

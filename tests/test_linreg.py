@@ -43,7 +43,7 @@ from linreg.stats import Scaler
 pytestmark = pytest.mark.no_server
 
 # the flow's default recipe (flows/params.py, preset "default"), on the CPU
-DEFAULT = TrainConfig("scratch", 1000, "auto", 1e-7, True, "zeros", 0, "cpu", "auto")
+DEFAULT = TrainConfig("scratch", 1000, "auto", 1e-7, "standardize", "zeros", 0, "cpu", "auto")
 TRUE_W, TRUE_B = [2.0, -1.0, 0.5], 3.0
 
 
@@ -127,17 +127,17 @@ def test_each_loop_reaches_closed_form_least_squares(loop):
     """
     x, y = synthetic()
     stats = Stats.of(x, y)
-    scaler = Scaler.fit(stats, enabled=True)
+    scaler = Scaler.fit(stats, "standardize")
     scaled = scaler.transform_stats(stats)
     lr = 1.0 / scaled.hessian_max_eigenvalue()
     w0, b0 = torch.zeros(1, 3), torch.zeros(1)
     losses: list[float] = []
     data = scaled if loop is train_stats else scaler.transform(x)
-    args = (data,) if loop is train_stats else (data, y)
+    args = (data,) if loop is train_stats else (data, scaler.transform_y(y))
     w, b = loop(*args, w0, b0, lr, 300, lambda loss: losses.append(loss) or False)
     assert len(losses) == 300 and losses[-1] < losses[0]
     got = theta(w, b)
-    expected = lstsq(scaler.transform(x.double()), y)
+    expected = lstsq(scaler.transform(x.double()), scaler.transform_y(y.double()))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-10 if loop is train_stats else 1e-5)
     # and in raw units, against the least squares of the raw rows
     w_raw, b_raw = scaler.unfold(w, b)
@@ -149,7 +149,7 @@ def test_fit_matches_scikit_learn_on_features_of_very_different_scales(method, e
     """Features at scales 1e-2, 1 and 1e3 (condition number ~1e10 raw): standardized, a few dozen epochs reach
     scikit-learn's OLS. Tolerance: 1e-4 relative per coefficient, the float32 rows' rounding after the fold-back."""
     x, y = synthetic(scales=(1e-2, 1.0, 1e3))
-    result = fit(x, y, TrainConfig(method, 1000, "auto", 1e-7, True, "zeros", 0, "cpu", engine))
+    result = fit(x, y, TrainConfig(method, 1000, "auto", 1e-7, "standardize", "zeros", 0, "cpu", engine))
     ols = LinearRegression().fit(x.double().numpy(), y.double().numpy().ravel())
     np.testing.assert_allclose(result.weights.numpy(), ols.coef_, rtol=1e-4)
     assert result.bias == pytest.approx(float(ols.intercept_), rel=1e-4)
@@ -159,7 +159,7 @@ def test_fit_matches_scikit_learn_on_features_of_very_different_scales(method, e
 def test_fit_given_the_rows_statistics_follows_the_same_iterates():
     """The training stage passes the partitions' summed statistics instead of a second pass over the rows."""
     x, y = synthetic()
-    cfg = TrainConfig("scratch", 50, "auto", 0.0, True, "zeros", 0, "cpu", "rows")
+    cfg = TrainConfig("scratch", 50, "auto", 0.0, "standardize", "zeros", 0, "cpu", "rows")
     parts = Stats.total([Stats.of(x[:123], y[:123]), Stats.of(x[123:], y[123:])])
     one_pass, summed = fit(x, y, cfg), fit(x, y, cfg, stats=parts)
     assert summed.history == pytest.approx(one_pass.history, rel=1e-6)
@@ -168,11 +168,11 @@ def test_fit_given_the_rows_statistics_follows_the_same_iterates():
 
 def test_fit_stats_equals_the_stats_engine_on_the_rows():
     x, y = synthetic()
-    cfg = TrainConfig("scratch", 100, "auto", 0.0, True, "zeros", 0, "cpu", "stats")
+    cfg = TrainConfig("scratch", 100, "auto", 0.0, "standardize", "zeros", 0, "cpu", "stats")
     on_rows, on_stats = fit(x, y, cfg), fit_stats(Stats.of(x, y), cfg)
     assert on_stats.history == on_rows.history and on_stats.engine == "stats"
     with pytest.raises(InputError, match="training on statistics needs --method scratch"):
-        fit_stats(Stats.of(x, y), TrainConfig("builtins", 10, "auto", 0.0, True, "zeros", 0, "cpu", "auto"))
+        fit_stats(Stats.of(x, y), TrainConfig("builtins", 10, "auto", 0.0, "standardize", "zeros", 0, "cpu", "auto"))
 
 
 def test_hessian_eigenvalue_matches_numpy():
@@ -189,7 +189,7 @@ def test_hessian_eigenvalue_matches_numpy():
 
 
 def test_progress_is_reported_every_five_percent():
-    cfg = TrainConfig("scratch", 40, "auto", 0.0, True, "zeros", 0, "cpu", "auto")
+    cfg = TrainConfig("scratch", 40, "auto", 0.0, "standardize", "zeros", 0, "cpu", "auto")
     seen: list[int] = []
     monitor = Monitor(cfg, lr=0.1, max_stable_lr=1.0, on_progress=lambda epoch, loss: seen.append(epoch))
     for i in range(40):
@@ -198,7 +198,7 @@ def test_progress_is_reported_every_five_percent():
 
 
 def test_a_flat_loss_converges_and_a_rising_one_diverges():
-    cfg = TrainConfig("scratch", 1000, "auto", 1e-3, True, "zeros", 0, "cpu", "auto")
+    cfg = TrainConfig("scratch", 1000, "auto", 1e-3, "standardize", "zeros", 0, "cpu", "auto")
     flat = Monitor(cfg, lr=0.1, max_stable_lr=1.0)
     stops = [flat(1.0) for _ in range(FLAT_EPOCHS + 1)]  # the first epoch has nothing to compare with
     assert stops == [False] * FLAT_EPOCHS + [True] and flat.converged
@@ -212,7 +212,7 @@ def test_a_float32_overflow_names_the_target_column():
     gen = torch.Generator().manual_seed(3)
     x = torch.rand(50, 2, generator=gen)
     y = 1e20 * (1 + torch.rand(50, 1, generator=gen))  # Σy² ≈ 1e42: beyond float32, not float64
-    cfg = TrainConfig("scratch", 10, "auto", 0.0, True, "zeros", 0, "cpu", "rows")
+    cfg = TrainConfig("scratch", 10, "auto", 0.0, "standardize", "zeros", 0, "cpu", "rows")
     with pytest.raises(LossOverflowError, match=r"^training loss overflowed float32 at epoch 1: target column 'y'"):
         fit(x, y, cfg, names=Names(["a", "b"], "y"))
 
@@ -233,24 +233,37 @@ def test_statistics_summed_over_partitions_equal_one_pass():
     again = Stats.from_dict(whole.as_dict())
     assert torch.equal(again.g, whole.g) and (again.yy, again.n) == (whole.yy, whole.n)
     a = torch.cat([x.double(), torch.ones(1000, 1, dtype=torch.float64)], 1)
-    torch.testing.assert_close(whole.g, a.T @ a, rtol=1e-12, atol=0)  # and G is AᵀA, A = [x 1]
+    torch.testing.assert_close(whole.shifted(torch.zeros(3, dtype=torch.float64), 0.0).g, a.T @ a, rtol=1e-12, atol=0)
+    # G is AᵀA, A = [x − x₀ 1], measured from the first row (x₀, y₀)
+    assert torch.equal(whole.x_shift, x[0].double()) and whole.y_shift == float(y[0, 0])
+    a0 = torch.cat([x.double() - x[0].double(), torch.ones(1000, 1, dtype=torch.float64)], 1)
+    torch.testing.assert_close(whole.g, a0.T @ a0, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(whole.c, a0.T @ (y.double().ravel() - float(y[0, 0])), rtol=1e-12, atol=1e-9)
 
 
-def test_scaler_round_trip_to_raw_units():
+@pytest.mark.parametrize("scaling", ["standardize", "whiten"])
+def test_scaler_round_trip_to_raw_units(scaling):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(20, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 100.0, 0.01]) + 5
+    x[:, 2] += 0.001 * x[:, 1]  # correlated: whitening rotates
     y = torch.randn(20, 1, generator=gen, dtype=torch.float64)
-    scaler = Scaler.fit(Stats.of(x, y), enabled=True)
+    scaler = Scaler.fit(Stats.of(x, y), scaling)
+    assert scaler.kind == scaling
     torch.testing.assert_close(scaler.mean, x.mean(0))
     torch.testing.assert_close(scaler.std, x.std(0, unbiased=False))
     w, b = torch.randn(1, 3, generator=gen, dtype=torch.float64), torch.randn(1, generator=gen, dtype=torch.float64)
     w_raw, b_raw = scaler.unfold(w, b)
-    torch.testing.assert_close(x @ w_raw + b_raw, (scaler.transform(x) @ w.t() + b).ravel())
+    torch.testing.assert_close(x @ w_raw + b_raw, (scaler.transform(x) @ w.t() + b).ravel() + scaler.y_mean)
+    if scaling == "whiten":  # the Hessian in the new variables is 2·I: every direction the same curvature
+        xt = scaler.transform(x)
+        torch.testing.assert_close(xt.T @ xt / len(x), torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-12)
     # the statistics of the scaled rows, without another pass over them
-    direct, derived = Stats.of(scaler.transform(x), y), scaler.transform_stats(Stats.of(x, y))
+    zero = torch.zeros(3, dtype=torch.float64)
+    direct = Stats.of(scaler.transform(x), scaler.transform_y(y)).shifted(zero, 0.0)
+    derived = scaler.transform_stats(Stats.of(x, y))
     torch.testing.assert_close(derived.g, direct.g, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(derived.c, direct.c, rtol=1e-9, atol=1e-9)
-    disabled = Scaler.fit(Stats.of(x, y), enabled=False)
+    disabled = Scaler.fit(Stats.of(x, y), "none")
     assert torch.equal(disabled.transform(x), x)
 
 
@@ -261,7 +274,7 @@ def test_scaler_centres_a_constant_column_to_exact_zero(value):
     a = torch.rand(1000, 1, generator=gen)
     x = torch.cat([a, torch.full((1000, 1), value), a * 2 - 1], dim=1)
     y = 3 * a + 1 + 0.1 * torch.randn(1000, 1, generator=gen)
-    scaler = Scaler.fit(Stats.of(x, y), enabled=True)
+    scaler = Scaler.fit(Stats.of(x, y), "standardize")
     assert scaler.constant.tolist() == [False, True, False] and float(scaler.std[1]) == 1.0
     assert bool((scaler.transform(x)[:, 1] == 0).all())
     scaled = scaler.transform_stats(Stats.of(x, y))

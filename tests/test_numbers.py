@@ -336,7 +336,7 @@ def test_collinear_but_for_float32_rounding_is_collinear():
 def test_not_unique_least_squares_gives_finite_weights_and_an_honest_gap(case, engine):
     """A constant or collinear feature: least squares is not unique, but its MSE is, and GD reaches it."""
     x, y = constant_feature(float(case.split()[1]) if case.startswith("constant ") else 0.1)
-    overrides = {"init": "randn"} if "randn" in case else {"standardize": False} if "raw" in case else {}
+    overrides = {"init": "randn"} if "randn" in case else {"scaling": "none"} if "raw" in case else {}
     model = fitted(x, y, engine=engine, **overrides)
     assert model["weights"].isfinite().all() and np.isfinite(model["bias"])
     result = evaluate_on(x, y, model)

@@ -18,7 +18,7 @@ def test_progress_is_reported_at_least_every_5_percent_and_at_the_end(epochs: in
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(50, 3, generator=gen)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1 * torch.randn(50, 1, generator=gen)
-    cfg = TrainConfig("scratch", epochs, lr, tol, True, "zeros", 0, "cpu", "auto")
+    cfg = TrainConfig("scratch", epochs, lr, tol, "standardize", "zeros", 0, "cpu", "auto")
     reports: list[tuple[int, float]] = []
     result = fit(x, y, cfg, on_progress=lambda epoch, loss: reports.append((epoch, loss)))
     done = [epoch for epoch, _ in reports]

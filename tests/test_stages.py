@@ -246,7 +246,10 @@ def test_to_tensors_shapes_dtypes_and_names():
     out = to_tensors(train, train.slice(0, 2), "y", None)
     assert out["features"] == ["a", "b"] and out["target"] == "y"
     assert out["x_train"].shape == (3, 2) and out["y_train"].shape == (3, 1) and out["x_test"].shape == (2, 2)
-    assert all(out[k].dtype == torch.float32 for k in ("x_train", "y_train", "x_test", "y_test"))
+    assert all(out[k].dtype == torch.float64 for k in ("x_train", "y_train", "x_test", "y_test"))  # small: float64
+    assert out["dtype"] == "float64" and "costs nothing measurable" in out["dtype_reason"]
+    asked = to_tensors(train, train, "y", None, "float32")
+    assert asked["x_train"].dtype == torch.float32 and asked["dtype_reason"] == "--dtype float32"
     assert to_tensors(train, train, "y", ["b"])["x_train"][:, 0].tolist() == [1.5, 2.5, 3.5]
 
 
@@ -289,4 +292,4 @@ def test_split_matches_sklearn_on_odd_sizes(n, test_size, seed):
 def test_to_tensors_refuses_values_beyond_float32():
     t = pa.table({"a": [1.0, 1e300], "y": [1.0, 2.0]})
     with pytest.raises(InputError, match=r"feature column 'a' has 1 value\(s\) beyond float32's range .*rescale"):
-        to_tensors(t, t, "y", None)
+        to_tensors(t, t, "y", None, "float32")
