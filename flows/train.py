@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -200,13 +201,17 @@ def format_summary(s: dict[str, Any]) -> str:
     stop = "converged" if s["converged"] else "epoch cap"
     root = str(next(iter(s["artifacts"]["ingest"].values()))).rsplit("/", 3)[0]  # a folder or a store's URL
     cached = ", ".join(stage for stage, hit in s["cached"].items() if hit) or "none"
+    warning = evaluate.off_optimum_warning(s)
+    condition = "" if math.isnan(s["condition"]) else f", condition number {s['condition']:.3g} after standardizing"
     return "\n".join(
         [
+            *([warning] if warning else []),
             *rows,
             f"optimality gap (train MSE vs OLS): {evaluate.describe_gap(s)}",
             *evaluate.reference_notes(s),
             f"weights: {weights}; bias {s['bias']:.6g}",
             f"epochs run: {s['epochs_run']} ({stop}), lr {s['lr']:.4g} (largest stable {s['max_stable_lr']:.4g})",
+            f"features: {s['scaling']}{condition}; tensors {s['dtype']} ({s['dtype_reason']})",
             *([promote.describe(s["promotion"])] if "promotion" in s else []),
             f"artifacts under {root} (cached stages: {cached}):",
             *(f"  {stage:<11}{path}" for stage, files in s["artifacts"].items() for path in files.values()),

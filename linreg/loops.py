@@ -51,18 +51,18 @@ def train_builtins(x, y, w, b, lr: float, epochs: int, stop: Stop) -> tuple[torc
 
 
 def train_stats(stats: Stats, w, b, lr: float, epochs: int, stop: Stop) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same full-batch descent on sufficient statistics (float64): O(d²) an epoch, whatever the rows.
+    """The same full-batch descent on the rows' R factor (float64): O(d²) an epoch, whatever the rows.
 
-    With θ = [w; b] the loss is the quadratic ``(θᵀGθ − 2θᵀc + yᵀy)/n`` and its gradient ``2(Gθ − c)/n``,
-    written out: for d + 1 = 4 numbers an autograd graph costs four times the arithmetic (about 220 against
-    50 µs an epoch, measured). Tests check the iterates against the autograd row loop.
+    With θ = [w; b] and R = [Rₐ r], ‖Aθ − y‖² = ‖Rₐθ − r‖², so the loss is ``‖Rₐθ − r‖²/n`` and its gradient
+    ``2Rₐᵀ(Rₐθ − r)/n``, written out: for d + 1 = 4 numbers an autograd graph costs four times the arithmetic
+    (about 220 against 50 µs an epoch, measured). Tests check the iterates against the autograd row loop.
     """
     theta = torch.cat([w.reshape(-1), b.reshape(-1)]).double().cpu()
+    a, target = stats.r[:, :-1], stats.r[:, -1]
     for _ in range(epochs):
-        g_theta = stats.g @ theta
-        # ≥ 0 as a sum of squares; the formula's cancellation can dip below zero at an exact fit
-        loss = ((theta @ g_theta - 2 * theta @ stats.c + stats.yy) / stats.n).clamp_min(0)
-        grad = 2 * (g_theta - stats.c) / stats.n
+        residual = a @ theta - target
+        loss = residual @ residual / stats.n
+        grad = 2 * (a.T @ residual) / stats.n
         theta -= grad * lr
         if stop(loss.item()):
             break

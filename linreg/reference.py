@@ -55,8 +55,16 @@ class Reference:
     problem: str | None = None  # why it cannot be trusted; None when it can
 
 
-def least_squares(factors: list[torch.Tensor], unit_roundoff: float = FLOAT32_UNIT_ROUNDOFF) -> Reference:
-    """The OLS weights and intercept from the R factors of all the training rows (`qr_factor`), in float64, checked.
+def least_squares(
+    factors: list[torch.Tensor],
+    unit_roundoff: float = FLOAT32_UNIT_ROUNDOFF,
+    x_shift: torch.Tensor | None = None,
+    y_shift: float = 0.0,
+) -> Reference:
+    """The OLS weights and intercept from the R factors of all the training rows, in float64, checked.
+
+    The factors are of ``[x − x_shift, 1, y − y_shift]`` (`qr_factor`: no shift; `linreg.stats.Stats.r`: its own
+    shift, which keeps a large offset from cancelling digits); the intercept returned is for the raw rows.
 
     R·D is the R factor of A·D for a diagonal D, so the columns are equilibrated after the factors are merged
     (D = 1/column norm, the norms of R's columns being A's): exact, and the same for one file or many partitions.
@@ -81,7 +89,9 @@ def least_squares(factors: list[torch.Tensor], unit_roundoff: float = FLOAT32_UN
             f"the least-squares solution fails its normal-equation check (column-relative residual "
             f"{residual:.2e}, tolerance {tolerance:.1e})"
         )
-    return Reference(theta[:-1].numpy(), float(theta[-1]), int(fit.rank), residual, problem)
+    weights = theta[:-1]
+    bias = float(theta[-1]) + y_shift - (float(weights @ x_shift) if x_shift is not None else 0.0)
+    return Reference(weights.numpy(), bias, int(fit.rank), residual, problem)
 
 
 def normal_equations_residual(r_a: torch.Tensor, r_y: torch.Tensor, theta: torch.Tensor) -> float:

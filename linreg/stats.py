@@ -11,40 +11,42 @@ from dataclasses import dataclass, fields
 
 import torch
 
+CHUNK_ROWS = 1 << 18  # rows per float64 block factored: bounds QR's temporaries
+
 
 @dataclass(frozen=True)
 class Stats:
-    """Everything the MSE of a linear model depends on: ``G = AᵀA``, ``c = Aᵀy``, ``yᵀy`` and ``n``, for A = [x 1],
-    with x and y measured from a shift (``x_shift``, ``y_shift``: the first row's values).
+    """Everything the MSE of a linear model depends on, as the R factor of ``[A y]`` for A = [x 1], with x and y
+    measured from a shift (``x_shift``, ``y_shift``: the first row's values); ``n`` rows.
 
-    The loss is ``(θᵀGθ − 2θᵀc + yᵀy)/n`` for θ = [w; b], so full-batch gradient descent can run on these
-    alone: the same iterates as the row-wise loop, at O(d²) per epoch whatever the number of rows.
+    ``‖Aθ − y‖² = ‖R[:, :-1]·θ − R[:, -1]‖²`` for any θ = [w; b], so full-batch gradient descent can run on R
+    alone: the same iterates as the row-wise loop, at O(d²) per epoch whatever the number of rows. The Gram form
+    (``g = AᵀA``, ``c = Aᵀy``, ``yy = yᵀy``) is derived from R where a caller wants it (the scaling, the Hessian).
 
+    Why R and not the sums AᵀA: forming AᵀA squares the condition number, so on correlated columns (condition
+    number 1e8 after standardizing) the sums alone pin the optimum down to about 8 digits; R keeps 12 or more.
     Why the shift: a column of Unix times (≈1.7e9, spread over a few thousand seconds) has Σx² ≈ n·2.9e18, and
-    its variance E[x²] − E[x]² would cancel 11 of float64's 16 digits. Measured from one of its own values, the
-    sums are of the size of the spread and the cancellation is gone. `shifted` moves the origin exactly.
+    its variance E[x²] − E[x]² would cancel 11 of float64's 16 digits. Measured from one of its own values,
+    nothing cancels. `shifted` moves the origin exactly (a column operation on R).
     """
 
-    g: torch.Tensor  # (d+1)×(d+1), float64
-    c: torch.Tensor  # (d+1,), float64
-    yy: float
+    r: torch.Tensor  # (k, d+2), float64, k ≤ d+2: RᵀR = [A y]ᵀ[A y] for the shifted rows
     n: int
     # Each column's and the target's smallest and largest value: "constant" is then exact, where a variance
-    # from G (E[x²] − E[x]²) cancels to rounding noise, not to zero.
+    # (E[x²] − E[x]²) cancels to rounding noise, not to zero.
     x_min: torch.Tensor  # (d,), float64; +inf without rows
     x_max: torch.Tensor  # (d,), float64; −inf without rows
     y_min: float
     y_max: float
-    x_shift: torch.Tensor  # (d,), float64: g, c and yy are of [x − x_shift, 1] and y − y_shift
+    x_shift: torch.Tensor  # (d,), float64: R is of [x − x_shift, 1, y − y_shift]
     y_shift: float
 
     @classmethod
-    def of(cls, x: torch.Tensor, y: torch.Tensor, chunk_rows: int = 1 << 20) -> Stats:
-        """One pass over the rows, in float64 chunks (no float64 copy of the whole data)."""
+    def of(cls, x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> Stats:
+        """One pass over the rows, in float64 chunks (no float64 copy of the whole data): R by blocks (TSQR:
+        the R factors of row blocks merge by factoring them stacked), minima and maxima."""
         d = x.shape[1]
-        g = torch.zeros(d + 1, d + 1, dtype=torch.float64)
-        c = torch.zeros(d + 1, dtype=torch.float64)
-        yy = 0.0
+        r = torch.zeros(0, d + 2, dtype=torch.float64)
         x_min = torch.full((d,), math.inf, dtype=torch.float64)
         x_max = torch.full((d,), -math.inf, dtype=torch.float64)
         y_min, y_max = math.inf, -math.inf
@@ -53,43 +55,49 @@ class Stats:
         for xc, yc in zip(x.split(chunk_rows), y.split(chunk_rows), strict=True):
             if len(xc) == 0:
                 continue
-            xd, yd = xc.double().cpu() - x_shift, yc.double().cpu().reshape(-1) - y_shift
-            column_sums = xd.sum(0)  # AᵀA and Aᵀy for A = [x 1], without building A
-            g[:d, :d] += xd.T @ xd
-            g[:d, d] += column_sums
-            g[d, :d] += column_sums
-            g[d, d] += len(xc)
-            c[:d] += xd.T @ yd
-            c[d] += yd.sum()
-            yy += float(yd @ yd)
+            ones = torch.ones(len(xc), 1, dtype=torch.float64)
+            block = torch.cat([xc.double().cpu() - x_shift, ones, yc.double().cpu().reshape(-1, 1) - y_shift], 1)
+            r = torch.linalg.qr(torch.cat([r, block]), mode="r").R
             lo, hi = torch.aminmax(xc, dim=0)  # on the stored values: exact, in half the memory of float64
             x_min, x_max = torch.minimum(x_min, lo.double().cpu()), torch.maximum(x_max, hi.double().cpu())
             lo, hi = torch.aminmax(yc)
             y_min, y_max = min(y_min, float(lo)), max(y_max, float(hi))
-        return cls(g, c, yy, x.shape[0], x_min, x_max, y_min, y_max, x_shift, y_shift)
+        return cls(r, x.shape[0], x_min, x_max, y_min, y_max, x_shift, y_shift)
+
+    @property
+    def g(self) -> torch.Tensor:
+        """AᵀA, (d+1)×(d+1), of the shifted rows."""
+        a = self.r[:, :-1]
+        return a.T @ a
+
+    @property
+    def c(self) -> torch.Tensor:
+        """Aᵀy, (d+1,), of the shifted rows."""
+        return self.r[:, :-1].T @ self.r[:, -1]
+
+    @property
+    def yy(self) -> float:
+        """yᵀy of the shifted target."""
+        return float(self.r[:, -1] @ self.r[:, -1])
 
     def shifted(self, x_shift: torch.Tensor, y_shift: float) -> Stats:
-        """The same rows' statistics measured from another origin: [x − s', 1] = [x − s, 1]·U, y − t' = (y − t) + δ."""
-        d = self.g.shape[0] - 1
-        u = torch.eye(d + 1, dtype=torch.float64)
-        u[d, :d] = self.x_shift - x_shift
-        delta = self.y_shift - y_shift
-        ones = self.g[:, d]  # Aᵀ1 in the old frame
-        g = u.T @ self.g @ u
-        c = u.T @ (self.c + delta * ones)
-        yy = self.yy + 2 * delta * float(self.c[d]) + delta * delta * self.n
-        return Stats(g, c, yy, self.n, self.x_min, self.x_max, self.y_min, self.y_max, x_shift.clone(), y_shift)
+        """The same rows measured from another origin: [x − s', 1, y − t'] = [x − s, 1, y − t]·M, so R → R·M."""
+        d = len(self.x_shift)
+        m = torch.eye(d + 2, dtype=torch.float64)
+        m[d, :d] = self.x_shift - x_shift
+        m[d, d + 1] = self.y_shift - y_shift
+        return Stats(
+            self.r @ m, self.n, self.x_min, self.x_max, self.y_min, self.y_max, x_shift.clone(), float(y_shift)
+        )
 
     @classmethod
     def total(cls, parts: list[Stats]) -> Stats:
-        """The statistics of the rows of all ``parts`` together: each one is a sum (or a min, a max) over rows,
-        once all are measured from the same origin (the first non-empty part's)."""
+        """The statistics of the rows of all ``parts`` together, measured from the first non-empty part's origin:
+        their R factors stacked and factored again; the minima and maxima merged."""
         first = next((p for p in parts if p.n), parts[0])
         parts = [p.shifted(first.x_shift, first.y_shift) for p in parts]
         return cls(
-            sum(p.g for p in parts),
-            sum(p.c for p in parts),
-            sum(p.yy for p in parts),
+            torch.linalg.qr(torch.cat([p.r for p in parts]), mode="r").R,
             sum(p.n for p in parts),
             torch.stack([p.x_min for p in parts]).amin(0),
             torch.stack([p.x_max for p in parts]).amax(0),
@@ -105,9 +113,7 @@ class Stats:
     @classmethod
     def from_dict(cls, saved: dict) -> Stats:
         return cls(
-            saved["g"],
-            saved["c"],
-            float(saved["yy"]),
+            saved["r"],
             int(saved["n"]),
             saved["x_min"],
             saved["x_max"],
@@ -120,19 +126,20 @@ class Stats:
     @property
     def means(self) -> tuple[torch.Tensor, float]:
         """Each column's and the target's mean (constant columns exactly their value)."""
-        d = self.g.shape[0] - 1
+        d = len(self.x_shift)
+        c = self.c
         x_mean = self.x_shift + self.g[:d, d] / self.n
         x_mean = torch.where(self.x_min == self.x_max, self.x_min, x_mean)
-        return x_mean, self.y_shift + float(self.c[d]) / self.n
+        return x_mean, self.y_shift + float(c[d]) / self.n
 
     def hessian_max_eigenvalue(self) -> float:
-        """Largest eigenvalue L of the MSE's Hessian ``2G/n``: gradient descent is stable for lr < 2/L,
-        and lr = 1/L descends fastest without tuning. (The Hessian of the raw problem: G from the origin 0.)"""
+        """Largest eigenvalue L of the MSE's Hessian ``2AᵀA/n``: gradient descent is stable for lr < 2/L,
+        and lr = 1/L descends fastest without tuning. (The Hessian of the raw problem: A measured from 0.)"""
         return float(self.eigenvalues().max())
 
     def eigenvalues(self) -> torch.Tensor:
-        """The eigenvalues of the MSE's Hessian ``2G/n`` (G measured from the origin 0), ascending."""
-        d = self.g.shape[0] - 1
+        """The eigenvalues of the MSE's Hessian ``2AᵀA/n`` (A measured from the origin 0), ascending."""
+        d = len(self.x_shift)
         raw = self if not bool(self.x_shift.any()) else self.shifted(torch.zeros(d, dtype=torch.float64), self.y_shift)
         return torch.linalg.eigvalsh(2.0 / raw.n * raw.g)
 
@@ -214,18 +221,16 @@ class Scaler:
 
     def transform_stats(self, stats: Stats) -> Stats:
         """The statistics of the rows in the new variables, from ``stats`` alone: measured from (mean, y_mean),
-        then [xt 1] = [x − mean, 1]·B with B = diag(diag(1/std)·rotation, 1), so G → BᵀGB and c → Bᵀc.
+        then [xt 1 yt] = [x − mean, 1, y − y_mean]·B with B = diag(diag(1/std)·rotation, 1, 1), so R → R·B.
 
-        A constant column centres to exactly zero; G's cancellation would leave rounding noise there instead.
+        A constant column centres to exactly zero; the shift's rounding would leave noise there instead.
         """
         d = len(self.mean)
         centred = stats.shifted(self.mean, self.y_mean)
-        b = torch.eye(d + 1, dtype=torch.float64)
+        r = centred.r.clone()
+        r[:, :d][:, self.constant] = 0.0  # before the rotation: the zero column stays zero
+        b = torch.eye(d + 2, dtype=torch.float64)
         b[:d, :d] = torch.diag(1.0 / self.std) @ self.rotation
-        zero = torch.cat([self.constant, torch.zeros(1, dtype=torch.bool)])
-        g, c = centred.g.clone(), centred.c.clone()
-        g[zero, :], g[:, zero], c[zero] = 0.0, 0.0, 0.0  # before the rotation: the zero column stays zero
-        g, c = b.T @ g @ b, b.T @ c
         if self.kind == "whiten":  # bounds of rotated columns are not those of the columns: none are claimed
             x_min = torch.full((d,), -math.inf, dtype=torch.float64)
             x_max = torch.full((d,), math.inf, dtype=torch.float64)
@@ -234,7 +239,7 @@ class Scaler:
             x_max = torch.where(self.constant, 0.0, (stats.x_max - self.mean) / self.std)
         zeros = torch.zeros(d, dtype=torch.float64)
         y_min, y_max = stats.y_min - self.y_mean, stats.y_max - self.y_mean
-        return Stats(g, c, centred.yy, stats.n, x_min, x_max, y_min, y_max, zeros, 0.0)
+        return Stats(r @ b, stats.n, x_min, x_max, y_min, y_max, zeros, 0.0)
 
     def unfold(self, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Weights for raw features: w·((x−μ)/σ)·R + b + ȳ = (R w / σ)·x + (b + ȳ − Σ (Rw/σ)μ)."""

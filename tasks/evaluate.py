@@ -14,6 +14,7 @@ import stagecore as core
 from linreg.evaluation import PARTS, evaluate
 from linreg.precision import FLOAT32_UNIT_ROUNDOFF, FLOAT64_UNIT_ROUNDOFF
 from linreg.reference import least_squares
+from linreg.stats import Stats
 
 # r2 is null where the part's target does not vary; a fixed schema keeps it float64 even when all are null
 METRICS_SCHEMA = pa.schema(
@@ -49,11 +50,12 @@ def evaluate_model(
     """Score the model and the least-squares fit on every partition (a single file is the one partition); write
     metrics, coefficients and test predictions (Parquet) and a JSON summary.
 
-    The reference merges the partitions' QR factors (from ``stats.pt``); the tensors are read one at a time.
+    The reference merges the partitions' R factors (from ``stats.pt``); the tensors are read one at a time.
     """
-    stats = [core.read_pt(path) for path in stats_paths]
-    stored = FLOAT32_UNIT_ROUNDOFF if any(s["dtype"] == "float32" for s in stats) else FLOAT64_UNIT_ROUNDOFF
-    ols = least_squares([s["r"] for s in stats], stored)
+    parts = [core.read_pt(path) for path in stats_paths]
+    stored = FLOAT32_UNIT_ROUNDOFF if any(p["dtype"] == "float32" for p in parts) else FLOAT64_UNIT_ROUNDOFF
+    total = Stats.total([Stats.from_dict(p) for p in parts])
+    ols = least_squares([total.r], stored, total.x_shift, total.y_shift)
     partitions = (core.read_pt(path) for path in tensors_paths)
     result = evaluate(partitions, core.read_pt(model_path), ols)
     read = f"{len(tensors_paths)} partition(s)' tensors and {model_path}"
@@ -79,6 +81,8 @@ def _write(result: dict, outputs: core.Outputs, read: str) -> dict[str, str]:
     )
     if not result["reference_ok"]:
         logger.warning("the least-squares reference cannot be trusted: %s", result["reference_problem"])
+    if warning := off_optimum_warning(result):
+        logger.warning("%s", warning.removeprefix("WARNING: "))
     return out
 
 
@@ -89,6 +93,24 @@ def describe_gap(result: dict) -> str:
     if result["optimality_gap"] is None:
         return f"n/a (exact fit; train MSE difference {result['optimality_gap_abs']:.3e})"
     return f"{result['optimality_gap']:.3e}"
+
+
+def off_optimum_warning(result: dict) -> str | None:
+    """The model is off the least-squares optimum: why, and what to do; None when it is on it."""
+    if not result.get("off_optimum"):
+        return None
+    todo = []
+    if result["scaling"] not in ("whiten", "unknown"):
+        todo.append("keep --scaling auto (whitened features)")
+    if not result["converged"]:
+        todo.append("train longer (--epochs)")
+    if result["dtype"] == "float32":
+        todo.append("pass --dtype float64")
+    todo = todo or ["check --lr and --tol"]
+    return (
+        f"WARNING: the model is off the least-squares optimum: {result['off_optimum']}; {', '.join(todo)}; "
+        "it is not promoted unless --promote-off-optimum is given"
+    )
 
 
 def reference_notes(result: dict) -> list[str]:

@@ -15,7 +15,7 @@ from prefect import get_run_logger
 
 import stagecore as core
 from linreg.columns import float_values, is_numeric
-from linreg.precision import Dtype, choose_dtype
+from linreg.precision import FLOAT32_MIN_VALUES, Dtype, choose_dtype
 from storage.errors import InputError
 
 
@@ -110,14 +110,14 @@ def to_tensors(
     """
     chosen = select_columns(train, target, features)
     values = max(rows, train.num_rows + test.num_rows) * (len(chosen) + 1)
-    kind, reason = choose_dtype(dtype, values)  # by size, or as asked
-    if dtype == "auto" and kind == torch.float32:  # big: decide on the values themselves
+    if dtype == "auto" and values >= FLOAT32_MIN_VALUES:  # big: decide on the values themselves
         out = _read(train, test, chosen, target, np.float32)
         columns = [c.numpy() for c in out["x_train"].unbind(1)] + [out["y_train"][:, 0].numpy()]
         kind, reason = choose_dtype(dtype, values, columns)
         if kind == torch.float64:
             out = _read(train, test, chosen, target, np.float64)
     else:
+        kind, reason = choose_dtype(dtype, values)  # small, or as asked
         out = _read(train, test, chosen, target, np.float32 if kind == torch.float32 else np.float64)
     return {
         **out,
