@@ -40,13 +40,18 @@ def one_pass(csv: str, p: Params, timed: Callable[[str, Callable[[], Any]], Any]
         rows = split.count_rows([clean])[0]
         parts = timed("split", lambda: split.split_data.fn(clean, p.test_size, p.seed, 0, rows, root))
         tensors = timed(
-            "tensorize", lambda: tensorize.tensorize.fn(parts["train"], parts["test"], p.target, p.features, root)
+            "tensorize",
+            lambda: tensorize.tensorize.fn(parts["train"], parts["test"], p.target, p.features, p.dtype, rows, root),
         )["tensors"]
         stats = timed("accumulate", lambda: accumulate.accumulate_stats.fn(tensors, root))["stats"]
         model = timed("train", lambda: train.train_model.fn([tensors], [stats], p.training(), root))["model"]
         evaluation = timed("evaluate", lambda: evaluate.evaluate_model.fn([tensors], [stats], model, root))
         timed("plot", lambda: plot.plot_results.fn(evaluation["predictions"], model, root))
-        timed("promote", lambda: promote.promote_model.fn([tensors], model, "stage-bench", p.promote_tolerance, root))
+        summary, off, run_id = evaluation["summary"], p.promote_off_optimum, "stage-bench"
+        timed(
+            "promote",
+            lambda: promote.promote_model.fn([tensors], model, run_id, p.promote_tolerance, summary, off, root),
+        )
 
 
 def main() -> None:

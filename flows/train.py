@@ -77,7 +77,9 @@ def _train(p: Params, root: str) -> dict[str, Any]:
     evaluation = run(evaluate.evaluate_model, tensors, stats, trained["model"], root)
     # the champion decision needs the model and the test rows, not the plots: it runs beside them
     run_id = str(flow_run.id)
-    promoting = promote.promote_model.submit(tensors, trained["model"], run_id, p.promote_tolerance, root)
+    promoting = promote.promote_model.submit(
+        tensors, trained["model"], run_id, p.promote_tolerance, evaluation["summary"], p.promote_off_optimum, root
+    )
     data = p.data if len(sources) > 1 else sources[0]
     shown = storage.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root})
     # The lifecycle writes, all or nothing (docs/lifecycle.md): the champion pointer, the history row, then the

@@ -101,14 +101,16 @@ def off_optimum_warning(result: dict) -> str | None:
         return None
     todo = []
     if result["scaling"] not in ("whiten", "unknown"):
-        todo.append("keep --scaling auto (whitened features)")
+        todo.append("--scaling auto (whitened features)")
+    if result["training"].get("lr", "auto") != "auto":
+        todo.append("--lr auto")
     if not result["converged"]:
-        todo.append("train longer (--epochs)")
+        todo.append("more --epochs")
     if result["dtype"] == "float32":
-        todo.append("pass --dtype float64")
-    todo = todo or ["check --lr and --tol"]
+        todo.append("--dtype float64")
+    todo = todo or ["a smaller --tol"]
     return (
-        f"WARNING: the model is off the least-squares optimum: {result['off_optimum']}; {', '.join(todo)}; "
+        f"WARNING: the model is off the least-squares optimum: {result['off_optimum']}; try {', '.join(todo)}; "
         "it is not promoted unless --promote-off-optimum is given"
     )
 

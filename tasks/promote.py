@@ -252,10 +252,18 @@ def take_back(root: str | Path, run_id: str) -> bool:
 
 
 def promote(
-    root: str, tensors_paths: list[str], model_path: str, run_id: str, tolerance: float
+    root: str,
+    tensors_paths: list[str],
+    model_path: str,
+    run_id: str,
+    tolerance: float,
+    off_optimum: str | None = None,
 ) -> tuple[dict[str, Any], str, str | None]:
     """Read the champion, score both models on this run's test rows, decide, move the pointer if promoted.
     Returns the ``promotion`` block, the log level's name and the pointer if it was written.
+
+    ``off_optimum``: why this run's model is off the least-squares optimum (the evaluation's ``off_optimum``),
+    unless the run was allowed to promote it anyway: such a model is never promoted, whatever the champion.
 
     The decision is made against the latest generation N and the pointer moves by creating N+1 only if it is
     absent; when another run created N+1 first, the champion is read again and the decision made again, against
@@ -266,6 +274,17 @@ def promote(
     partitions = [core.read_pt(p) for p in tensors_paths]
     challenger_mse = mse(partitions, trained["weights"], trained["bias"])
     challenger_sha = core.read_manifest(model_path)["sha256"]
+    if off_optimum:
+        reason = (
+            f"the model is off the least-squares optimum ({off_optimum}): not promoted; pass "
+            "--promote-off-optimum to promote it anyway"
+        )
+        champion = champion_model_path(root)
+        return (
+            _block(False, reason, storage.public(champion) if champion else "none", None, challenger_mse),
+            "warning",
+            None,
+        )
 
     store = storage.open_store(root)
 
@@ -345,9 +364,20 @@ def _block(promoted: bool, reason: str, champion: str, champion_mse: float | Non
 
 
 @task(name="promote_model", cache_policy=NO_CACHE, persist_result=False, **storage.RETRIES)
-def promote_model(tensors_paths: list[str], model_path: str, run_id: str, tolerance: float, root: str) -> dict:
-    """Champion vs challenger on this run's test rows; moves the champion pointer when the challenger wins."""
-    block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance)
+def promote_model(
+    tensors_paths: list[str],
+    model_path: str,
+    run_id: str,
+    tolerance: float,
+    summary_path: str,
+    promote_off_optimum: bool,
+    root: str,
+) -> dict:
+    """Champion vs challenger on this run's test rows; moves the champion pointer when the challenger wins.
+    A model the evaluation found off the optimum (``summary_path``'s ``off_optimum``) is not promoted unless
+    ``promote_off_optimum``."""
+    off = None if promote_off_optimum else core.read_json(summary_path).get("off_optimum")
+    block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance, off)
     getattr(get_run_logger(), level)(
         "read %s, %s and %d partition(s)' test rows; %s; wrote %s; champion: %s",
         where(root),

@@ -188,7 +188,9 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     assert block["challenger_test_mse"] == pytest.approx(4.4021, abs=0.01)
     assert any(line.startswith("promotion: promoted") for line in out)
 
-    worse = ["--artifacts-dir", str(artifacts), "--epochs", "2", "--tol", "0", "--require-promotion", "--json"]
+    # two standardized epochs (whitened, one is the optimum): off the optimum, compared on test MSE all the same
+    worse = ["--artifacts-dir", str(artifacts), "--epochs", "2", "--tol", "0", "--scaling", "standardize"]
+    worse += ["--promote-off-optimum", "--require-promotion", "--json"]
     assert main(worse) == 2
     captured = capsys.readouterr()
     error = captured.err.strip().splitlines()[-1]
@@ -200,3 +202,36 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     assert runs[0]["data_sha256"] == storage.sha256_file(ADVERTISING) == runs[1]["data_sha256"]
     assert json.loads(runs[1]["params"])["epochs"] == 2 and runs[1]["test_mse"] > runs[0]["test_mse"]
     assert runs[0]["model"].startswith("train/") and runs[0]["time"] < runs[1]["time"]
+
+
+@pytest.mark.no_server
+def test_a_model_off_the_optimum_is_not_promoted_and_the_champion_stays(store, tensors):
+    run(store, tensors, model(store, "a", scale=0.5))
+    champion = promote.champion_model_path(store)
+    best = model(store, "best", scale=1.0)  # better than the champion, but its run ended off the optimum
+    block, level, wrote = promote.promote(str(store), [tensors], best, "run-best", 0.0, "its train MSE 3 is 0.35 above")
+    assert not block["promoted"] and level == "warning" and wrote is None
+    assert "off the least-squares optimum (its train MSE 3 is 0.35 above)" in block["reason"]
+    assert "--promote-off-optimum" in block["reason"] and block["champion"] == champion
+    assert promote.champion_model_path(store) == champion
+    assert run(store, tensors, best)["promoted"]  # allowed (no reason passed): it wins on its test MSE
+
+
+def test_the_tutorial_preset_is_off_the_optimum_says_so_first_and_is_not_promoted(artifacts, capsys):
+    assert main(["--artifacts-dir", str(artifacts), "--preset", "seed", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out[-1])
+    assert out[0].startswith("WARNING: the model is off the least-squares optimum: its train MSE 3.25261 is 0.351")
+    assert "--scaling auto" in out[0] and "--lr auto" in out[0] and "--promote-off-optimum" in out[0]
+    assert summary["off_optimum"].startswith("its train MSE") and not summary["promotion"]["promoted"]
+    assert promote.champion_model_path(artifacts) is None
+    assert main(["--artifacts-dir", str(artifacts), "--preset", "seed", "--require-promotion"]) == 2
+    assert main(["--artifacts-dir", str(artifacts), "--preset", "seed", "--promote-off-optimum", "--json"]) == 0
+    promoted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert promoted["promotion"]["promoted"] and promote.champion_model_path(artifacts) is not None
+    assert [r["promoted"] for r in read_history(artifacts).to_pylist()] == [False, False, True]
+    # the default run is on the optimum: no warning, promoted over the tutorial's model
+    assert main(["--artifacts-dir", str(artifacts), "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert not out[0].startswith("WARNING") and json.loads(out[-1])["off_optimum"] is None
+    assert json.loads(out[-1])["promotion"]["promoted"]
