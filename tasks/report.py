@@ -17,7 +17,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 import stagecore as core
-from tasks.evaluate import describe_gap, reference_notes
+from tasks.evaluate import describe_gap, off_optimum_warning, reference_notes
 from tasks.history import SHOWN, read_history, trend_png
 
 METRICS_KEY = "linear-regression-metrics"
@@ -87,7 +87,9 @@ def png_data_uri(png: bytes) -> str:
 def headline(summary: Mapping[str, Any], promotion: Mapping[str, Any] | None) -> list[str]:
     """What a reader wants first: test MSE against least squares, and whether the model is now the champion."""
     gd, ols = summary["metrics"]["test"]["mse"], summary["baseline"]["test"]["mse"]
-    lines = [f"- test MSE **{gd:.6g}** (least squares {ols:.6g}); optimality gap {describe_gap(summary)}"]
+    warning = off_optimum_warning(summary)
+    lines = [f"> **{core.escape_md(warning)}**"] if warning else []  # first: never a quiet success off the optimum
+    lines.append(f"- test MSE **{gd:.6g}** (least squares {ols:.6g}); optimality gap {describe_gap(summary)}")
     if promotion is not None:
         verdict = "**promoted** to champion" if promotion["promoted"] else "**not promoted**: the champion stays"
         lines.append(f"- {verdict}: {core.escape_md(promotion['reason'])}")
@@ -128,6 +130,8 @@ def render_report(
         *(f"> **{core.escape_md(note)}**" for note in reference_notes(summary)),
         f"- optimality gap (train MSE of gradient descent vs least squares, relative): **{describe_gap(summary)}**",
         f"- {stop}; step size {summary['lr']:.4g} (largest stable {summary['max_stable_lr']:.4g})",
+        f"- features {summary.get('scaling', 'unknown')}; tensors {summary.get('dtype', 'unknown')} "
+        f"({core.escape_md(str(summary.get('dtype_reason', 'not recorded')))})",
         "### Coefficients",
         markdown_table(coefficients),
         "### Artifact files",

@@ -106,3 +106,18 @@ def test_png_data_uri_round_trips():
     uri = png_data_uri(PNG_SIGNATURE + b"rest")
     assert uri.startswith("data:image/png;base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == PNG_SIGNATURE + b"rest"
+
+
+def test_a_model_off_the_optimum_is_the_reports_first_line(result):
+    off = {**result, "off_optimum": "its train MSE 3 is 0.5 above the least-squares optimum 2 (relative)"}
+    off |= {"scaling": "standardize", "dtype": "float64", "dtype_reason": "small"}
+    png = loss_curve(np.array([4.0, 2.0, 1.0]))
+    plots = {"predicted_vs_actual": png, "loss_curve": png}
+    tables = metrics_rows(metrics_table(result)), coefficient_rows(coefficients_table(result))
+    report = render_report({"epochs": 40}, off, *tables, plots, {"plot": {"loss_curve": "/a/loss_curve.png"}})
+    first = report.split("\n\n")[1]
+    assert first.startswith(r"> **WARNING\: the model is off the least\-squares optimum\: its train MSE 3 is 0\.5")
+    assert "\\-\\-scaling auto" in first and "\\-\\-promote\\-off\\-optimum" in first
+    assert "- features standardize; tensors float64 (small)" in report
+    on = render_report({"epochs": 40}, result, *tables, plots, {"plot": {"loss_curve": "/a/loss_curve.png"}})
+    assert "WARNING" not in on  # on the optimum: no warning
