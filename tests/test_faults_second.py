@@ -280,6 +280,11 @@ def test_the_prefect_server_gone_mid_run_is_one_line_naming_it_and_the_lifecycle
     assert lifecycle_files(artifacts) == NOTHING
 
 
+# two standardized epochs: a worse model than the default's (whitened, one epoch is the optimum), off the
+# optimum and promoted all the same, as the champion-vs-challenger rule is what these tests are about
+WORSE = {"epochs": 2, "tol": 0.0, "scaling": "standardize", "promote_off_optimum": True}
+
+
 def test_lifecycle_writes_are_all_or_nothing(artifacts: Path, monkeypatch):
     from flows.train import linear_regression
 
@@ -290,11 +295,11 @@ def test_lifecycle_writes_are_all_or_nothing(artifacts: Path, monkeypatch):
 
     monkeypatch.setattr(core, "write_run_record", fails)
     with pytest.raises(core.InputError, match="injected"):  # the first run: its champion and row are taken back
-        linear_regression(artifacts_dir=str(artifacts), epochs=2, tol=0.0)
+        linear_regression(artifacts_dir=str(artifacts), **WORSE)
     assert lifecycle_files(artifacts) == NOTHING
 
     monkeypatch.setattr(core, "write_run_record", real)
-    worse = linear_regression(artifacts_dir=str(artifacts), epochs=2, tol=0.0)
+    worse = linear_regression(artifacts_dir=str(artifacts), **WORSE)
     assert worse["promotion"]["promoted"]
     before = lifecycle_files(artifacts)
     pointer = Path(promote.pointer_path(artifacts)).read_bytes()
