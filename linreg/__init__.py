@@ -21,13 +21,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "linreg.config": ("Device", "Engine", "Init", "Method", "TrainConfig"),
+    "linreg.config": ("Device", "Engine", "Init", "Method", "Scaling", "TrainConfig"),
     "linreg.errors": ("DivergenceError", "InputError", "LossOverflowError"),
     "linreg.evaluation": ("evaluate",),
     "linreg.metrics": ("Sums", "regression_metrics"),
     "linreg.model": ("predict",),
+    "linreg.precision": ("Dtype", "choose_dtype"),
     "linreg.reference": ("Reference", "least_squares", "qr_factor"),
-    "linreg.stats": ("Stats",),
+    "linreg.stats": ("Scaler", "Stats"),
+    "linreg.tensors": ("to_tensors",),
     "linreg.training": ("Fit", "Names", "fit", "fit_stats"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}

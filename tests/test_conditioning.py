@@ -24,8 +24,8 @@ from linreg.evaluation import evaluate
 from linreg.precision import FLOAT32_MIN_VALUES, choose_dtype
 from linreg.reference import least_squares, qr_factor
 from linreg.stats import Scaler, Stats
+from linreg.tensors import to_tensors
 from linreg.training import fit
-from tasks.tensorize import to_tensors
 
 DIGITS_RTOL = 1e-9  # 9 significant digits
 MSE_RTOL = 1e-9

@@ -31,11 +31,11 @@ from flows.local_server import isolated_env
 from flows.params import SEED_MAX, Params
 from flows.train import STAGES, main
 from linreg import DivergenceError, LossOverflowError, fit
+from linreg.tensors import to_tensors
 from storage.errors import InputError
 from storage.tabular import check_file, detect_delimiter
 from tasks.drop_index import drop_index_column
 from tasks.ingest import csv_to_parquet, ingest_csv, parquet_to_parquet
-from tasks.tensorize import to_tensors
 
 ROWS = "a,b,sales\n1,2,3\n2,1,4\n3,5,6\n4,4,7\n5,3,8\n6,2,9\n"
 

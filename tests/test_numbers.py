@@ -22,6 +22,7 @@ from flows.params import Params
 from flows.train import format_summary, linear_regression, main
 from linreg import Names, Reference, Stats, evaluate, fit, fit_stats, least_squares, qr_factor
 from linreg.reference import FLOAT32_UNIT_ROUNDOFF, NORMAL_EQUATIONS_RTOL, normal_equations_residual
+from linreg.tensors import to_tensors
 from stagecore.declare import Stage
 from storage.errors import InputError
 from tasks import evaluate as evaluate_module
@@ -29,7 +30,6 @@ from tasks.drop_index import drop_index
 from tasks.evaluate import coefficients_table, metrics_table
 from tasks.report import coefficient_rows, metrics_rows, render_report
 from tasks.split import split_table
-from tasks.tensorize import to_tensors
 
 HUGE = 1e30  # fits float32 (max 3.4e38); its square, 1e60, fits the float64 statistics
 WEIGHTS_RTOL = 1e-9  # the reference against numpy, both float64 on the same float32 rows

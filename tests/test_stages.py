@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 import stagecore as core
 import storage
 from conftest import ADVERTISING, writer
+from linreg.tensors import to_tensors
 from stagecore.behind import write_behind
 from stagecore.declare import Stage
 from storage.errors import InputError
@@ -28,7 +29,6 @@ from tasks.drop_index import drop_index, drop_index_column
 from tasks.ingest import csv_to_parquet, ingest_csv
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.split import split_table
-from tasks.tensorize import to_tensors
 
 pytestmark = pytest.mark.no_server
 

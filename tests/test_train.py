@@ -14,10 +14,10 @@ from linreg import DivergenceError, Stats, fit
 from linreg.loops import train_scratch
 from linreg.model import initial_params, mse
 from linreg.stats import Scaler
+from linreg.tensors import to_tensors
 from storage.errors import InputError
 from tasks.drop_index import drop_index
 from tasks.split import split_table
-from tasks.tensorize import to_tensors
 
 pytestmark = pytest.mark.no_server
 
