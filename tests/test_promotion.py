@@ -16,6 +16,7 @@ import stagecore as core
 import storage
 from conftest import ADVERTISING
 from flows.train import main
+from lifecycle import champion
 from linreg import regression_metrics
 from stagecore.manifest import describe_pt
 from storage.atomic import write_json
@@ -94,23 +95,23 @@ def test_decide(challenger, champion, tolerance, promoted):
 def test_first_better_worse_equal_within_tolerance(store, tensors):
     first = run(store, tensors, model(store, "first", scale=0.8))
     assert first["promoted"] and first["champion_test_mse"] is None
-    pointer = promote.read_champion(store)
+    pointer = champion.read_champion(store)
     assert pointer["model"] == str((store / "train" / "first" / "model.pt").resolve())
-    assert json.loads(Path(promote.pointer_path(store)).read_text())["model"] == "train/first/model.pt"
-    core.verify(Path(promote.pointer_path(store)))  # the pointer has its manifest
+    assert json.loads(Path(champion.pointer_path(store)).read_text())["model"] == "train/first/model.pt"
+    core.verify(Path(champion.pointer_path(store)))  # the pointer has its manifest
 
     better = run(store, tensors, model(store, "better", scale=0.9))
     assert better["promoted"] and better["challenger_test_mse"] < better["champion_test_mse"]
     worse = run(store, tensors, model(store, "worse", scale=0.5))
     assert not worse["promoted"] and "not promoted" in worse["reason"]
-    assert promote.champion_model_path(store) == worse["champion"] == str((store / "train/better/model.pt").resolve())
+    assert champion.champion_model_path(store) == worse["champion"] == str((store / "train/better/model.pt").resolve())
     equal = run(store, tensors, model(store, "equal", scale=0.9))  # same weights, another file
     assert equal["promoted"] and equal["challenger_test_mse"] == equal["champion_test_mse"]
     slightly_worse = model(store, "slightly", scale=0.88)
     assert not run(store, tensors, slightly_worse)["promoted"]
     tolerated = run(store, tensors, slightly_worse, tolerance=0.5)
     assert tolerated["promoted"] and "tolerance 0.5" in tolerated["reason"]
-    assert promote.champion_model_path(store).endswith("train/slightly/model.pt")
+    assert champion.champion_model_path(store).endswith("train/slightly/model.pt")
     again = run(store, tensors, slightly_worse)  # the champion against itself: unchanged
     assert again["promoted"] and "already the champion" in again["reason"]
 
@@ -125,14 +126,14 @@ def test_different_features_or_target_promote_and_say_so(store, tensors):
 @pytest.mark.no_server
 def test_a_pointer_outside_the_root_or_altered_model_is_refused(store, tensors):
     run(store, tensors, model(store, "m"))
-    path = Path(promote.pointer_path(store))
+    path = Path(champion.pointer_path(store))
     pointer = json.loads(path.read_text())
     path.write_text(json.dumps({**pointer, "model": "../elsewhere/model.pt"}))
     with pytest.raises(ValueError, match="outside the artifacts folder"):
-        promote.read_champion(store)
+        champion.read_champion(store)
     path.write_text(json.dumps({**pointer, "model_sha256": "0" * 64}))
     with pytest.raises(core.IntegrityError):
-        promote.read_champion(store)
+        champion.read_champion(store)
     replaced = run(store, tensors, model(store, "next", scale=0.1))  # an unusable champion is replaced
     assert replaced["promoted"] and "cannot be used" in replaced["reason"]
 
@@ -142,14 +143,14 @@ def test_two_racing_runs_end_as_if_one_ran_after_the_other(store, tensors, monke
     """Both read the champion (A) slowly; without the conditional create of the next generation both would beat
     A and the slower writer would win."""
     run(store, tensors, model(store, "a", scale=0.5))
-    read = promote.read_champion
+    read = champion.read_champion
 
     def slow_read(root, generation=None):
         champion = read(root, generation)
         time.sleep(0.3)
         return champion
 
-    monkeypatch.setattr(promote, "read_champion", slow_read)
+    monkeypatch.setattr(champion, "read_champion", slow_read)
     paths = {"b": model(store, "b", scale=0.8), "c": model(store, "c", scale=1.0)}  # c is the best
     results, start = {}, threading.Barrier(2)
 
@@ -166,9 +167,9 @@ def test_two_racing_runs_end_as_if_one_ran_after_the_other(store, tensors, monke
         t.join()
     # Either serial order is a right answer (under load c may start late); what is never right is a run judged
     # against a champion that was no longer current when its generation was written.
-    assert promote.champion_model_path(store) == str(Path(paths["c"]).resolve())
+    assert champion.champion_model_path(store) == str(Path(paths["c"]).resolve())
     opened = storage.open_store(store)
-    history = [promote.read_champion(store, g)["model"] for g in range(1, promote.latest_generation(opened) + 1)]
+    history = [champion.read_champion(store, g)["model"] for g in range(1, champion.latest_generation(opened) + 1)]
     names = [Path(m).parent.name for m in history]
     b, c = results["b"], results["c"]
     assert c["promoted"]
@@ -184,7 +185,7 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     block = json.loads(out[-1])["promotion"]
     assert set(block) == {"promoted", "reason", "champion", "champion_test_mse", "challenger_test_mse"}
     assert block["promoted"] and block["champion_test_mse"] is None
-    assert block["champion"] == promote.champion_model_path(artifacts) and Path(block["champion"]).is_absolute()
+    assert block["champion"] == champion.champion_model_path(artifacts) and Path(block["champion"]).is_absolute()
     assert block["challenger_test_mse"] == pytest.approx(4.4021, abs=0.01)
     assert any(line.startswith("promotion: promoted") for line in out)
 
@@ -193,7 +194,7 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     captured = capsys.readouterr()
     error = captured.err.strip().splitlines()[-1]
     assert error.startswith("error: --require-promotion: challenger test MSE") and "not promoted" in error
-    assert promote.champion_model_path(artifacts) == block["champion"]  # the champion stayed
+    assert champion.champion_model_path(artifacts) == block["champion"]  # the champion stayed
     runs = read_history(artifacts).to_pylist()  # the failed run is recorded too
     assert [r["promoted"] for r in runs] == [True, False]
     assert [r["rows"] for r in runs] == [200, 200] and runs[0]["test_mse"] == block["challenger_test_mse"]
