@@ -16,9 +16,10 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+import lifecycle
 import stagecore as core
 from tasks.evaluate import describe_gap, reference_notes
-from tasks.history import SHOWN, read_history, trend_png
+from tasks.history import SHOWN, trend_png
 
 METRICS_KEY = "linear-regression-metrics"
 COEFFICIENTS_KEY = "linear-regression-coefficients"
@@ -156,7 +157,7 @@ def publish_report(
     metrics = metrics_rows(core.read_parquet(evaluation["metrics"]), summary["reference_ok"])
     coefficients = coefficient_rows(core.read_parquet(evaluation["coefficients"]))
     plots = {name: core.read_bytes(artifacts["plot"][name]) for name, _ in PLOTS}
-    runs = read_history(root, SHOWN, get_run_logger().warning) if root is not None else None
+    runs = lifecycle.history.read_history(root, SHOWN, get_run_logger().warning) if root is not None else None
     if runs is not None and runs.num_rows:
         plots[TREND] = trend_png(runs)
     core.table_artifact(

@@ -35,8 +35,8 @@ import storage
 from conftest import ROOT
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from lifecycle import champion
+from lifecycle.history import read_history
 from moto_s3 import s3_server
-from tasks.history import read_history
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("boto3")

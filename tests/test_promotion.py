@@ -17,11 +17,11 @@ import storage
 from conftest import ADVERTISING
 from flows.train import main
 from lifecycle import champion
+from lifecycle.history import read_history
 from linreg import regression_metrics
 from stagecore.manifest import describe_pt
 from storage.atomic import write_json
 from tasks import promote
-from tasks.history import read_history
 
 FEATURES = ["a", "b"]
 TRUE_W = torch.tensor([2.0, -1.0])

@@ -31,12 +31,12 @@ from flows import history as history_cli
 from flows import lineage, train
 from flows import predict as predict_cli
 from lifecycle import champion
+from lifecycle.history import read_history
 from moto_s3 import s3_server, use_env
 from stagecore.manifest import describe_pt
 from storage import remote
 from storage.atomic import write_json
 from tasks import promote
-from tasks.history import read_history
 
 boto3 = pytest.importorskip("boto3")
 s3fs = pytest.importorskip("s3fs")

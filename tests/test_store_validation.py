@@ -29,8 +29,8 @@ from flows import predict as predict_cli
 from flows.train import STAGES, linear_regression
 from flows.train import main as train_main
 from lifecycle import champion
+from lifecycle.history import SCHEMA
 from storage.atomic import write_json
-from tasks.history import SCHEMA
 
 DEEP = "[" * 5000 + "]" * 5000  # json.loads raises RecursionError on this
 
