@@ -7,6 +7,6 @@ Prefect tasks that decide and record (tasks/promote.py, tasks/history.py) call i
 (tests/test_surface.py).
 """
 
-from lifecycle import champion, history
+from lifecycle import champion, history, markdown
 
-__all__ = ["champion", "history"]
+__all__ = ["champion", "history", "markdown"]

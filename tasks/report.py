@@ -7,8 +7,6 @@ It only reads the files the stages wrote. Keys are fixed, so the UI shows each k
 
 from __future__ import annotations
 
-import base64
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,28 +61,6 @@ def coefficient_rows(coefficients: pa.Table) -> list[dict[str, Any]]:
     ]
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else str(value)
-    if isinstance(value, list):
-        return ", ".join(core.escape_md(v) for v in value) or "—"
-    return core.escape_md(value)  # a column name, a path or URL, a parameter's value: inert markdown
-
-
-def markdown_table(rows: list[Mapping[str, Any]]) -> str:
-    """A GitHub-flavoured markdown table of ``rows`` (all with the same keys); every cell and header escaped."""
-    header = list(rows[0])
-    lines = ["| " + " | ".join(map(core.escape_md, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(row[key]) for key in header) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 def headline(summary: Mapping[str, Any], promotion: Mapping[str, Any] | None) -> list[str]:
     """What a reader wants first: test MSE against least squares, and whether the model is now the champion."""
     gd, ols = summary["metrics"]["test"]["mse"], summary["baseline"]["test"]["mse"]
@@ -114,31 +90,27 @@ def render_report(
         else f"stopped at the epoch cap ({summary['epochs_run']} epochs)"
     )
     shown = [*PLOTS, *([(TREND, "Test MSE over runs (★ promoted)")] if TREND in plots else [])]
+    files = [{"stage": s, "file": f, "path": p} for s, named in artifacts.items() for f, p in named.items()]
+    table = lifecycle.markdown.markdown_table
     sections = [
         "# Linear regression run",
         *headline(summary, promotion),
-        *(f"### {title}\n\n![{title}]({png_data_uri(plots[name])})" for name, title in shown),
+        *(f"### {title}\n\n![{title}]({lifecycle.markdown.png_data_uri(plots[name])})" for name, title in shown),
         "## Details",
         "### Parameters",
-        markdown_table([{"parameter": k, "value": v} for k, v in parameters.items()]),
+        table([{"parameter": k, "value": v} for k, v in parameters.items()]),
         "Training as run (parameters first, then the preset):",
-        markdown_table([{"setting": k, "value": v} for k, v in training.items()]),
+        table([{"setting": k, "value": v} for k, v in training.items()]),
         "### Metrics",
-        markdown_table(metrics),
+        table(metrics),
         "### Fit",
         *(f"> **{core.escape_md(note)}**" for note in reference_notes(summary)),
         f"- optimality gap (train MSE of gradient descent vs least squares, relative): **{describe_gap(summary)}**",
         f"- {stop}; step size {summary['lr']:.4g} (largest stable {summary['max_stable_lr']:.4g})",
         "### Coefficients",
-        markdown_table(coefficients),
+        table(coefficients),
         "### Artifact files",
-        markdown_table(
-            [
-                {"stage": stage, "file": name, "path": path}
-                for stage, files in artifacts.items()
-                for name, path in files.items()
-            ]
-        ),
+        table(files),
     ]
     return "\n\n".join(sections) + "\n"
 
