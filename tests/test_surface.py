@@ -100,6 +100,19 @@ def test_storage_knows_nothing_of_stages_and_the_library_nothing_of_either():
     assert set(storage.__all__) >= {"Store", "open_store", "prepare_root", "clear", "in_use"}
 
 
+def test_each_package_imports_only_those_below_it():
+    """flows → tasks → lifecycle → stagecore → storage (docs/architecture.md), and linreg from anywhere."""
+    order = ["flows", "tasks", "lifecycle", "stagecore", "storage"]
+    upward = [
+        (name, m)
+        for name, path in PROJECT.items()
+        if name.split(".")[0] in order
+        for m in imported(path)
+        if m.split(".")[0] in order[: order.index(name.split(".")[0])]
+    ]
+    assert not upward, upward
+
+
 def test_the_lifecycle_is_used_through_its_modules_small_surfaces():
     """Tasks, flows and benchmarks ``import lifecycle`` and use ``lifecycle.<module>.<name>``, each name in that
     module's ``__all__``; every such name is used by a task or flow, and there are few of them."""
