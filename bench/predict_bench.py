@@ -22,11 +22,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+import lifecycle
 import stagecore as core
 from bench.make_data import make_csv
 from bench.scale_bench import DATA_DIR, ROOT, last_json, measured
 from flows.local_server import isolated_env, start_server
-from tasks.promote import champion_model_path
 
 
 def train(csv: Path, root: Path, env: dict[str, str], *extra: str) -> dict:
@@ -40,7 +40,7 @@ def train(csv: Path, root: Path, env: dict[str, str], *extra: str) -> dict:
 def promote(root: Path, summary: dict) -> Path:
     """The champion after a training run: the first run's model is promoted by the flow itself."""
     assert summary["promotion"]["promoted"], summary["promotion"]
-    model = Path(champion_model_path(root))
+    model = Path(lifecycle.champion.champion_model_path(root))
     assert model == Path(summary["artifacts"]["train"]["model"])
     return model
 

@@ -1,6 +1,6 @@
 """Print the run history kept under the artifacts root: ``python -m flows.history [--artifacts-dir DIR|s3://…]
-[--last N] [--json]``. Reads the per-run Parquet files (tasks/history.py), on disk or on an object store; needs no
-Prefect server."""
+[--last N] [--json]``. Reads the per-run Parquet files (lifecycle/history.py), on disk or on an object store;
+needs no Prefect server."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import json
 import sys
 from typing import Any, NoReturn
 
+import lifecycle
 import storage
 from flows.cli import exit_with, print_error
 from storage import validate
 from storage.errors import InputError
-from tasks.history import read_history, table_rows
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +47,8 @@ def load(artifacts_dir: str | None, last: int | None) -> list[dict[str, Any]]:
         where = f"--artifacts-dir {store.url}"
         raise InputError(f"{where}: no artifacts store there; pass the {store.place} the flow wrote to")
     root = store.url
-    rows = table_rows(read_history(root, last, lambda message: print(f"warning: {message}", file=sys.stderr)))
+    runs = lifecycle.history.read_history(root, last, lambda message: print(f"warning: {message}", file=sys.stderr))
+    rows = lifecycle.history.table_rows(runs)
     for row in rows:
         row["params"] = validate.load_json(row["params"], "params")  # checked by read_history: a JSON object
     return rows

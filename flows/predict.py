@@ -20,6 +20,7 @@ from typing import Any
 from prefect import Task, flow
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+import lifecycle
 import stagecore as core
 import storage
 from flows.cli import exit_with, print_error
@@ -28,7 +29,6 @@ from flows.train import settle_prefect, task_runner
 from storage import validate
 from storage.errors import InputError, IntegrityError
 from tasks import drop_index, ingest, predict, predict_report
-from tasks.promote import champion_model_path
 
 CHAMPION = "champion"
 _SHARED = ("data", "index_column", "task_runner", "dask_address", "artifacts_dir", "refresh")  # defined in Params
@@ -76,7 +76,7 @@ def resolve_model(model: str, root: str) -> str:
     """The model file to use, verified against its manifest: the champion's, or the path given."""
     if model == CHAMPION:
         try:
-            path = champion_model_path(root)
+            path = lifecycle.champion.champion_model_path(root)
         except ValueError as exc:  # a pointer that is not ours: say so, never follow it
             if isinstance(exc, core.InputError) and not isinstance(exc, core.IntegrityError):
                 raise  # a store that cannot be reached or refused us: its own one line

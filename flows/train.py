@@ -17,6 +17,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+import lifecycle
 import stagecore as core
 import storage
 from flows.cli import exit_at_once, exit_with, print_error
@@ -108,7 +109,7 @@ def take_back(root: str, run_id: str, promoting: PrefectFuture) -> None:
     """Undo a failed run's lifecycle writes (its history row, then its champion pointer), once its promotion has
     ended; best effort: when the store itself is what failed, this may fail too (docs/lifecycle.md)."""
     wait([promoting])
-    for undo in (history.take_back, promote.take_back):
+    for undo in (lifecycle.history.take_back, lifecycle.champion.take_back):
         try:
             undo(root, run_id)
         except Exception as exc:  # the run's own error is the one to report

@@ -14,9 +14,9 @@ KEY_PATTERN = r"[0-9a-f]{16}"  # a stage key, as `stagecore.keys.stage_key` writ
 MANIFEST_SUFFIX = ".manifest.json"  # beside every artifact: <file>.manifest.json
 CACHE_DIR = ".cache"  # the stages' cache records and locks (stagecore/cache.py)
 RUNS_DIR = "runs"  # one JSON run record per flow run (stagecore/runs.py)
-CHAMPION_DIR = "champion"  # the champion's pointer generations and their manifests (tasks/promote.py)
+CHAMPION_DIR = "champion"  # the champion's pointer generations and their manifests (lifecycle/champion.py)
 CHAMPION_GENERATIONS = "gen"  # champion/gen/<n>.json, one immutable pointer per promotion, on every store
-HISTORY_DIR = "history"  # one Parquet row per flow run (tasks/history.py)
+HISTORY_DIR = "history"  # one Parquet row per flow run (lifecycle/history.py)
 HISTORY_SCHEMA = pa.schema(
     [
         ("time", pa.timestamp("us", tz="UTC")),

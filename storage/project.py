@@ -10,4 +10,4 @@ DEFAULT_ROOT = PROJECT_ROOT / "data" / "artifacts"
 
 
 # the project's own code: every line of it that a stage can run is in the stage's key
-PROJECT_PACKAGES = ("linreg", "storage", "stagecore", "tasks", "flows")
+PROJECT_PACKAGES = ("linreg", "storage", "stagecore", "lifecycle", "tasks", "flows")

@@ -4,7 +4,7 @@
 it is read (`open_store`): nothing else in the project asks which kind it is. Everything the store holds is
 written once, against this protocol: stage folders and their manifests (stagecore/declare.py), cache records
 (stagecore/cache.py), run records, the marker and `clear` (storage/root.py, storage/clean.py), the champion's
-pointer generations (tasks/promote.py) and the history (tasks/history.py).
+pointer generations (lifecycle/champion.py) and the history (lifecycle/history.py).
 
 The protocol, in paths relative to the store's root (posix):
 

@@ -139,7 +139,7 @@ def _size(value: Any, field: str, what: str) -> int:
 
 
 def manifest(obj: Any, file: str | None = None, what: str = "manifest") -> dict[str, Any]:
-    """A manifest (stagecore/declare.py `Outputs.record`, tasks/promote.py ``_manifest``): ``sha256``, ``size``
+    """A manifest (stagecore/declare.py `Outputs.record`, lifecycle/champion.py ``_manifest``): ``sha256``, ``size``
     and ``format`` always; every other field `Outputs.record` writes is checked when present. With ``file``, a
     manifest that names its file must name that one."""
     obj = _object(obj, what)
@@ -252,7 +252,7 @@ def run_record(obj: Any, what: str = "run record") -> dict[str, Any]:
 
 
 def champion_pointer(obj: Any, what: str = "champion pointer") -> dict[str, Any]:
-    """A champion pointer (tasks/promote.py ``_pointer``): exactly its fields, each of its type (an integer
+    """A champion pointer (lifecycle/champion.py ``_pointer``): exactly its fields, each of its type (an integer
     test MSE is made a float), ``model`` a relative path, ``model_sha256`` a sha256."""
     if not isinstance(obj, dict) or set(obj) != set(CHAMPION_FIELDS):
         raise Invalid(f"{what}: not a champion pointer (fields {sorted(CHAMPION_FIELDS)} expected)")
@@ -276,7 +276,7 @@ HISTORY_REQUIRED = ("time", "flow_run_id", "data_sha256", "rows", "params", "tra
 
 
 def history_row(row: Any, what: str = "history row") -> dict[str, Any]:
-    """One row of a history file (tasks/history.py ``SCHEMA``, as ``to_pylist`` gives it): no null where a run
+    """One row of a history file (lifecycle/history.py ``SCHEMA``, as ``to_pylist`` gives it): no null where a run
     always has a value, ``time`` a timestamp, ``params`` a JSON object, the numbers numbers."""
     row = _object(row, what)
     for name in HISTORY_REQUIRED:

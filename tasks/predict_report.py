@@ -6,13 +6,13 @@ run publishes here. Outside the predict stage's module, so an edit to the report
 
 from __future__ import annotations
 
-import base64
 import io
 
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+import lifecycle
 import stagecore as core
 import storage
 from tasks.predict import BATCH_ROWS, PREDICTION
@@ -57,7 +57,7 @@ def histogram_png(counts: np.ndarray, edges: np.ndarray) -> bytes:
 
 
 def render_report(rows: int, model: str, features: list[str], paths: list[str], png: bytes) -> str:
-    image = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    image = lifecycle.markdown.png_data_uri(png)
     files = "\n".join(f"- {core.escape_md(p)}" for p in paths)
     return "\n".join(
         [

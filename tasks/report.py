@@ -7,8 +7,6 @@ It only reads the files the stages wrote. Keys are fixed, so the UI shows each k
 
 from __future__ import annotations
 
-import base64
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,9 +14,10 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+import lifecycle
 import stagecore as core
 from tasks.evaluate import describe_gap, off_optimum_warning, reference_notes
-from tasks.history import SHOWN, read_history, trend_png
+from tasks.history import SHOWN, trend_png
 
 METRICS_KEY = "linear-regression-metrics"
 COEFFICIENTS_KEY = "linear-regression-coefficients"
@@ -62,28 +61,6 @@ def coefficient_rows(coefficients: pa.Table) -> list[dict[str, Any]]:
     ]
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else str(value)
-    if isinstance(value, list):
-        return ", ".join(core.escape_md(v) for v in value) or "—"
-    return core.escape_md(value)  # a column name, a path or URL, a parameter's value: inert markdown
-
-
-def markdown_table(rows: list[Mapping[str, Any]]) -> str:
-    """A GitHub-flavoured markdown table of ``rows`` (all with the same keys); every cell and header escaped."""
-    header = list(rows[0])
-    lines = ["| " + " | ".join(map(core.escape_md, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(row[key]) for key in header) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 def headline(summary: Mapping[str, Any], promotion: Mapping[str, Any] | None) -> list[str]:
     """What a reader wants first: test MSE against least squares, and whether the model is now the champion."""
     gd, ols = summary["metrics"]["test"]["mse"], summary["baseline"]["test"]["mse"]
@@ -115,17 +92,19 @@ def render_report(
         else f"stopped at the epoch cap ({summary['epochs_run']} epochs)"
     )
     shown = [*PLOTS, *([(TREND, "Test MSE over runs (★ promoted)")] if TREND in plots else [])]
+    files = [{"stage": s, "file": f, "path": p} for s, named in artifacts.items() for f, p in named.items()]
+    table = lifecycle.markdown.markdown_table
     sections = [
         "# Linear regression run",
         *headline(summary, promotion),
-        *(f"### {title}\n\n![{title}]({png_data_uri(plots[name])})" for name, title in shown),
+        *(f"### {title}\n\n![{title}]({lifecycle.markdown.png_data_uri(plots[name])})" for name, title in shown),
         "## Details",
         "### Parameters",
-        markdown_table([{"parameter": k, "value": v} for k, v in parameters.items()]),
+        table([{"parameter": k, "value": v} for k, v in parameters.items()]),
         "Training as run (parameters first, then the preset):",
-        markdown_table([{"setting": k, "value": v} for k, v in training.items()]),
+        table([{"setting": k, "value": v} for k, v in training.items()]),
         "### Metrics",
-        markdown_table(metrics),
+        table(metrics),
         "### Fit",
         *(f"> **{core.escape_md(note)}**" for note in reference_notes(summary)),
         f"- optimality gap (train MSE of gradient descent vs least squares, relative): **{describe_gap(summary)}**",
@@ -133,15 +112,9 @@ def render_report(
         f"- features {summary.get('scaling', 'unknown')}; tensors {summary.get('dtype', 'unknown')} "
         f"({core.escape_md(str(summary.get('dtype_reason', 'not recorded')))})",
         "### Coefficients",
-        markdown_table(coefficients),
+        table(coefficients),
         "### Artifact files",
-        markdown_table(
-            [
-                {"stage": stage, "file": name, "path": path}
-                for stage, files in artifacts.items()
-                for name, path in files.items()
-            ]
-        ),
+        table(files),
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -160,7 +133,7 @@ def publish_report(
     metrics = metrics_rows(core.read_parquet(evaluation["metrics"]), summary["reference_ok"])
     coefficients = coefficient_rows(core.read_parquet(evaluation["coefficients"]))
     plots = {name: core.read_bytes(artifacts["plot"][name]) for name, _ in PLOTS}
-    runs = read_history(root, SHOWN, get_run_logger().warning) if root is not None else None
+    runs = lifecycle.history.read_history(root, SHOWN, get_run_logger().warning) if root is not None else None
     if runs is not None and runs.num_rows:
         plots[TREND] = trend_png(runs)
     core.table_artifact(

@@ -24,9 +24,9 @@ import storage
 from conftest import ROOT
 from flows.local_server import free_port
 from flows.train import STAGES
+from lifecycle import champion
 from stagecore.declare import Outputs
 from storage import remote
-from tasks import promote
 
 BUCKET = "linreg-faults"
 
@@ -302,14 +302,14 @@ def test_lifecycle_writes_are_all_or_nothing(artifacts: Path, monkeypatch):
     worse = linear_regression(artifacts_dir=str(artifacts), **WORSE)
     assert worse["promotion"]["promoted"]
     before = lifecycle_files(artifacts)
-    pointer = Path(promote.pointer_path(artifacts)).read_bytes()
+    pointer = Path(champion.pointer_path(artifacts)).read_bytes()
     assert [len(v) for v in before.values()] == [2, 1, 1]  # the pointer and its manifest, a row, a record
 
     monkeypatch.setattr(core, "write_run_record", fails)
     with pytest.raises(core.InputError, match="injected"):  # a better model, promoted, then the record fails
         linear_regression(artifacts_dir=str(artifacts))
     assert lifecycle_files(artifacts) == before
-    assert Path(promote.pointer_path(artifacts)).read_bytes() == pointer  # the earlier champion, back
+    assert Path(champion.pointer_path(artifacts)).read_bytes() == pointer  # the earlier champion, back
 
     monkeypatch.setattr(core, "write_run_record", real)
 
@@ -320,7 +320,7 @@ def test_lifecycle_writes_are_all_or_nothing(artifacts: Path, monkeypatch):
     with pytest.raises(core.InputError, match="injected"):
         linear_regression(artifacts_dir=str(artifacts))
     assert lifecycle_files(artifacts) == before
-    assert Path(promote.pointer_path(artifacts)).read_bytes() == pointer
+    assert Path(champion.pointer_path(artifacts)).read_bytes() == pointer
 
     monkeypatch.undo()
     better = linear_regression(artifacts_dir=str(artifacts))

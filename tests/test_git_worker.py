@@ -34,9 +34,9 @@ import stagecore as core
 import storage
 from conftest import ROOT
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
+from lifecycle import champion
+from lifecycle.history import read_history
 from moto_s3 import s3_server
-from tasks import promote
-from tasks.history import read_history
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("boto3")
@@ -235,11 +235,11 @@ def test_artifacts_manifests_run_record_champion_and_history_are_on_the_s3_serve
     s3fs.S3FileSystem.clear_instance_cache()
     try:
         assert core.verify(f"{PREFIX}/{model}")["stage"] == "train"  # the object matches its manifest, on the store
-        champion = promote.read_champion(PREFIX)
+        current = champion.read_champion(PREFIX)
         [row] = read_history(PREFIX).to_pylist()
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
-    assert champion is not None and champion["flow_run_id"] == run_id  # the first run on the store: promoted
+    assert current is not None and current["flow_run_id"] == run_id  # the first run on the store: promoted
     assert (row["flow_run_id"], row["promoted"], row["model"]) == (run_id, True, model)
 
 

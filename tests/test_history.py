@@ -13,7 +13,8 @@ import pytest
 
 import storage
 from flows import history as cli
-from tasks import history
+from lifecycle import history
+from tasks.history import trend_png
 from tasks.report import render_report
 
 pytestmark = pytest.mark.no_server
@@ -86,7 +87,7 @@ def test_cli_errors_are_one_line_exit_2(argv, message, capsys):
 
 def test_report_leads_with_the_headline_and_embeds_the_trend(store):
     runs = history.read_history(store)
-    png = history.trend_png(runs)
+    png = trend_png(runs)
     assert png.startswith(PNG_SIGNATURE)
     summary = {
         **SUMMARY,

@@ -27,9 +27,9 @@ from flows import lineage
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.predict import main
 from flows.train import linear_regression
+from lifecycle.champion import champion_model_path
 from tasks import predict as stage
 from tasks.predict_report import REPORT_KEY
-from tasks.promote import champion_model_path
 
 FEATURES = ["TV", "radio", "newspaper"]
 

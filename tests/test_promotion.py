@@ -16,11 +16,12 @@ import stagecore as core
 import storage
 from conftest import ADVERTISING
 from flows.train import main
+from lifecycle import champion, decision
+from lifecycle.history import read_history
 from linreg import regression_metrics
 from stagecore.manifest import describe_pt
 from storage.atomic import write_json
 from tasks import promote
-from tasks.history import read_history
 
 FEATURES = ["a", "b"]
 TRUE_W = torch.tensor([2.0, -1.0])
@@ -70,7 +71,7 @@ def test_mse_is_evaluates_mse_on_the_test_rows(tensors):
     expected = regression_metrics(
         t["y_test"].double().numpy().ravel(), (t["x_test"].double() @ TRUE_W.double() + 0.5).numpy()
     )
-    assert promote.mse([t], TRUE_W, 0.5) == pytest.approx(expected["mse"], rel=1e-12)
+    assert decision.mse([t], TRUE_W, 0.5) == pytest.approx(expected["mse"], rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -85,32 +86,32 @@ def test_mse_is_evaluates_mse_on_the_test_rows(tensors):
 )
 @pytest.mark.no_server
 def test_decide(challenger, champion, tolerance, promoted):
-    assert promote.decide(challenger, champion, tolerance)[0] is promoted
-    assert promote.decide(challenger, None, tolerance) == (True, "first successful run: no champion yet")
-    assert promote.decide(challenger, float("inf"), tolerance)[0] and not promote.decide(float("nan"), 1.0, 0.0)[0]
+    assert decision.decide(challenger, champion, tolerance)[0] is promoted
+    assert decision.decide(challenger, None, tolerance) == (True, "first successful run: no champion yet")
+    assert decision.decide(challenger, float("inf"), tolerance)[0] and not decision.decide(float("nan"), 1.0, 0.0)[0]
 
 
 @pytest.mark.no_server
 def test_first_better_worse_equal_within_tolerance(store, tensors):
     first = run(store, tensors, model(store, "first", scale=0.8))
     assert first["promoted"] and first["champion_test_mse"] is None
-    pointer = promote.read_champion(store)
+    pointer = champion.read_champion(store)
     assert pointer["model"] == str((store / "train" / "first" / "model.pt").resolve())
-    assert json.loads(Path(promote.pointer_path(store)).read_text())["model"] == "train/first/model.pt"
-    core.verify(Path(promote.pointer_path(store)))  # the pointer has its manifest
+    assert json.loads(Path(champion.pointer_path(store)).read_text())["model"] == "train/first/model.pt"
+    core.verify(Path(champion.pointer_path(store)))  # the pointer has its manifest
 
     better = run(store, tensors, model(store, "better", scale=0.9))
     assert better["promoted"] and better["challenger_test_mse"] < better["champion_test_mse"]
     worse = run(store, tensors, model(store, "worse", scale=0.5))
     assert not worse["promoted"] and "not promoted" in worse["reason"]
-    assert promote.champion_model_path(store) == worse["champion"] == str((store / "train/better/model.pt").resolve())
+    assert champion.champion_model_path(store) == worse["champion"] == str((store / "train/better/model.pt").resolve())
     equal = run(store, tensors, model(store, "equal", scale=0.9))  # same weights, another file
     assert equal["promoted"] and equal["challenger_test_mse"] == equal["champion_test_mse"]
     slightly_worse = model(store, "slightly", scale=0.88)
     assert not run(store, tensors, slightly_worse)["promoted"]
     tolerated = run(store, tensors, slightly_worse, tolerance=0.5)
     assert tolerated["promoted"] and "tolerance 0.5" in tolerated["reason"]
-    assert promote.champion_model_path(store).endswith("train/slightly/model.pt")
+    assert champion.champion_model_path(store).endswith("train/slightly/model.pt")
     again = run(store, tensors, slightly_worse)  # the champion against itself: unchanged
     assert again["promoted"] and "already the champion" in again["reason"]
 
@@ -125,14 +126,14 @@ def test_different_features_or_target_promote_and_say_so(store, tensors):
 @pytest.mark.no_server
 def test_a_pointer_outside_the_root_or_altered_model_is_refused(store, tensors):
     run(store, tensors, model(store, "m"))
-    path = Path(promote.pointer_path(store))
+    path = Path(champion.pointer_path(store))
     pointer = json.loads(path.read_text())
     path.write_text(json.dumps({**pointer, "model": "../elsewhere/model.pt"}))
     with pytest.raises(ValueError, match="outside the artifacts folder"):
-        promote.read_champion(store)
+        champion.read_champion(store)
     path.write_text(json.dumps({**pointer, "model_sha256": "0" * 64}))
     with pytest.raises(core.IntegrityError):
-        promote.read_champion(store)
+        champion.read_champion(store)
     replaced = run(store, tensors, model(store, "next", scale=0.1))  # an unusable champion is replaced
     assert replaced["promoted"] and "cannot be used" in replaced["reason"]
 
@@ -142,14 +143,14 @@ def test_two_racing_runs_end_as_if_one_ran_after_the_other(store, tensors, monke
     """Both read the champion (A) slowly; without the conditional create of the next generation both would beat
     A and the slower writer would win."""
     run(store, tensors, model(store, "a", scale=0.5))
-    read = promote.read_champion
+    read = champion.read_champion
 
     def slow_read(root, generation=None):
         champion = read(root, generation)
         time.sleep(0.3)
         return champion
 
-    monkeypatch.setattr(promote, "read_champion", slow_read)
+    monkeypatch.setattr(champion, "read_champion", slow_read)
     paths = {"b": model(store, "b", scale=0.8), "c": model(store, "c", scale=1.0)}  # c is the best
     results, start = {}, threading.Barrier(2)
 
@@ -166,9 +167,9 @@ def test_two_racing_runs_end_as_if_one_ran_after_the_other(store, tensors, monke
         t.join()
     # Either serial order is a right answer (under load c may start late); what is never right is a run judged
     # against a champion that was no longer current when its generation was written.
-    assert promote.champion_model_path(store) == str(Path(paths["c"]).resolve())
+    assert champion.champion_model_path(store) == str(Path(paths["c"]).resolve())
     opened = storage.open_store(store)
-    history = [promote.read_champion(store, g)["model"] for g in range(1, promote.latest_generation(opened) + 1)]
+    history = [champion.read_champion(store, g)["model"] for g in range(1, champion.latest_generation(opened) + 1)]
     names = [Path(m).parent.name for m in history]
     b, c = results["b"], results["c"]
     assert c["promoted"]
@@ -184,7 +185,7 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     block = json.loads(out[-1])["promotion"]
     assert set(block) == {"promoted", "reason", "champion", "champion_test_mse", "challenger_test_mse"}
     assert block["promoted"] and block["champion_test_mse"] is None
-    assert block["champion"] == promote.champion_model_path(artifacts) and Path(block["champion"]).is_absolute()
+    assert block["champion"] == champion.champion_model_path(artifacts) and Path(block["champion"]).is_absolute()
     assert block["challenger_test_mse"] == pytest.approx(4.4021, abs=0.01)
     assert any(line.startswith("promotion: promoted") for line in out)
 
@@ -195,7 +196,7 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     captured = capsys.readouterr()
     error = captured.err.strip().splitlines()[-1]
     assert error.startswith("error: --require-promotion: challenger test MSE") and "not promoted" in error
-    assert promote.champion_model_path(artifacts) == block["champion"]  # the champion stayed
+    assert champion.champion_model_path(artifacts) == block["champion"]  # the champion stayed
     runs = read_history(artifacts).to_pylist()  # the failed run is recorded too
     assert [r["promoted"] for r in runs] == [True, False]
     assert [r["rows"] for r in runs] == [200, 200] and runs[0]["test_mse"] == block["challenger_test_mse"]
@@ -207,13 +208,13 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
 @pytest.mark.no_server
 def test_a_model_off_the_optimum_is_not_promoted_and_the_champion_stays(store, tensors):
     run(store, tensors, model(store, "a", scale=0.5))
-    champion = promote.champion_model_path(store)
+    current = champion.champion_model_path(store)
     best = model(store, "best", scale=1.0)  # better than the champion, but its run ended off the optimum
     block, level, wrote = promote.promote(str(store), [tensors], best, "run-best", 0.0, "its train MSE 3 is 0.35 above")
     assert not block["promoted"] and level == "warning" and wrote is None
     assert "off the least-squares optimum (its train MSE 3 is 0.35 above)" in block["reason"]
-    assert "--promote-off-optimum" in block["reason"] and block["champion"] == champion
-    assert promote.champion_model_path(store) == champion
+    assert "--promote-off-optimum" in block["reason"] and block["champion"] == current
+    assert champion.champion_model_path(store) == current
     assert run(store, tensors, best)["promoted"]  # allowed (no reason passed): it wins on its test MSE
 
 
@@ -224,11 +225,11 @@ def test_the_tutorial_preset_is_off_the_optimum_says_so_first_and_is_not_promote
     assert out[0].startswith("WARNING: the model is off the least-squares optimum: its train MSE 3.25261 is 0.351")
     assert "--scaling auto" in out[0] and "--lr auto" in out[0] and "--promote-off-optimum" in out[0]
     assert summary["off_optimum"].startswith("its train MSE") and not summary["promotion"]["promoted"]
-    assert promote.champion_model_path(artifacts) is None
+    assert champion.champion_model_path(artifacts) is None
     assert main(["--artifacts-dir", str(artifacts), "--preset", "seed", "--require-promotion"]) == 2
     assert main(["--artifacts-dir", str(artifacts), "--preset", "seed", "--promote-off-optimum", "--json"]) == 0
     promoted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert promoted["promotion"]["promoted"] and promote.champion_model_path(artifacts) is not None
+    assert promoted["promotion"]["promoted"] and champion.champion_model_path(artifacts) is not None
     assert [r["promoted"] for r in read_history(artifacts).to_pylist()] == [False, False, True]
     # the default run is on the optimum: no warning, promoted over the tutorial's model
     assert main(["--artifacts-dir", str(artifacts), "--json"]) == 0

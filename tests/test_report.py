@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import stagecore as core
+from lifecycle.markdown import markdown_table, png_data_uri
 from tasks.evaluate import coefficients_table, metrics_table
 from tasks.plot import loss_curve, predicted_vs_actual
-from tasks.report import coefficient_rows, markdown_table, metrics_rows, png_data_uri, render_report
+from tasks.report import coefficient_rows, metrics_rows, render_report
 
 pytestmark = pytest.mark.no_server
 

@@ -30,12 +30,13 @@ from conftest import ADVERTISING, ROOT
 from flows import history as history_cli
 from flows import lineage, train
 from flows import predict as predict_cli
+from lifecycle import champion
+from lifecycle.history import read_history
 from moto_s3 import s3_server, use_env
 from stagecore.manifest import describe_pt
 from storage import remote
 from storage.atomic import write_json
 from tasks import promote
-from tasks.history import read_history
 
 boto3 = pytest.importorskip("boto3")
 s3fs = pytest.importorskip("s3fs")
@@ -167,10 +168,10 @@ def test_promotion_across_runs_on_s3(s3, capsys):
     assert c["champion_test_mse"] == pytest.approx(b["challenger_test_mse"], rel=1e-12)
     pointers = generations(LIFE)  # two promotions: two immutable generations, nothing else under champion/
     assert [pointers[n]["model"] for n in (1, 2)] == [m.removeprefix(LIFE + "/") for m in (models["a"], models["b"])]
-    champion = promote.read_champion(LIFE)  # downloaded and verified in the scratch mirror
-    assert storage.public(champion["model"]) == models["b"] and champion == {**pointers[2], "model": champion["model"]}
-    assert champion["model_sha256"] == core.read_manifest(models["b"])["sha256"]
-    assert promote.champion_model_path(LIFE) == champion["model"]
+    current = champion.read_champion(LIFE)  # downloaded and verified in the scratch mirror
+    assert storage.public(current["model"]) == models["b"] and current == {**pointers[2], "model": current["model"]}
+    assert current["model_sha256"] == core.read_manifest(models["b"])["sha256"]
+    assert champion.champion_model_path(LIFE) == current["model"]
 
 
 def test_history_via_flows_history_json(s3, capsys):
@@ -257,11 +258,11 @@ def test_a_failed_runs_promotion_is_taken_back_on_s3(s3, tmp_path):
     tensors = _test_rows(tmp_path)
     assert promote.promote(url, [tensors], _model(url, "worse", 0.5), "run-a", 0.0)[0]["promoted"]
     assert promote.promote(url, [tensors], _model(url, "best", 1.0), "run-b", 0.0)[0]["promoted"]
-    assert not promote.take_back(url, "run-a")  # not the latest: a later run decided against it, it stays
-    assert promote.take_back(url, "run-b")
+    assert not champion.take_back(url, "run-a")  # not the latest: a later run decided against it, it stays
+    assert champion.take_back(url, "run-b")
     assert [p["flow_run_id"] for p in generations(url).values()] == ["run-a"]
-    assert promote.read_champion(url)["flow_run_id"] == "run-a"
-    assert not promote.take_back(url, "run-b")  # nothing of run-b's left
+    assert champion.read_champion(url)["flow_run_id"] == "run-a"
+    assert not champion.take_back(url, "run-b")  # nothing of run-b's left
 
 
 def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_path, monkeypatch):
@@ -278,7 +279,7 @@ def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_p
         return promote.promote(url, [tensors], path, f"run-{name}", 0.0)[0]
 
     assert race("a", model("a", 0.5))["promoted"]
-    read, create = promote.read_champion, promote.create_generation
+    read, create = champion.read_champion, champion.create_generation
     both_read, c_created, decided = threading.Barrier(2, timeout=120), threading.Event(), set()
 
     def read_then_wait(root, generation=None):
@@ -299,8 +300,8 @@ def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_p
             if name == "c":
                 c_created.set()
 
-    monkeypatch.setattr(promote, "read_champion", read_then_wait)
-    monkeypatch.setattr(promote, "create_generation", create_c_first)
+    monkeypatch.setattr(champion, "read_champion", read_then_wait)
+    monkeypatch.setattr(champion, "create_generation", create_c_first)
     paths = {"b": model("b", 0.8), "c": model("c", 1.0)}  # c is the best
     results = {}
 
@@ -318,7 +319,7 @@ def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_p
     pointers = generations(url)
     assert [p["model"] for p in pointers.values()] == ["train/a/model.pt", "train/c/model.pt"]
     monkeypatch.undo()
-    assert storage.public(promote.champion_model_path(url)) == f"{url}/train/c/model.pt"
+    assert storage.public(champion.champion_model_path(url)) == f"{url}/train/c/model.pt"
 
 
 def test_an_unusable_champion_on_s3_is_replaced_and_a_store_error_keeps_it(s3, tmp_path, monkeypatch):
@@ -337,7 +338,7 @@ def test_an_unusable_champion_on_s3_is_replaced_and_a_store_error_keeps_it(s3, t
     monkeypatch.undo()
     fs().rm_file(f"{url}/train/best/model.pt")  # the champion's model is gone: it cannot be used
     with pytest.raises(core.IntegrityError, match="missing"):
-        promote.read_champion(url)
+        champion.read_champion(url)
     block = promote.promote(url, [tensors], worse, "run-3", 0.0)[0]
     assert block["promoted"] and "cannot be used" in block["reason"]
     assert block["champion"] == f"{url}/train/worse/model.pt"
@@ -376,7 +377,7 @@ def test_two_concurrent_runs_on_one_prefix(s3, capsys):
     else:  # the better run promoted first; the worse one was compared with it
         assert [p["model"] for p in pointers.values()] == [models["b"]]
         assert worse["promotion"]["champion_test_mse"] == pytest.approx(better["promotion"]["challenger_test_mse"])
-    assert storage.public(promote.champion_model_path(url)) == better["artifacts"]["train"]["model"]
+    assert storage.public(champion.champion_model_path(url)) == better["artifacts"]["train"]["model"]
     rows = read_history(url).to_pylist()
     assert len(rows) == 2 and sorted(r["promoted"] for r in rows) == sorted(
         s["promotion"]["promoted"] for s in (worse, better)

@@ -28,9 +28,9 @@ from flows import lineage
 from flows import predict as predict_cli
 from flows.train import STAGES, linear_regression
 from flows.train import main as train_main
+from lifecycle import champion
+from lifecycle.history import SCHEMA
 from storage.atomic import write_json
-from tasks import promote
-from tasks.history import SCHEMA
 
 DEEP = "[" * 5000 + "]" * 5000  # json.loads raises RecursionError on this
 
@@ -73,7 +73,7 @@ def run(root: Path, *args: str) -> dict:
 
 def point_champion_at(root: Path, target: Path) -> None:
     """Rewrite the pointer (and its manifest) to name ``target``, as a writer of the store could."""
-    pointer = Path(promote.pointer_path(root))
+    pointer = Path(champion.pointer_path(root))
     body = json.loads(pointer.read_text())
     body.update(model=target.relative_to(root).as_posix(), model_sha256=storage.sha256_file(target))
     pointer.write_text(json.dumps(body))
@@ -101,8 +101,8 @@ def test_a_pointer_at_another_kind_of_artifact_is_replaced_by_the_next_promotion
     promotion = summary["promotion"]
     assert promotion["promoted"] is True
     assert "the champion cannot be used" in promotion["reason"] and "not a model" in promotion["reason"]
-    champion = promote.read_champion(store)
-    assert champion is not None and champion["model"] == str(Path(summary["artifacts"]["train"]["model"]).resolve())
+    current = champion.read_champion(store)
+    assert current is not None and current["model"] == str(Path(summary["artifacts"]["train"]["model"]).resolve())
     assert "already the champion" in run(store)["promotion"]["reason"]  # the next run: the store is not stuck
 
 
@@ -146,10 +146,10 @@ def test_a_deeply_nested_or_renamed_cache_record_is_a_miss(store):
 
 
 def test_a_deeply_nested_pointer_is_replaced(store):
-    Path(promote.pointer_path(store)).write_text(DEEP)
+    Path(champion.pointer_path(store)).write_text(DEEP)
     promotion = run(store)["promotion"]
     assert promotion["promoted"] is True and "nested deeper than" in promotion["reason"]
-    assert promote.read_champion(store) is not None
+    assert champion.read_champion(store) is not None
 
 
 def test_a_deeply_nested_marker_is_replaced_in_a_folder_of_store_files(store):
@@ -311,7 +311,7 @@ def target_of(root: Path, kind: str, which: int) -> Path:
     if kind == "cache record":
         records = sorted((root / storage.CACHE_DIR).glob("*/*.json"))
         return records[which % len(records)]
-    return Path(promote.pointer_path(root))
+    return Path(champion.pointer_path(root))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -334,7 +334,7 @@ def test_malformed_store_files_end_in_success_or_one_line(trained, kind, capsys)
             if code == 2:
                 one_error_line(err)
             else:  # nothing stuck: a champion the next run can read
-                assert promote.read_champion(root) is not None
+                assert champion.read_champion(root) is not None
             if kind in ("manifest", "champion pointer"):  # what predict reads: the pointer, the model's manifest
                 code = predict_cli.main(["--data", str(ADVERTISING), "--artifacts-dir", str(root)])
                 err = capsys.readouterr().err

@@ -1,0 +1,40 @@
+"""Markdown for the run's reports: tables and embedded images, every value from data escaped (`core.escape_md`).
+
+Generic rendering, no Prefect: the report tasks (tasks/report.py, tasks/predict_report.py) build their pages
+with it and publish them through `core.markdown_artifact`.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import stagecore as core
+
+# what tasks/ and flows/ use (tests/test_surface.py)
+__all__ = ["markdown_table", "png_data_uri"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    if isinstance(value, list):
+        return ", ".join(core.escape_md(v) for v in value) or "—"
+    return core.escape_md(value)  # a column name, a path or URL, a parameter's value: inert markdown
+
+
+def markdown_table(rows: list[Mapping[str, Any]]) -> str:
+    """A GitHub-flavoured markdown table of ``rows`` (all with the same keys); every cell and header escaped."""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(map(core.escape_md, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(row[key]) for key in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def png_data_uri(png: bytes) -> str:
+    """A PNG as a ``data:`` URI, for an image embedded in the markdown (the UI loads nothing from elsewhere)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
