@@ -15,7 +15,7 @@ POOL ?= local-process
 GIT_POOL ?= git-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast bench bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git worker \
+.PHONY: help setup run stop status test test-fast bench bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git worker \
 	serve
 
 help: ## list the targets
@@ -28,8 +28,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the project (torch pinned, CPU build)
 
-run: $(STAMP) ## run the default job (Advertising); pass options with ARGS="--preset seed"
-	$(PY) -m flows.train $(ARGS)
+# `make run` reports to one kept local server (flows/up.py): $PREFECT_API_URL's when set, else the one at
+# SERVER_HOST:SERVER_PORT, started in the background (SQLite in .prefect/) when none answers there.
+UP := SERVER_HOST=$(SERVER_HOST) SERVER_PORT=$(SERVER_PORT) $(PY) -m flows.up
+
+run: $(STAMP) ## run the default job (Advertising) on the kept local server; options: ARGS="--preset seed"
+	@api="$$($(UP) start)" && PREFECT_API_URL="$$api" $(PY) -m flows.train $(ARGS)
+
+stop: $(STAMP) ## stop the local Prefect server `make run` started
+	@$(UP) stop
+
+status: $(STAMP) ## whether the local Prefect server is up, and where
+	@$(UP) status
 
 # `make test`'s pytest-xdist workers, each with its own Prefect server and PREFECT_HOME (tests/conftest.py), a
 # module whole on one worker. More workers than the 2 cores: most of a test's time is spent waiting on servers

@@ -93,9 +93,10 @@ def _train(p: Params, root: str) -> dict[str, Any]:
     except BaseException:
         take_back(root, run_id, promoting)
         raise
-    publish_report(shown, run.results, promotion, root)
+    published = publish_report(shown, run.results, promotion, root)
     promote.enforce(promotion, p.require_promotion)
-    return {**summarize(run.results, run.cached, record), "promotion": promotion}
+    ids = {"flow_run_id": run_id, "report_id": published["report_id"]}
+    return {**summarize(run.results, run.cached, record), "promotion": promotion, **ids}
 
 
 linear_regression.__signature__ = Params.signature()
@@ -219,6 +220,11 @@ def format_summary(s: dict[str, Any]) -> str:
             f"artifacts under {root} (cached stages: {cached}):",
             *(f"  {stage:<11}{path}" for stage, files in s["artifacts"].items() for path in files.values()),
             f"run record: {s['run_record']}",
+            *(
+                [f"run in the Prefect UI: {s['ui_url']}", f"report: {s['report_url']}"]
+                if s.get("ui_url")
+                else ["tip: make run keeps a local Prefect server with a UI; this run used a temporary one"]
+            ),
         ]
     )
 
@@ -245,6 +251,22 @@ def settle_prefect(lost: bool = False) -> None:
     EventsWorker.drain_all(timeout=1 if lost else 10)
     APILogWorker.drain_all(timeout=1 if lost else 10)
     SubprocessASGIServer().stop()  # the temporary server of a run without PREFECT_API_URL; else nothing
+
+
+def ui_links(summary: dict[str, Any]) -> dict[str, str | None]:
+    """``ui_url`` (the flow run) and ``report_url`` (its report artifact) in the Prefect UI of the server the run
+    reported to; None for a run on the temporary server, whose UI is gone when the run ends."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    ui = settings.ui_url if settings.api.url else None
+    if not ui:
+        return {"ui_url": None, "report_url": None}
+    ui = str(ui).rstrip("/")
+    return {
+        "ui_url": f"{ui}/runs/flow-run/{summary['flow_run_id']}",
+        "report_url": f"{ui}/artifacts/artifact/{summary['report_id']}",
+    }
 
 
 def api_url() -> str:
@@ -289,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             "PREFECT_API_URL) and rerun: the stages that finished are cached"
         )
         return 2
+    summary |= ui_links(summary)
     print(format_summary(summary))
     if as_json:
         print(json.dumps(summary))

@@ -143,7 +143,9 @@ def publish_report(
         coefficients, key=COEFFICIENTS_KEY, description="Weights in raw feature units, and the intercept"
     )
     report = render_report(parameters, summary, metrics, coefficients, plots, artifacts, promotion)
-    core.markdown_artifact(report, key=REPORT_KEY, description="Parameters, metrics, plots and files of this run")
+    report_id = core.markdown_artifact(
+        report, key=REPORT_KEY, description="Parameters, metrics, plots and files of this run"
+    )
     get_run_logger().info(
         "read %s, %s, %s and %d plots; published artifacts %s, %s and %s (%.1f kB)",
         evaluation["summary"],
@@ -155,4 +157,4 @@ def publish_report(
         REPORT_KEY,
         len(report) / 1000,
     )
-    return {"metrics": METRICS_KEY, "coefficients": COEFFICIENTS_KEY, "report": REPORT_KEY}
+    return {"metrics": METRICS_KEY, "coefficients": COEFFICIENTS_KEY, "report": REPORT_KEY, "report_id": str(report_id)}
