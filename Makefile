@@ -71,11 +71,11 @@ deploy deploy-git worker serve: export PREFECT_API_URL ?= http://$(SERVER_HOST):
 
 deploy: $(STAMP) ## one machine: create pool local-process if missing, deploy daily, on-demand, predict from here
 	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process
-	$(PREFECT) --no-prompt deploy --name daily --name on-demand --name predict
+	$(PREFECT) --no-prompt deploy --all
 
 deploy-git: $(STAMP) ## workers anywhere: pool git-process, git-* deployments (LINREG_GIT_URL=… LINREG_GIT_BRANCH=…)
 	$(PREFECT) work-pool inspect $(GIT_POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(GIT_POOL) --type process
-	$(PREFECT) --no-prompt deploy --name 'git-*'
+	$(PREFECT) --no-prompt deploy --all --prefect-file prefect-git.yaml
 
 worker: $(STAMP) ## start a process worker that runs the deployments' flow runs (pool local-process; POOL=git-process)
 	$(PREFECT) worker start --pool $(POOL) --type process

@@ -1,11 +1,11 @@
-"""Workers anywhere: prefect.yaml's git deployments, deployed from one clone and run by a worker that has neither it
-nor the project, with the artifacts on an S3 server.
+"""Workers anywhere: the git deployments (prefect-git.yaml), deployed from one clone and run by a worker that has
+neither it nor the project, with the artifacts on an S3 server.
 
 A bare repository under tmp stands in for the team's remote; it holds this checkout's committed code (HEAD:
 uncommitted changes are not in it). ``prefect deploy --name git-on-demand`` runs in a clone of it, which is then
 moved away. A process worker starts in an empty folder with the project hidden from its Python (below), runs one
 triggered run and exits (``--run-once``). The session's real Prefect server (conftest) and moto's S3 server
-(tests/moto_s3.py) are on loopback. The other two git deployments share the steps (checked in prefect.yaml).
+(tests/moto_s3.py) are on loopback. The other two git deployments share the steps (checked in prefect-git.yaml).
 
 The shared virtualenv has this project installed in editable mode (a meta-path finder pointing at some checkout),
 which would quietly serve ``flows``, ``tasks`` and ``stagecore`` to a run whose clone did not work. The deploy
@@ -99,7 +99,7 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
             client.create_work_pool(WorkPoolCreate(name="git-process", type="process"))
     started = time.monotonic()
     deploy = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--name", "git-on-demand"],
+        [PREFECT, "--no-prompt", "deploy", "--name", "git-on-demand", "--prefect-file", "prefect-git.yaml"],
         cwd=deployer,
         env=isolated_env(
             base / "deploy-home",
@@ -196,17 +196,23 @@ def test_git_deployment_stores_the_repository_and_branch_not_the_deploying_folde
 
 @pytest.mark.no_server
 def test_prefect_yaml_git_deployments_mirror_the_local_ones_with_the_git_steps():
+    """The git ones are a file of their own (prefect-git.yaml), so `prefect deploy --all` deploys the local ones."""
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    by_name = {d["name"]: d for d in config["deployments"]}
-    assert set(by_name) == {"daily", "on-demand", "predict", "git-daily", "git-on-demand", "git-predict"}
+    git_config = yaml.safe_load((ROOT / "prefect-git.yaml").read_text())
+    local_by_name = {d["name"]: d for d in config["deployments"]}
+    git_by_name = {d["name"]: d for d in git_config["deployments"]}
+    assert set(local_by_name) == {"daily", "on-demand", "predict"}
+    assert set(git_by_name) == {"git-daily", "git-on-demand", "git-predict"}
     for name in ("daily", "on-demand", "predict"):
-        local, git = by_name[name], by_name[f"git-{name}"]
+        local, git = local_by_name[name], git_by_name[f"git-{name}"]
         assert "pull" not in local and "build" not in local  # the top-level set_working_directory steps
         assert local["work_pool"] == {"name": "local-process"} and git["work_pool"] == {"name": "git-process"}
         assert (git["entrypoint"], git["schedules"]) == (local["entrypoint"], local["schedules"])
-        assert (git["build"], git["pull"]) == (config["definitions"]["git-build"], config["definitions"]["git-pull"])
+        definitions = git_config["definitions"]
+        assert (git["build"], git["pull"]) == (definitions["git-build"], definitions["git-pull"])
     [pull] = config["pull"]
     assert list(pull) == ["prefect.deployments.steps.set_working_directory"]
+    assert "pull" not in git_config and "build" not in git_config  # nothing local leaks into the git runs
 
 
 def test_the_run_used_a_clone_in_the_workers_temporary_folder_and_left_it_clean(team):
