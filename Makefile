@@ -15,7 +15,7 @@ POOL ?= local-process
 GIT_POOL ?= git-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run stop status test test-fast bench bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git worker \
+.PHONY: help setup run stop status test test-fast bench bench-naive bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git worker \
 	serve
 
 help: ## list the targets
@@ -54,6 +54,9 @@ test-fast: $(STAMP) ## only the tests marked no_server: no Prefect server is sta
 
 bench: $(STAMP) ## cold vs warm (cached) run vs a flow of one no-op task per stage; pass ARGS="--runs 9"
 	$(PY) -m bench.cache_bench $(ARGS)
+
+bench-naive: $(STAMP) ## the flow cold and cached vs a naive Prefect flow of the same stages, whole processes
+	$(PY) -m bench.naive_bench $(ARGS)
 
 bench-scale: $(STAMP) ## flow vs the plain script at 200 and 2M rows; ARGS="--rows 20000000 --repeats 1"
 	$(PY) -m bench.scale_bench $(ARGS)
