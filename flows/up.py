@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flows.cli import print_error
 from flows.local_server import descendants
 from storage.project import PROJECT_ROOT
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print({"start": start, "stop": stop, "status": status}[argv[0]]())
     except UpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 2
     return 0
 

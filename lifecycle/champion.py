@@ -27,8 +27,8 @@ from storage import validate
 __all__ = [
     "champion_model_path",
     "create_generation",
-    "generation_rel",
     "latest_generation",
+    "names_model",
     "read_usable",
     "take_back",
     "where",
@@ -122,6 +122,28 @@ def read_champion(root: str | Path, generation: int | None = None) -> dict[str, 
     return {**body, "model": str(model)}
 
 
+def names_model(root: str | Path, generation: int, model: str, sha256: str) -> bool:
+    """Whether generation ``generation``'s pointer names exactly ``model`` (this path in the store, this sha256).
+
+    The pointer is read and checked field by field; the model file is not reopened: a caller asks about a model
+    it has just verified itself (a stage's output, checked against its manifest on a cache hit). So a fully cached
+    rerun learns that its model already is the champion without loading a tensor (nor importing torch)."""
+    if not generation:
+        return False
+    store = storage.open_store(root)
+    try:
+        content = store.read(generation_rel(generation), limit=MAX_POINTER_BYTES)
+    except OSError as exc:
+        raise store.error(exc) from None
+    if content is None:
+        return False
+    try:
+        body = _parse(content, store.path(generation_rel(generation)))
+    except ValueError:
+        return False  # not ours: the full read decides what to do about it
+    return body["model"] == storage.store_relative(root, model) and body["model_sha256"] == sha256
+
+
 def read_usable(root: str | Path, generation: int) -> tuple[dict[str, Any] | None, str | None]:
     """(generation ``generation``'s champion, None), or (None, why) for a champion that cannot be used: a
     pointer that is not ours, a model that is missing or does not match. A store that cannot be reached or
@@ -190,9 +212,9 @@ def _run_of(content: bytes | None) -> str | None:
 
 def create_generation(
     store: storage.Store, generation: int, model: str, run_id: str, trained: dict, test_mse: float
-) -> dict[str, Any] | None:
+) -> str | None:
     """Create generation ``generation`` of the pointer only if no run has created it (exclusive create on
-    disk, a conditional write on an object store), then its manifest; the pointer, or None when another run
+    disk, a conditional write on an object store), then its manifest; where it is, or None when another run
     created that generation first."""
     pointer = _pointer(store.url, model, run_id, trained, test_mse)
     content = (json.dumps(pointer, indent=2) + "\n").encode()
@@ -204,7 +226,7 @@ def create_generation(
         store.write(rel + storage.MANIFEST_SUFFIX, (json.dumps(manifest, indent=2) + "\n").encode())
     except OSError as exc:
         raise store.error(exc) from None
-    return pointer
+    return store.path(rel)
 
 
 def take_back(root: str | Path, run_id: str) -> bool:

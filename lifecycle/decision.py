@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
-
-from linreg.metrics import Sums, score
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["decide", "mse"]
 
 
 def mse(partitions: Iterable[dict], weights: torch.Tensor, bias: float) -> float:
     """Test MSE of ``x @ weights + bias`` over every partition's test rows, in float64 (as evaluate computes it)."""
+    from linreg.metrics import Sums, score  # where used: torch, which a cached run need not import
+
     sums = Sums()
     model = {"model": (weights.double().numpy().ravel(), float(bias))}
     for tensors in partitions:

@@ -16,6 +16,7 @@ Engine = Literal["auto", "rows", "stats"]
 # unless the standardized columns are already uncorrelated (docs/numbers.md, "The change of variables")
 Scaling = Literal["auto", "none", "standardize", "whiten"]
 
+PARTS = ("train", "test")  # the split's two parts, in the order every table lists them
 STATS_ENGINE_MIN_ROWS = 100_000  # below this the row-wise loop is already instant: keep the textbook reference
 
 

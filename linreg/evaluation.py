@@ -7,10 +7,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from linreg.config import PARTS
 from linreg.metrics import Sums, score
 from linreg.reference import Reference
-
-PARTS = ("train", "test")
 
 # The least-squares train MSE is the smallest any linear model can reach: above gradient descent's by more than
 # this (relative, plus EXACT_FIT_RTOL · mean(y²) absolute), the reference is not the least-squares fit. Not

@@ -15,10 +15,12 @@ that saving is not measurable and float64 is kept whatever the data.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 Dtype = Literal["auto", "float32", "float64"]
 
@@ -29,10 +31,6 @@ FLOAT32_MIN_VALUES = 1 << 24
 # float32 only where rounding to it moves the optimum by less than this (relative, first-order bound above)
 FLOAT32_MAX_RISK = 1e-6
 SAMPLE_ROWS = 1 << 16  # rows the condition number is estimated on (every k-th), for a big input
-
-
-def unit_roundoff(dtype: torch.dtype) -> float:
-    return FLOAT32_UNIT_ROUNDOFF if dtype == torch.float32 else FLOAT64_UNIT_ROUNDOFF
 
 
 def float32_risk(columns: list[np.ndarray]) -> tuple[float, float, float]:
@@ -61,6 +59,8 @@ def float32_risk(columns: list[np.ndarray]) -> tuple[float, float, float]:
 
 def choose_dtype(asked: Dtype, values: int, columns: list[np.ndarray] | None = None) -> tuple[torch.dtype, str]:
     """The tensors' dtype and why: what was asked, or for ``auto`` by size and then by `float32_risk`."""
+    import torch  # here, not at import: the flow's parameters import this module, and a cached run needs no torch
+
     if asked != "auto":
         return getattr(torch, asked), f"--dtype {asked}"
     if values < FLOAT32_MIN_VALUES or columns is None:

@@ -22,7 +22,6 @@ from typing import Annotated, Any, BinaryIO, ClassVar, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from prefect import Task
 
 from stagecore.behind import ParquetWriteBehind, WriteBehind, write_behind
@@ -321,6 +320,8 @@ class Outputs:
         # Saved to a file object, never to a path: torch.save to a path names the archive's folder after the
         # (random) temp file, so the same tensors would give different bytes, and a rebuild a different key
         # downstream. Streamed into the hashing sink, not through a BytesIO: 400 MB of tensors, 1.4 → 0.8 s.
+        import torch  # where used: a cached run that writes no tensors never imports torch
+
         return self._write(name, "pt", lambda sink: torch.save(dict(obj), sink), schema=describe_pt(obj))
 
     def write_json(self, obj: Any, name: str) -> str:

@@ -19,7 +19,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from storage import validate
 from storage.errors import IntegrityError
@@ -58,6 +57,8 @@ def describe_schema(path: Path, fmt: str) -> dict[str, Any]:
         schema = meta.schema.to_arrow_schema()
         return {"rows": meta.num_rows, "columns": [{"name": f.name, "type": str(f.type)} for f in schema]}
     if fmt == "pt":
+        import torch  # where used: a cached run that reads no tensors never imports torch (2 s)
+
         return describe_pt(torch.load(path, map_location="cpu", weights_only=True))
     if fmt == "png":
         head = path.read_bytes()[:24]
@@ -71,6 +72,8 @@ def describe_schema(path: Path, fmt: str) -> dict[str, Any]:
 
 def describe_pt(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Entry names of a ``.pt`` dict, with shape and dtype for tensors and the type of anything else."""
+    import torch
+
     out: dict[str, Any] = {}
     for name, value in obj.items():
         if isinstance(value, torch.Tensor):
@@ -190,6 +193,8 @@ def verify_used(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _load_pt(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]:
     """``torch.load`` with ``weights_only`` (never unpickles arbitrary objects); a refused file is an
     IntegrityError. ``mmap`` maps the tensors instead of reading them, for a cheap check."""
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError) as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from prefect import get_run_logger
 
 import stagecore as core
-from linreg.stats import Stats
 
 
 @core.stage("accumulate", outputs=("stats",))
@@ -24,6 +23,8 @@ def accumulate_stats(tensors_path: core.File, root: str) -> dict[str, str]:
     Also each column's and the target's min and max, which merge exactly: the training stage refuses a target
     that is constant over all partitions and standardizes a constant feature to exactly zero.
     """
+    from linreg.stats import Stats  # here: a fully cached run never imports torch
+
     data = core.read_pt(tensors_path)
     stats = Stats.of(data["x_train"], data["y_train"])
     saved = {**stats.as_dict(), **{k: data[k] for k in ("features", "target", "dtype", "dtype_reason")}}

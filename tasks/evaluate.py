@@ -11,10 +11,8 @@ import pyarrow as pa
 from prefect import get_run_logger
 
 import stagecore as core
-from linreg.evaluation import PARTS, evaluate
+from linreg.config import PARTS
 from linreg.precision import FLOAT32_UNIT_ROUNDOFF, FLOAT64_UNIT_ROUNDOFF
-from linreg.reference import least_squares
-from linreg.stats import Stats
 
 # r2 is null where the part's target does not vary; a fixed schema keeps it float64 even when all are null
 METRICS_SCHEMA = pa.schema(
@@ -52,6 +50,10 @@ def evaluate_model(
 
     The reference merges the partitions' R factors (from ``stats.pt``); the tensors are read one at a time.
     """
+    from linreg.evaluation import evaluate  # here: a fully cached run never imports torch
+    from linreg.reference import least_squares
+    from linreg.stats import Stats
+
     parts = [core.read_pt(path) for path in stats_paths]
     stored = FLOAT32_UNIT_ROUNDOFF if any(p["dtype"] == "float32" for p in parts) else FLOAT64_UNIT_ROUNDOFF
     total = Stats.total([Stats.from_dict(p) for p in parts])

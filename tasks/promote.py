@@ -33,20 +33,27 @@ def promote(
     run_id: str,
     tolerance: float,
     off_optimum: str | None = None,
+    test_mse: float | None = None,
 ) -> tuple[dict[str, Any], str, str | None]:
     """Read the champion, score both models on this run's test rows, decide, move the pointer if promoted.
     Returns the ``promotion`` block, the log level's name and the pointer if it was written.
 
     ``off_optimum``: why this run's model is off the least-squares optimum (the evaluation's ``off_optimum``),
     unless the run was allowed to promote it anyway: such a model is never promoted, whatever the champion.
+    ``test_mse``: the evaluation's test MSE of this model (the same sums `lifecycle.decision.mse` computes); with
+    it, a model that already is the champion (a fully cached rerun) is recognised from the pointer alone.
 
     Decided against the latest generation N, the pointer moves by creating N+1 only if it is absent; when another
     run created N+1 first, the decision is made again against the new champion (no lock, on every store).
     """
+    challenger_sha = core.read_manifest(model_path)["sha256"]
+    store = storage.open_store(root)
+    if test_mse is not None and not off_optimum and _is_champion(store, root, model_path, challenger_sha):
+        reason = "this run's model is already the champion (same model file): unchanged"
+        return _block(True, reason, storage.public(model_path), test_mse, test_mse), "info", None
     trained = core.read_pt(model_path)
     partitions = [core.read_pt(p) for p in tensors_paths]
     challenger_mse = lifecycle.decision.mse(partitions, trained["weights"], trained["bias"])
-    challenger_sha = core.read_manifest(model_path)["sha256"]
     if off_optimum:
         reason = (
             f"the model is off the least-squares optimum ({off_optimum}): not promoted; pass "
@@ -59,7 +66,6 @@ def promote(
             None,
         )
 
-    store = storage.open_store(root)
     for lost in itertools.count():
         try:
             generation = lifecycle.champion.latest_generation(store)
@@ -72,12 +78,18 @@ def promote(
         if not write:
             return block, level, None
         block["champion"] = storage.public(model_path)
-        pointer = lifecycle.champion.create_generation(
-            store, generation + 1, model_path, run_id, trained, challenger_mse
-        )
-        if pointer is not None:
-            return block, level, store.path(lifecycle.champion.generation_rel(generation + 1))
+        wrote = lifecycle.champion.create_generation(store, generation + 1, model_path, run_id, trained, challenger_mse)
+        if wrote is not None:
+            return block, level, wrote
     raise AssertionError("unreachable")
+
+
+def _is_champion(store: storage.Store, root: str, model_path: str, sha256: str) -> bool:
+    try:
+        generation = lifecycle.champion.latest_generation(store)
+    except OSError as exc:
+        raise store.error(exc) from None
+    return lifecycle.champion.names_model(root, generation, model_path, sha256)
 
 
 def _judge(
@@ -134,8 +146,10 @@ def promote_model(
     """Champion vs challenger on this run's test rows; moves the champion pointer when the challenger wins.
     A model the evaluation found off the optimum (``summary_path``'s ``off_optimum``) is not promoted unless
     ``promote_off_optimum``."""
-    off = None if promote_off_optimum else core.read_json(summary_path).get("off_optimum")
-    block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance, off)
+    summary = core.read_json(summary_path)
+    off = None if promote_off_optimum else summary.get("off_optimum")
+    test_mse = summary["metrics"]["test"]["mse"]
+    block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance, off, test_mse)
     getattr(get_run_logger(), level)(
         "read %s, %s and %d partition(s)' test rows; %s; wrote %s; champion: %s",
         lifecycle.champion.where(root),

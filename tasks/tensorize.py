@@ -11,7 +11,6 @@ from prefect import get_run_logger
 
 import stagecore as core
 from linreg.precision import Dtype
-from linreg.tensors import to_tensors
 
 
 class ParquetColumns:  # a `linreg.tensors.Columns`
@@ -43,6 +42,8 @@ def tensorize(
     root: str,
 ) -> dict[str, str]:
     """Read the split tables, write ``tensors.pt`` (tensors + feature names + their dtype and why)."""
+    from linreg.tensors import to_tensors  # here: a fully cached run never imports torch
+
     train, test = ParquetColumns(train_path), ParquetColumns(test_path)
     tensors = to_tensors(train, test, target, features, dtype, rows)
     out = core.outputs().write_pt(tensors, "tensors.pt")

@@ -10,15 +10,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-import torch
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 import stagecore as core
 from linreg.config import TrainConfig, choose_engine
-from linreg.stats import Stats
-from linreg.training import Names, fit, fit_stats
+
+if TYPE_CHECKING:
+    import torch
 from storage.errors import InputError
 
 
@@ -71,6 +72,11 @@ def train_model(tensors_paths: core.Files, stats_paths: core.Files, cfg: TrainCo
     The partitions' ``stats.pt`` are added up first: they decide the engine (by the number of rows) and are all
     the stats engine needs. The rows engine, the textbook loop, reads the partitions' tensors and joins them.
     """
+    import torch  # here, as the library: a fully cached run never imports torch (2 s of its 5)
+
+    from linreg.stats import Stats
+    from linreg.training import Names, fit, fit_stats
+
     parts = [core.read_pt(path) for path in stats_paths]
     columns = {(tuple(p["features"]), p["target"]) for p in parts}
     if len(columns) != 1:
@@ -140,6 +146,8 @@ def _precision(parts: list[dict]) -> dict[str, str]:
 
 def _training_rows(tensors_paths: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The training rows of all partitions, joined (a single file's are returned as they are)."""
+    import torch
+
     parts = [core.read_pt(path) for path in tensors_paths]
     if len(parts) == 1:
         return parts[0]["x_train"], parts[0]["y_train"]

@@ -149,6 +149,7 @@ def test_daily_deployment_has_the_cron_schedule_and_the_flows_defaults(deployed)
 @pytest.mark.no_server
 def test_prefect_yaml_names_no_folder_of_any_machine():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    git_config = yaml.safe_load((ROOT / "prefect-git.yaml").read_text())
 
     def strings(node):
         if isinstance(node, dict):
@@ -160,9 +161,10 @@ def test_prefect_yaml_names_no_folder_of_any_machine():
         elif isinstance(node, str):
             yield node
 
-    assert not [s for s in strings(config) if s.startswith(("/", "~")) or re.match(r"[A-Za-z]:\\", s)]
-    local = {"daily", "on-demand", "predict"}  # and their git twins (tests/test_git_worker.py)
-    assert {d["name"] for d in config["deployments"]} == local | {f"git-{name}" for name in local}
+    for each in (config, git_config):
+        assert not [s for s in strings(each) if s.startswith(("/", "~")) or re.match(r"[A-Za-z]:\\", s)]
+    local = {"daily", "on-demand", "predict"}  # their git twins are in prefect-git.yaml (tests/test_git_worker.py)
+    assert {d["name"] for d in config["deployments"]} == local
 
 
 def _said_what_it_read_and_wrote(messages: list[str]) -> bool:
