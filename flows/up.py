@@ -25,6 +25,7 @@ from pathlib import Path
 
 from flows.cli import print_error
 from flows.local_server import descendants
+from storage.atomic import alive
 from storage.project import PROJECT_ROOT
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -103,26 +104,16 @@ def _pid() -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stop() -> str:
     """Stop the server `start` started (Prefect's `server stop`, then whatever is left of it); say what was done."""
     pid = _pid()
-    if pid is None or not _alive(pid):
+    if pid is None or not alive(pid):
         (HOME / PID_FILE).unlink(missing_ok=True)
         return "no local server of this project is running"
     strays = descendants(pid)  # none seen in 3.9.1 (uvicorn, one process); killed if a later one has them
     subprocess.run([PREFECT, "server", "stop"], env=_env(), capture_output=True, check=False)
     deadline = time.monotonic() + 20
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     for leftover in [pid, *strays]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -137,7 +128,7 @@ def status() -> str:
     url = project_url()
     pid = _pid()
     if healthy(url):
-        mine = f"started by make run, PREFECT_HOME={HOME}" if pid and _alive(pid) else "not started by make run"
+        mine = f"started by make run, PREFECT_HOME={HOME}" if pid and alive(pid) else "not started by make run"
         return f"up at {url} (UI {url.removesuffix('/api')}; {mine}); make stop stops it"
     return f"down (make run starts one at {url.removesuffix('/api')})"
 
