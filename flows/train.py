@@ -20,6 +20,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 import lifecycle
 import stagecore as core
 import storage
+from flows import labels
 from flows.cli import exit_at_once, exit_with, print_error
 from flows.params import PRESETS, Params
 from storage.errors import InputError, api_lost
@@ -54,6 +55,7 @@ def linear_regression(**values: Any) -> dict[str, Any]:
 
 
 def _train(p: Params, root: str) -> dict[str, Any]:
+    labels.label(str(flow_run.id), p, root)
     run = core.StageRunner(root, refresh=p.refresh)
     sources = storage.partition_sources(p.data) if storage.is_partitioned(p.data) else [storage.data_source(p.data)]
     with task_runner(p) as pool:
@@ -94,6 +96,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         take_back(root, run_id, promoting)
         raise
     published = publish_report(shown, run.results, promotion, root)
+    labels.label(run_id, p, root, promotion, core.read_json(run.results["evaluate"]["summary"])["engine"])
     promote.enforce(promotion, p.require_promotion)
     ids = {"flow_run_id": run_id, "report_id": published["report_id"]}
     return {**summarize(run.results, run.cached, record), "promotion": promotion, **ids}

@@ -73,7 +73,10 @@ def test_one_kept_server_a_link_to_the_run_and_a_clean_stop(tmp_path):
     assert summary["ui_url"] == f"{ui}/runs/flow-run/{summary['flow_run_id']}"
     assert lines[-3:-1] == [f"run in the Prefect UI: {summary['ui_url']}", f"report: {summary['report_url']}"]
     status, body = get(f"{url}/flow_runs/{summary['flow_run_id']}")  # the link names a real run, Completed
-    assert status == 200 and json.loads(body)["state_type"] == "COMPLETED"
+    stored = json.loads(body)
+    assert status == 200 and stored["state_type"] == "COMPLETED"
+    assert stored["name"].startswith("Advertising-default-")  # named and tagged (flows/labels.py)
+    assert {"preset:default", "engine:rows", "store:local", "promoted"} <= set(stored["tags"])
     artifact = json.loads(get(f"{url}/artifacts/{summary['report_url'].rsplit('/', 1)[1]}")[1])
     assert artifact["key"] == "linear-regression-report" and artifact["flow_run_id"] == summary["flow_run_id"]
     status, page = get(summary["ui_url"], html=True)  # and the UI serves it, as a browser asks for it

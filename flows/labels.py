@@ -1,0 +1,52 @@
+"""A run readable at a glance in the Prefect UI: named from its parameters, tagged with its settings and outcome.
+
+The name is ``<data>-<preset>-<key>``: the input's file (or folder) name, the recipe, and six hex digits of the
+parameters' hash, so two runs of the same settings share a name and a changed setting shows. The tags say the
+preset, the engine, where the artifacts live, and (once decided) whether the model was promoted. Labels are
+for people: a server that refuses them costs a WARNING, never the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import PurePosixPath
+from typing import Any
+
+from flows.params import Params
+
+
+def run_name(p: Params) -> str:
+    data = (p.data or "Advertising.csv").split("?", 1)[0].split("#", 1)[0]  # a URL's query may hold a secret
+    path = PurePosixPath(data.rstrip("/"))
+    if any(c in path.name for c in "*?["):  # a glob: its folder names the data
+        path = path.parent
+    stem = path.name.rsplit(".", 1)[0] if "." in path.name else path.name or "data"
+    shown = p.model_dump(mode="json", exclude={"artifacts_dir", "refresh"})  # same work, same name
+    key = hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{stem}-{p.preset}-{key}"
+
+
+def run_tags(p: Params, root: str, promotion: dict[str, Any] | None = None, engine: str | None = None) -> list[str]:
+    store = root.split("://", 1)[0] if "://" in root else "local"
+    tags = [f"preset:{p.preset}", f"engine:{engine or p.engine}", f"store:{store}"]
+    if promotion is not None:
+        tags.append("promoted" if promotion["promoted"] else "not-promoted")
+    return tags
+
+
+def label(run_id: str, p: Params, root: str, promotion: dict | None = None, engine: str | None = None) -> None:
+    """Name and tag flow run ``run_id`` (the tags a deployment gave it are kept)."""
+    from prefect import get_client, get_run_logger
+
+    try:
+        with get_client(sync_client=True) as client:
+            given = [t for t in client.read_flow_run(run_id).tags if not _ours(t)]
+            tags = [*given, *run_tags(p, root, promotion, engine)]
+            client.update_flow_run(run_id, name=run_name(p), tags=tags)
+    except Exception as exc:  # a label is for people: never the reason a run fails
+        get_run_logger().warning("could not name and tag this flow run (%s)", exc)
+
+
+def _ours(tag: str) -> bool:
+    return tag.startswith(("preset:", "engine:", "store:")) or tag in ("promoted", "not-promoted")
