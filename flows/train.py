@@ -96,10 +96,10 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         take_back(root, run_id, promoting)
         raise
     published = publish_report(shown, run.results, promotion, root)
-    labels.label(run_id, p, root, promotion, core.read_json(run.results["evaluate"]["summary"])["engine"])
+    summary = summarize(run.results, run.cached, record)
+    labels.label(run_id, p, root, promotion, summary["engine"])
     promote.enforce(promotion, p.require_promotion)
-    ids = {"flow_run_id": run_id, "report_id": published["report_id"]}
-    return {**summarize(run.results, run.cached, record), "promotion": promotion, **ids}
+    return {**summary, "promotion": promotion, "flow_run_id": run_id, "report_id": published["report_id"]}
 
 
 linear_regression.__signature__ = Params.signature()

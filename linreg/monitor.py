@@ -11,9 +11,9 @@ from linreg.errors import DivergenceError, LossOverflowError
 RISING_EPOCHS = 5  # this many consecutive rises of the loss count as divergence
 RISE_TOLERANCE = 1e-6  # relative change below this is a float32 loss's rounding: neither a rise nor progress
 FLOAT64_ROUNDING = 1e-12  # the same for a float64 loss (a sum of n squares rounds at about n·2⁻⁵³ at worst)
-# Near an exact fit the loss is rounding noise: the stats engine's (θᵀGθ − 2θᵀc + yᵀy)/n cancels to about 1e-15
-# of mean(y²), even below zero, and float32 rows round at a similar level. Changes under this fraction of
-# mean(y²) are neither a rise (no false "diverged") nor progress (with --tol > 0, such epochs count as flat).
+# Near an exact fit the loss is rounding noise (float32 rows round at about 1e-15 of mean(y²) there). Changes
+# under this fraction of mean(y²) are neither a rise (no false "diverged") nor progress (with --tol > 0, such
+# epochs count as flat).
 LOSS_FLOOR_RTOL = 1e-11
 # The loss is float32: near the optimum it stops changing (to the last bit) while the weights still improve,
 # so one flat epoch does not mean convergence. Stop only after this many flat epochs in a row.

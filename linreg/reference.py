@@ -1,7 +1,8 @@
-"""The closed-form reference: least squares by QR in float64, a chunk of rows at a time, checked before use.
+"""The closed-form reference: least squares from the training rows' R factor in float64, checked before use.
 
-It shares no code with the statistics training uses (`linreg.stats`), so it checks gradient descent from
-outside. Tests check it against numpy and scikit-learn.
+It shares the data pass with training (`linreg.stats.Stats`: the R factor of the shifted rows, one TSQR pass),
+not the solve: an SVD of the equilibrated columns, against gradient descent's iterations. Tests check it
+against numpy, scikit-learn and exact rational arithmetic, which check the factor too.
 """
 
 from __future__ import annotations
@@ -12,23 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-CHUNK_ROWS = 1 << 18  # rows per float64 block factored: bounds QR's temporaries
+from linreg.stats import CHUNK_ROWS, Stats
 
 
 def qr_factor(x: torch.Tensor, y: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
-    """R of the QR factorization of ``[x 1 y]`` (float64), built a chunk at a time (TSQR).
+    """R of the QR factorization of ``[x 1 y]`` (float64, no shift), built a chunk at a time (TSQR).
 
     R holds all least squares needs: ‖Aθ − y‖ = ‖R[:, :-1]θ − R[:, -1]‖. Factors of row blocks merge by
-    factoring them stacked, so partitions (or chunks) factor separately. Unlike the normal equations XᵀX,
-    QR does not square the condition number, and it shares no code with the statistics training uses.
+    factoring them stacked. Unlike the normal equations XᵀX, QR does not square the condition number.
     """
-    d = x.shape[1]
-    r = torch.zeros(0, d + 2, dtype=torch.float64)
-    for xc, yc in zip(x.split(chunk_rows), y.split(chunk_rows), strict=True):
-        ones = torch.ones(len(xc), 1, dtype=torch.float64)
-        block = torch.cat([xc.double().cpu(), ones, yc.double().cpu().reshape(-1, 1)], dim=1)
-        r = torch.linalg.qr(torch.cat([r, block]), mode="r").R
-    return r
+    stats = Stats.of(x, y, chunk_rows)
+    return stats.shifted(torch.zeros_like(stats.x_shift), 0.0).r
 
 
 # The rows are stored with a unit roundoff u (2⁻²⁴ for float32 rows, 2⁻⁵³ for float64; tensorize chooses):

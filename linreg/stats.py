@@ -7,7 +7,7 @@ scale (the statistics engine, partitions added up) are both read from these sums
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -199,13 +199,13 @@ class Scaler:
         standard = cls(mean, std, constant, eye, y_mean, "standardize", math.nan)
         scaled = standard.transform_stats(stats)
         condition = scaled.condition_number()
-        standard = cls(mean, std, constant, eye, y_mean, "standardize", condition)
+        standard = replace(standard, condition=condition)
         if scaling == "standardize" or (scaling == "auto" and condition <= 1 + UNCORRELATED_RTOL) or d == 1:
             return standard
         values, vectors = torch.linalg.eigh(scaled.g[:d, :d] / stats.n)  # the correlation matrix
         kept = values > WHITEN_RCOND * float(values.max().clamp_min(0))
         rotation = vectors * torch.where(kept, values.clamp_min(1e-300).rsqrt(), torch.ones_like(values))
-        return cls(mean, std, constant, rotation, y_mean, "whiten", condition)
+        return replace(standard, rotation=rotation, kind="whiten")
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """The rows in the new variables, computed in float64 and stored in x's own dtype."""

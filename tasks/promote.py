@@ -48,7 +48,12 @@ def promote(
     """
     challenger_sha = core.read_manifest(model_path)["sha256"]
     store = storage.open_store(root)
-    if test_mse is not None and not off_optimum and _is_champion(store, root, model_path, challenger_sha):
+    generation = _latest(store)
+    if (
+        test_mse is not None
+        and not off_optimum
+        and lifecycle.champion.names_model(root, generation, model_path, challenger_sha)
+    ):
         reason = "this run's model is already the champion (same model file): unchanged"
         return _block(True, reason, storage.public(model_path), test_mse, test_mse), "info", None
     trained = core.read_pt(model_path)
@@ -67,10 +72,8 @@ def promote(
         )
 
     for lost in itertools.count():
-        try:
-            generation = lifecycle.champion.latest_generation(store)
-        except OSError as exc:
-            raise store.error(exc) from None
+        if lost:  # another run created the generation this one meant to: decide again against it
+            generation = _latest(store)
         champion, unusable = lifecycle.champion.read_usable(root, generation)
         write, block, level = _judge(champion, unusable, trained, partitions, challenger_mse, challenger_sha, tolerance)
         if lost:
@@ -84,12 +87,11 @@ def promote(
     raise AssertionError("unreachable")
 
 
-def _is_champion(store: storage.Store, root: str, model_path: str, sha256: str) -> bool:
+def _latest(store: storage.Store) -> int:
     try:
-        generation = lifecycle.champion.latest_generation(store)
+        return lifecycle.champion.latest_generation(store)
     except OSError as exc:
         raise store.error(exc) from None
-    return lifecycle.champion.names_model(root, generation, model_path, sha256)
 
 
 def _judge(
