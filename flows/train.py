@@ -48,7 +48,6 @@ def linear_regression(**values: Any) -> dict[str, Any]:
     run, tasks/history.py) and ``publish_report`` (the UI artifacts) run; they are not stages and are never cached.
     """
     p = Params.parse(**values)
-    plot.preload()
     root = str(storage.prepare_root(p.artifacts_dir))
     with storage.in_use(root):  # held for the whole run: a --clean-artifacts refuses meanwhile, and the reverse
         return _train(p, root)
@@ -56,7 +55,7 @@ def linear_regression(**values: Any) -> dict[str, Any]:
 
 def _train(p: Params, root: str) -> dict[str, Any]:
     labels.label(str(flow_run.id), p, root)
-    run = core.StageRunner(root, refresh=p.refresh)
+    run = core.StageRunner(root, refresh=p.refresh, on_run=plot.preload)
     sources = storage.partition_sources(p.data) if storage.is_partitioned(p.data) else [storage.data_source(p.data)]
     with task_runner(p) as pool:
 

@@ -8,6 +8,6 @@ Prefect tasks that decide and record (tasks/promote.py, tasks/history.py) call i
 (tests/test_surface.py).
 """
 
-from lifecycle import champion, decision, history, markdown
+from lifecycle import champion, decision, history, markdown, trend
 
-__all__ = ["champion", "decision", "history", "markdown"]
+__all__ = ["champion", "decision", "history", "markdown", "trend"]

@@ -14,7 +14,7 @@ from typing import Any
 import stagecore as core
 
 # what tasks/ and flows/ use (tests/test_surface.py)
-__all__ = ["markdown_table", "png_data_uri"]
+__all__ = ["image_data_uri", "markdown_table"]
 
 
 def _cell(value: Any) -> str:
@@ -35,6 +35,8 @@ def markdown_table(rows: list[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def png_data_uri(png: bytes) -> str:
-    """A PNG as a ``data:`` URI, for an image embedded in the markdown (the UI loads nothing from elsewhere)."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def image_data_uri(image: bytes) -> str:
+    """A PNG (the stages' plots) or an SVG (`lifecycle.trend`) as a ``data:`` URI, for an image embedded in the
+    markdown (the UI loads nothing from elsewhere)."""
+    kind = "svg+xml" if image.startswith(b"<svg") else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(image).decode("ascii")

@@ -28,6 +28,7 @@ import functools
 import inspect
 import json
 import os
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import PurePosixPath
 from typing import Any
@@ -215,10 +216,14 @@ _LIBC = _glibc()
 
 
 class StageRunner:
-    """Runs stages through their cache and remembers, from each task run's final state, which were Cached."""
+    """Runs stages through their cache and remembers, from each task run's final state, which were Cached.
 
-    def __init__(self, root: str | os.PathLike[str], refresh: bool = False):
-        self.root, self.refresh = str(root), refresh
+    ``on_run`` is called after each stage that was not Cached: the flow starts what later stages will need then
+    (matplotlib's import), and a fully cached run never pays for it.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], refresh: bool = False, on_run: Callable[[], Any] = lambda: None):
+        self.root, self.refresh, self.on_run = str(root), refresh, on_run
         self.results: dict[str, dict[str, str]] = {}
         self.cached: dict[str, bool] = {}
 
@@ -228,7 +233,7 @@ class StageRunner:
         release_memory()
         result = state.result()  # raises the task's exception if it failed
         self.results[stage.name] = result
-        self.cached[stage.name] = state.name == "Cached"
+        self._ended(stage.name, state.name == "Cached")
         return result
 
     def map(self, pool: TaskRunner, task: Task, calls: list[tuple], sources: list[str]) -> list[dict[str, str]]:
@@ -260,5 +265,10 @@ class StageRunner:
             self.results[stage.name] = dict(results[0])
         else:
             self.results[stage.name] = {f"{n}[{i}]": path for i, r in enumerate(results) for n, path in r.items()}
-        self.cached[stage.name] = all(state.name == "Cached" for state in states)
+        self._ended(stage.name, all(state.name == "Cached" for state in states))
         return results
+
+    def _ended(self, name: str, cached: bool) -> None:
+        self.cached[name] = cached
+        if not cached:
+            self.on_run()

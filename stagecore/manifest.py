@@ -11,6 +11,7 @@ import os
 import pickle
 import platform
 import struct
+import sys
 import zipfile
 from collections.abc import Mapping
 from importlib import metadata
@@ -20,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stagecore import ptscan
 from storage import validate
 from storage.errors import IntegrityError
 from storage.layout import MANIFEST_SUFFIX
@@ -71,12 +73,14 @@ def describe_schema(path: Path, fmt: str) -> dict[str, Any]:
 
 
 def describe_pt(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """Entry names of a ``.pt`` dict, with shape and dtype for tensors and the type of anything else."""
-    import torch
-
+    """Entry names of a ``.pt`` dict, with shape and dtype for tensors (torch's, or `ptscan`'s descriptions of
+    them) and the type of anything else."""
+    torch = sys.modules.get("torch")  # no value is a torch.Tensor where torch was never imported
     out: dict[str, Any] = {}
     for name, value in obj.items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, ptscan.TensorInfo):
+            out[name] = {"shape": list(value.shape), "dtype": value.dtype}
+        elif torch is not None and isinstance(value, torch.Tensor):
             out[name] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
         else:
             out[name] = {"type": type(value).__name__}
@@ -174,7 +178,7 @@ def verify(path: str | os.PathLike[str], key: str | None = None, load: bool = Fa
     if actual != manifest["sha256"]:
         raise IntegrityError(f"{path}: sha256 {actual[:12]}… does not match its manifest ({manifest['sha256'][:12]}…)")
     if load and manifest.get("format") == "pt":
-        schema = describe_pt(_load_pt(store.get(name), mmap=True))
+        schema = describe_pt(_scan_pt(store.get(name)))
         if schema != manifest.get("schema"):
             raise IntegrityError(f"{path}: its entries do not match its manifest's schema")
     return manifest
@@ -188,6 +192,15 @@ def verify_used(path: str | os.PathLike[str]) -> dict[str, Any]:
     if copy is not None and copy.is_file() and manifest_path(copy).is_file():
         return _as_url(lambda: verify(copy), copy, str(path))
     return verify(path)
+
+
+def _scan_pt(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The entries of a ``.pt`` file for a check: read without torch where `ptscan` can vouch for the file (a
+    cached run then never imports torch), else as torch loads it under ``weights_only`` (mapped, not read)."""
+    try:
+        return ptscan.scan(path)
+    except ptscan.Unproven:
+        return _load_pt(path, mmap=True)
 
 
 def _load_pt(path: str | os.PathLike[str], mmap: bool = False) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The run history's task: this run's row, then the last runs as the UI's table, after the promotion.
 
 The history's files (one Parquet file per run under ``<root>/history/``, written once, read in time order) are
-`lifecycle.history`'s; this module adds what the UI shows: the table artifact and the report's trend plot.
+`lifecycle.history`'s; this module adds the UI's table artifact (the report draws the trend: `lifecycle.trend`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -19,27 +18,6 @@ import storage
 
 HISTORY_KEY = "linear-regression-history"
 SHOWN = 30  # runs in the UI's history table
-
-
-def trend_png(history: pa.Table) -> bytes:
-    """Test MSE over runs (log scale), promotions marked."""
-    from tasks.plot import figure, png_bytes
-
-    mse = history.column("test_mse").to_pylist()
-    promoted = history.column("promoted").to_pylist()
-    runs = list(range(1, len(mse) + 1))
-    fig = figure(6, 3.5)
-    ax = fig.subplots()
-    ax.plot(runs, mse, marker="o", markersize=3, linewidth=1, label="test MSE")
-    won = [(r, m) for r, m, p in zip(runs, mse, promoted, strict=True) if p]
-    if won:
-        ax.scatter(*zip(*won, strict=True), marker="*", s=120, color="tab:orange", zorder=3, label="promoted")
-    if all(m is not None and m > 0 for m in mse):
-        ax.set_yscale("log")
-    ax.set(xlabel="run (oldest first)", ylabel="test MSE", title=f"Test MSE over the last {len(mse)} runs")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return png_bytes(fig)
 
 
 @task(name="record_history", cache_policy=NO_CACHE, persist_result=False, **storage.RETRIES)

@@ -14,16 +14,23 @@ import stagecore as core
 MAX_POINTS = 5000  # a scatter of more points is a blob that takes seconds to draw
 
 
-def preload() -> threading.Thread:
-    """Import matplotlib on a background thread, so the plot stage finds it loaded.
+def preload() -> None:
+    """Import matplotlib on a background thread (once per process), so the plot stage finds it loaded.
 
-    The import takes about 0.7 s here, most of the plot stage's time on small data; started when the flow
-    starts, it overlaps stages that wait on files and on the Prefect API. Python's import lock makes the plot
-    stage wait for it if it is not done yet, so this only ever saves time.
+    The import takes about 0.7 s here, most of the plot stage's time on small data; started as soon as a stage
+    runs (`StageRunner`'s ``on_run``: a fully cached run never imports it), it overlaps stages that wait on files
+    and on the Prefect API. Python's import lock makes the plot stage wait for it if it is not done yet, so this
+    only ever saves time.
     """
-    thread = threading.Thread(target=_import_matplotlib, name="preload-matplotlib", daemon=True)
-    thread.start()
-    return thread
+    global _PRELOADING
+    with _LOCK:
+        if _PRELOADING is None:
+            _PRELOADING = threading.Thread(target=_import_matplotlib, name="preload-matplotlib", daemon=True)
+            _PRELOADING.start()
+
+
+_LOCK = threading.Lock()
+_PRELOADING: threading.Thread | None = None
 
 
 def _import_matplotlib() -> None:

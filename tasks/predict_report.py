@@ -57,7 +57,7 @@ def histogram_png(counts: np.ndarray, edges: np.ndarray) -> bytes:
 
 
 def render_report(rows: int, model: str, features: list[str], paths: list[str], png: bytes) -> str:
-    image = lifecycle.markdown.png_data_uri(png)
+    image = lifecycle.markdown.image_data_uri(png)
     files = "\n".join(f"- {core.escape_md(p)}" for p in paths)
     return "\n".join(
         [

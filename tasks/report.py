@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 import lifecycle
 import stagecore as core
 from tasks.evaluate import describe_gap, off_optimum_warning, reference_notes
-from tasks.history import SHOWN, trend_png
+from tasks.history import SHOWN
 
 METRICS_KEY = "linear-regression-metrics"
 COEFFICIENTS_KEY = "linear-regression-coefficients"
@@ -97,7 +97,7 @@ def render_report(
     sections = [
         "# Linear regression run",
         *headline(summary, promotion),
-        *(f"### {title}\n\n![{title}]({lifecycle.markdown.png_data_uri(plots[name])})" for name, title in shown),
+        *(f"### {title}\n\n![{title}]({lifecycle.markdown.image_data_uri(plots[name])})" for name, title in shown),
         "## Details",
         "### Parameters",
         table([{"parameter": k, "value": v} for k, v in parameters.items()]),
@@ -135,7 +135,7 @@ def publish_report(
     plots = {name: core.read_bytes(artifacts["plot"][name]) for name, _ in PLOTS}
     runs = lifecycle.history.read_history(root, SHOWN, get_run_logger().warning) if root is not None else None
     if runs is not None and runs.num_rows:
-        plots[TREND] = trend_png(runs)
+        plots[TREND] = lifecycle.trend.svg(runs.column("test_mse").to_pylist(), runs.column("promoted").to_pylist())
     core.table_artifact(
         metrics, key=METRICS_KEY, description="Train/test MSE, RMSE, MAE and R² of gradient descent and least squares"
     )

@@ -13,8 +13,7 @@ import pytest
 
 import storage
 from flows import history as cli
-from lifecycle import history
-from tasks.history import trend_png
+from lifecycle import history, trend
 from tasks.report import render_report
 
 pytestmark = pytest.mark.no_server
@@ -87,8 +86,8 @@ def test_cli_errors_are_one_line_exit_2(argv, message, capsys):
 
 def test_report_leads_with_the_headline_and_embeds_the_trend(store):
     runs = history.read_history(store)
-    png = trend_png(runs)
-    assert png.startswith(PNG_SIGNATURE)
+    png = trend.svg(runs.column("test_mse").to_pylist(), runs.column("promoted").to_pylist())
+    assert png.startswith(b"<svg")
     summary = {
         **SUMMARY,
         "training": {"epochs": 3},
@@ -108,7 +107,7 @@ def test_report_leads_with_the_headline_and_embeds_the_trend(store):
     )
     headline, details = report.split("## Details")
     assert "test MSE **3**" in headline and "**not promoted**: the champion stays: worse" in headline
-    images = re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", headline)
+    images = re.findall(r"\(data:image/(?:png|svg\+xml);base64,([A-Za-z0-9+/=]+)\)", headline)
     assert base64.b64decode(images[-1]) == png and len(images) == 3
     assert "### Parameters" in details
 

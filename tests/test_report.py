@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import stagecore as core
-from lifecycle.markdown import markdown_table, png_data_uri
+from lifecycle.markdown import image_data_uri, markdown_table
 from tasks.evaluate import coefficients_table, metrics_table
 from tasks.plot import loss_curve, predicted_vs_actual
 from tasks.report import coefficient_rows, metrics_rows, render_report
@@ -103,8 +103,8 @@ def test_report_embeds_both_plots_and_lists_everything(result):
             assert f"| {stage} | {core.escape_md(name)} | {core.escape_md(path)} |" in report
 
 
-def test_png_data_uri_round_trips():
-    uri = png_data_uri(PNG_SIGNATURE + b"rest")
+def test_image_data_uri_round_trips():
+    uri = image_data_uri(PNG_SIGNATURE + b"rest")
     assert uri.startswith("data:image/png;base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == PNG_SIGNATURE + b"rest"
 

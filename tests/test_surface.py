@@ -29,6 +29,7 @@ WHITE_BOX = {
     "test_faults_second.py": {"stagecore.declare"},
     "test_numbers.py": {"stagecore.declare"},
     "test_promotion.py": {"stagecore.manifest"},
+    "test_ptscan.py": {"stagecore.manifest", "stagecore.ptscan"},
     "test_retries.py": {"stagecore.cache"},
     "test_s3.py": {"stagecore.manifest"},
     "test_stage_decl.py": {"stagecore.declare"},
@@ -36,7 +37,7 @@ WHITE_BOX = {
     "test_store_security.py": {"stagecore.cache"},
 }
 MAX_NAMES = 23
-MAX_LIFECYCLE_NAMES = 17  # over all of lifecycle's modules
+MAX_LIFECYCLE_NAMES = 18  # over all of lifecycle's modules
 
 
 def modules(package: str) -> dict[str, Path]:

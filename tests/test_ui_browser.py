@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(
 )
 # LINREG_UI_SCREENSHOTS=docs/screenshots keeps the screenshots there (how docs/screenshots/ was made)
 SCREENSHOTS = os.environ.get("LINREG_UI_SCREENSHOTS")
-PLOT = "data:image/png;base64,"
+PLOTS = ("data:image/png;base64,", "data:image/svg+xml;base64,")  # the plots, and the trend (lifecycle.trend)
 URL_ATTRIBUTES = {"href", "src", "xlink:href", "action", "formaction", "poster", "srcset", "data"}
 # no network but loopback here; the background-networking flags keep Chromium from trying
 FLAGS = [
@@ -182,7 +182,7 @@ def assert_inert(page: Page, dom: Dom) -> None:
     assert "PWNED" not in dom.title, page.label
     for tag, attributes in dom.elements:
         if tag == "img" and attributes.get("src"):  # an <img> without a src (an editor's spacer) loads nothing
-            assert attributes["src"].startswith(PLOT), (page.label, attributes)
+            assert attributes["src"].startswith(PLOTS), (page.label, attributes)
         for name, value in attributes.items():
             url = re.sub(r"[\x00-\x20]", "", value).lower()  # what a browser strips from a URL before its scheme
             assert not (name in URL_ATTRIBUTES and url.startswith("javascript:")), (page.label, tag, attributes)
@@ -246,7 +246,7 @@ def test_the_ui_shows_hostile_column_names_as_text_and_nothing_else(tmp_path: Pa
         assert_inert(page, rendered[page.label])
     for ui_name in ("v1", "v2"):  # our own plots still show in the report
         report = rendered[f"{ui_name} train linear-regression-report"]
-        assert len([a for tag, a in report.elements if tag == "img" and a.get("src", "").startswith(PLOT)]) >= 2
+        assert len([a for tag, a in report.elements if tag == "img" and a.get("src", "").startswith(PLOTS)]) >= 2
     for page in pages:
         if page.screenshot:
             assert (shots / page.screenshot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", page.label
