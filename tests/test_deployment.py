@@ -237,7 +237,10 @@ def test_triggered_run_publishes_metrics_coefficients_report_and_progress(deploy
     assert report.type == "markdown"
     images = [base64.b64decode(i) for i in re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report.data)]
     pngs = {p.name: p.read_bytes() for p in deployed["artifacts"].rglob("*.png")}
-    assert len(images) == 3 and all(i[:8] == PNG_SIGNATURE for i in images)  # and the trend over runs
+    assert len(images) == 2 and all(i[:8] == PNG_SIGNATURE for i in images)
+    # and the trend over runs, drawn as SVG without matplotlib (lifecycle/trend.py)
+    [trend] = re.findall(r"\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", report.data)
+    assert base64.b64decode(trend).startswith(b"<svg")
     assert images[:2] == [pngs["predicted_vs_actual.png"], pngs["loss_curve.png"]]
     assert f"| epochs | {EPOCHS} |" in report.data
     assert f"stopped at the epoch cap ({EPOCHS} epochs)" in report.data
