@@ -146,7 +146,8 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
             predict.check_features(core.open_parquet(table).schema_arrow, features, storage.redact(source))
         calls = [(c, r, model_path, p.index_column, root) for c, r in zip(clean, raw, strict=True)]
         outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
-    rows = predict_report.publish_predictions(outputs, model_path, features)
+    data = p.data if len(sources) > 1 else sources[0]  # redacted by the report
+    rows = predict_report.publish_predictions(outputs, model_path, features, data, root)
     shown = [storage.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
     return {
         "predictions": shown[0] if len(shown) == 1 else shown,

@@ -94,7 +94,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
     except BaseException:
         take_back(root, run_id, promoting)
         raise
-    published = publish_report(shown, run.results, promotion, root)
+    published = publish_report(shown, run.results, promotion, root, run.cached)
     summary = summarize(run.results, run.cached, record)
     labels.label(run_id, p, root, promotion, summary["engine"])
     promote.enforce(promotion, p.require_promotion)
@@ -258,13 +258,9 @@ def settle_prefect(lost: bool = False) -> None:
 def ui_links(summary: dict[str, Any]) -> dict[str, str | None]:
     """``ui_url`` (the flow run) and ``report_url`` (its report artifact) in the Prefect UI of the server the run
     reported to; None for a run on the temporary server, whose UI is gone when the run ends."""
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    ui = settings.ui_url if settings.api.url else None
+    ui = history.ui_url()
     if not ui:
         return {"ui_url": None, "report_url": None}
-    ui = str(ui).rstrip("/")
     return {
         "ui_url": f"{ui}/runs/flow-run/{summary['flow_run_id']}",
         "report_url": f"{ui}/artifacts/artifact/{summary['report_id']}",

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,17 @@ from storage import validate
 from storage.layout import HISTORY_SCHEMA
 
 # what tasks/ and flows/ use (tests/test_surface.py)
-__all__ = ["data_digest", "history_row", "read_history", "table_rows", "take_back", "write_row"]
+__all__ = [
+    "data_digest",
+    "history_row",
+    "keep_runs",
+    "read_history",
+    "shown_rows",
+    "table_rows",
+    "take_back",
+    "trained_by",
+    "write_row",
+]
 
 SCHEMA = HISTORY_SCHEMA  # fixed: the parameters are one JSON column
 MAX_FILE_BYTES = 1 << 20  # one row is a few kB; a larger object under history/ is not ours
@@ -135,3 +145,49 @@ def table_rows(history: pa.Table) -> list[dict[str, Any]]:
     for row in rows:
         row["time"] = row["time"].isoformat(timespec="seconds")
     return rows
+
+
+def keep_runs(history: pa.Table, run_ids: Collection[str]) -> pa.Table:
+    """The rows of the runs in ``run_ids`` (those the Prefect server knows), in the same order."""
+    return history.filter(pa.array([r in run_ids for r in history.column("flow_run_id").to_pylist()], pa.bool_()))
+
+
+DIGEST = 10  # hex digits of a sha256 or a key the UI shows: enough to tell runs apart, narrow enough to read
+
+
+def shown_rows(
+    history: pa.Table, names: Mapping[str, str], link: Callable[[str, str], Any] = lambda text, _: text
+) -> list[dict[str, Any]]:
+    """The UI's history table: newest first, led by the run (``link(name, run id)``: its name, else the first
+    eight digits of its id), then what a reader compares (time, test MSE, gap, promoted, preset), numbers to
+    five significant digits, and the short digests of the data and the model last."""
+    rows = []
+    for row in reversed(history.to_pylist()):
+        run_id = row["flow_run_id"]
+        params = json.loads(row["params"])  # checked by read_history: a JSON object
+        model = row["model"] or ""
+        key = model.split("/")[1] if model.count("/") >= 2 else model
+        gap = row["optimality_gap"]
+        rows.append(
+            {
+                "run": link(names.get(run_id) or run_id[:8], run_id),
+                "time (UTC)": f"{row['time']:%Y-%m-%d %H:%M}",
+                "test MSE": f"{row['test_mse']:.5g}",
+                "optimality gap": "n/a" if gap is None else f"{gap:.4g}",
+                "promoted": "★ yes" if row["promoted"] else "no",
+                "preset": str(params.get("preset", "—")),
+                "rows": row["rows"],
+                "data": row["data_sha256"][:DIGEST],
+                "model": key[:DIGEST],
+            }
+        )
+    return rows
+
+
+def trained_by(history: pa.Table, model: str) -> dict[str, Any] | None:
+    """The first run that recorded ``model`` (relative to the root): the one that trained it (later runs of the
+    same settings found it cached); None when no recorded run names it."""
+    for row in history.to_pylist():
+        if row["model"] == model:
+            return row
+    return None

@@ -8,18 +8,43 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import stagecore as core
 
 # what tasks/ and flows/ use (tests/test_surface.py)
-__all__ = ["image_data_uri", "markdown_table"]
+__all__ = ["Link", "image_data_uri", "markdown_table", "run_link"]
+
+# the only links the reports make: to a flow run of the Prefect UI, by its UUID (relative, or under the UI's URL)
+_RUN_LINK = re.compile(r"(https?://[^\s()<>\\]+)?/runs/flow-run/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
+
+
+class Link(NamedTuple):
+    """A cell or line that links ``text`` (escaped) to ``url``, one of `run_link`'s: nothing from data chooses
+    where a link goes."""
+
+    text: str
+    url: str
+
+    def markdown(self) -> str:
+        if not _RUN_LINK.fullmatch(self.url):
+            raise ValueError(f"not a link to a flow run of the UI: {self.url!r}")
+        return f"[{core.escape_md(self.text)}]({core.escape_md(self.url)})"  # \: and \. decode back in a URL
+
+
+def run_link(text: str, run_id: str, ui: str | None = None) -> Link:
+    """A link to flow run ``run_id`` in the Prefect UI: under ``ui`` (the UI's URL) when known, else relative
+    (``/runs/flow-run/<id>``, which the UI serving the page resolves)."""
+    return Link(text, f"{ui.rstrip('/') if ui else ''}/runs/flow-run/{run_id}")
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "—"
+    if isinstance(value, Link):
+        return value.markdown()
     if isinstance(value, float):
         return f"{value:.6g}" if math.isfinite(value) else str(value)
     if isinstance(value, list):

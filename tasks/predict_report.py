@@ -1,4 +1,5 @@
-"""After the predict stage: publish the prediction run to the Prefect UI (row count, histogram, model).
+"""After the predict stage: publish the prediction run to the Prefect UI (its input, the model and the run that
+trained it, the rows, a summary and a histogram of the predictions).
 
 A task of its own, never cached, for the same reason as tasks/report.py: a cached stage does not run, so every
 run publishes here. Outside the predict stage's module, so an edit to the report leaves the stage's key alone.
@@ -7,6 +8,9 @@ run publishes here. Outside the predict stage's module, so an edit to the report
 from __future__ import annotations
 
 import io
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 from prefect import get_run_logger, task
@@ -15,28 +19,62 @@ from prefect.cache_policies import NO_CACHE
 import lifecycle
 import stagecore as core
 import storage
+from tasks.history import server_names, ui_url
 from tasks.predict import BATCH_ROWS, PREDICTION
 
 REPORT_KEY = "linear-regression-predictions"
 HISTOGRAM_BINS = 40
+STATISTICS = ("count", "mean", "std", "min", "25% ≈", "50% ≈", "75% ≈", "max")
 
 
-def histogram(paths: list[str], bins: int = HISTOGRAM_BINS) -> tuple[np.ndarray, np.ndarray, int]:
-    """Counts and edges of the predictions over every file, in two streamed passes (range, then counts)."""
-    low, high, rows = np.inf, -np.inf, 0
+FINE = 100  # fine bins per histogram bin: the quartiles are read from them, to 1/4000 of the range
+
+
+class Summary(NamedTuple):
+    """The predictions at a glance, as pandas' ``describe`` gives them (std with one degree of freedom)."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    q1: float
+    median: float
+    q3: float
+    max: float
+
+
+def _batches(paths: list[str]) -> Iterator[np.ndarray]:
     for path in paths:
         for batch in core.open_parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=[PREDICTION]):
-            y = batch.column(0).to_numpy()
-            if y.size:
-                low, high, rows = min(low, y.min()), max(high, y.max()), rows + y.size
+            y = batch.column(0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+            yield y[np.isfinite(y)]
+
+
+def histogram(paths: list[str], bins: int = HISTOGRAM_BINS) -> tuple[np.ndarray, np.ndarray, Summary | None]:
+    """Counts and edges of the predictions over every file, and their summary, in two streamed passes: range,
+    count, mean and variance (Chan's merge of each batch's), then counts in ``bins`` × `FINE` bins, from which
+    the quartiles are interpolated. None for the summary when there is no finite prediction."""
+    low, high, rows, mean, m2 = np.inf, -np.inf, 0, 0.0, 0.0
+    for y in _batches(paths):
+        if y.size:
+            n, m = y.size, float(y.mean())
+            delta, total = m - mean, rows + n
+            mean, m2 = mean + delta * n / total, m2 + float(((y - m) ** 2).sum()) + delta**2 * rows * n / total
+            low, high, rows = min(low, float(y.min())), max(high, float(y.max())), total
     if rows == 0:
-        return np.zeros(bins, dtype=np.int64), np.linspace(0, 1, bins + 1), 0
-    edges = np.linspace(low, high, bins + 1) if high > low else np.linspace(low - 0.5, high + 0.5, bins + 1)
-    counts = np.zeros(bins, dtype=np.int64)
-    for path in paths:
-        for batch in core.open_parquet(path).iter_batches(batch_size=BATCH_ROWS, columns=[PREDICTION]):
-            counts += np.histogram(batch.column(0).to_numpy(), bins=edges)[0]
-    return counts, edges, rows
+        return np.zeros(bins, dtype=np.int64), np.linspace(0, 1, bins + 1), None
+    lo, hi = (low, high) if high > low else (low - 0.5, high + 0.5)
+    fine_edges = np.linspace(lo, hi, bins * FINE + 1)
+    fine = np.zeros(bins * FINE, dtype=np.int64)
+    for y in _batches(paths):
+        fine += np.histogram(y, bins=fine_edges)[0]
+    cumulative = np.concatenate([[0], np.cumsum(fine)]) / rows
+    q1, median, q3 = (float(np.interp(q, cumulative, fine_edges)) for q in (0.25, 0.5, 0.75))
+    if high == low:
+        q1 = median = q3 = low
+    std = math.sqrt(m2 / (rows - 1)) if rows > 1 else math.nan
+    summary = Summary(rows, mean, std, low, min(max(q1, low), high), median, min(max(q3, low), high), high)
+    return fine.reshape(bins, FINE).sum(axis=1), fine_edges[::FINE], summary
 
 
 def histogram_png(counts: np.ndarray, edges: np.ndarray) -> bytes:
@@ -56,33 +94,78 @@ def histogram_png(counts: np.ndarray, edges: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def render_report(rows: int, model: str, features: list[str], paths: list[str], png: bytes) -> str:
-    image = lifecycle.markdown.image_data_uri(png)
-    files = "\n".join(f"- {core.escape_md(p)}" for p in paths)
-    return "\n".join(
+def render_report(
+    data: str,
+    model: str,
+    trained: lifecycle.markdown.Link | str,
+    features: list[str],
+    summary: Summary | None,
+    paths: list[str],
+    png: bytes,
+) -> str:
+    """The prediction run's page: its input, the model and the training run it came from, the rows, a summary
+    of the predictions and their histogram, then the files; every string from data or users escaped."""
+    table = lifecycle.markdown.markdown_table
+    shown = (
+        [{"statistic": name, PREDICTION: value} for name, value in zip(STATISTICS, summary, strict=True)]
+        if summary is not None
+        else [{"statistic": "count", PREDICTION: 0}]
+    )
+    source = [
+        {"": "input", " ": data},
+        {"": "model", " ": model},
+        {"": "trained by", " ": trained},
+        {"": "features", " ": features},
+        {"": "rows", " ": summary.count if summary is not None else 0},
+    ]
+    return "\n\n".join(
         [
             "# Predictions",
-            "",
-            "| | |",
-            "|---|---|",
-            f"| rows | {rows} |",
-            f"| model | {core.escape_md(model)} |",
-            f"| features | {', '.join(map(core.escape_md, features))} |",
-            "",
-            f"![Histogram of predictions]({image})",
-            "",
-            "Files:",
-            files,
+            table(source),
+            "### Summary",
+            table(shown),
+            f"![Histogram of predictions]({lifecycle.markdown.image_data_uri(png)})",
+            "### Files",
+            "\n".join(f"- {core.escape_md(p)}" for p in paths),
         ]
     )
 
 
+def describe(data: str, summary: Summary | None) -> str:
+    """The artifact's one line: how many predictions of what input, centred where (escaped by the caller)."""
+    if summary is None:
+        return f"no predictions for {data}"
+    return f"{summary.count} predictions for {data}: mean {summary.mean:.5g}, median ≈ {summary.median:.5g}"
+
+
+def training_run(root: str, model: str, warn: Callable[[str], Any]) -> lifecycle.markdown.Link | str:
+    """The run that trained ``model``, linked: the first recorded run naming it (`lifecycle.history.trained_by`),
+    by its name on this Prefect server when the server knows it."""
+    try:
+        relative = storage.store_relative(root, model)
+    except ValueError:
+        return "not recorded (a model from outside the artifacts folder)"
+    row = lifecycle.history.trained_by(lifecycle.history.read_history(root, warn=warn), relative)
+    if row is None:
+        return "not recorded in the run history"
+    run_id = row["flow_run_id"]
+    names = server_names([run_id], warn) or {}
+    when = f"{row['time']:%Y-%m-%d %H:%M} UTC"
+    text = f"{names[run_id]} ({when})" if run_id in names else f"run {run_id} ({when}; not on this server)"
+    return lifecycle.markdown.run_link(text, run_id, ui_url()) if run_id in names else text
+
+
 @task(name="publish_predictions", cache_policy=NO_CACHE, persist_result=False)
-def publish_predictions(paths: list[str], model: str, features: list[str]) -> int:
-    """Publish the row count, a histogram of the predictions and the model used; every run, cached or not."""
-    counts, edges, rows = histogram(paths)
+def publish_predictions(paths: list[str], model: str, features: list[str], data: str, root: str) -> int:
+    """Publish the input, the model and its training run, the row count, a summary and a histogram of the
+    predictions; every run, cached or not."""
+    logger = get_run_logger()
+    counts, edges, summary = histogram(paths)
     shown = [storage.public(p) for p in paths]  # on an object store: the URLs, not the scratch mirror's files
-    report = render_report(rows, storage.public(model), features, shown, histogram_png(counts, edges))
-    core.markdown_artifact(report, key=REPORT_KEY, description="Rows, histogram and model of this prediction run")
-    get_run_logger().info("read %d predictions from %d file(s); published the report %s", rows, len(paths), REPORT_KEY)
+    data, public_model = storage.redact(data), storage.public(model)
+    trained = training_run(root, model, logger.warning)
+    report = render_report(data, public_model, trained, features, summary, shown, histogram_png(counts, edges))
+    core.markdown_artifact(report, key=REPORT_KEY, description=core.escape_md(describe(data, summary)))
+    rows = summary.count if summary is not None else 0
+    logger.info("read %d predictions from %d file(s); published the report %s", rows, len(paths), REPORT_KEY)
     return rows

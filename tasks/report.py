@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 import lifecycle
 import stagecore as core
 from tasks.evaluate import describe_gap, off_optimum_warning, reference_notes
-from tasks.history import SHOWN
+from tasks.history import seen_history
 
 METRICS_KEY = "linear-regression-metrics"
 COEFFICIENTS_KEY = "linear-regression-coefficients"
@@ -61,6 +61,20 @@ def coefficient_rows(coefficients: pa.Table) -> list[dict[str, Any]]:
     ]
 
 
+def stage_rows(artifacts: Mapping[str, Any], cached: Mapping[str, bool]) -> list[dict[str, str]]:
+    """Each stage in run order, and whether this run found it *Cached* or ran it (a partitioned stage is Cached
+    only when every partition was)."""
+    return [{"stage": stage, "this run": "Cached" if cached.get(stage) else "ran"} for stage in artifacts]
+
+
+def describe_run(summary: Mapping[str, Any], promotion: Mapping[str, Any] | None) -> str:
+    """The report's one-line description (an artifact card shows it): test MSE against least squares, the
+    verdict. Plain text of numbers and fixed words: the caller escapes it all the same."""
+    gd, ols = summary["metrics"]["test"]["mse"], summary["baseline"]["test"]["mse"]
+    verdict = "" if promotion is None else "; promoted" if promotion["promoted"] else "; not promoted"
+    return f"test MSE {gd:.5g} vs least squares {ols:.5g}{verdict}"
+
+
 def headline(summary: Mapping[str, Any], promotion: Mapping[str, Any] | None) -> list[str]:
     """What a reader wants first: test MSE against least squares, and whether the model is now the champion."""
     gd, ols = summary["metrics"]["test"]["mse"], summary["baseline"]["test"]["mse"]
@@ -82,9 +96,11 @@ def render_report(
     plots: Mapping[str, bytes],
     artifacts: Mapping[str, Mapping[str, str]],
     promotion: Mapping[str, Any] | None = None,
+    cached: Mapping[str, bool] | None = None,
 ) -> str:
     """The run's markdown report: the headline (test MSE vs least squares, the promotion decision, the plots,
-    the trend over runs when ``plots`` has one), then the details: parameters, metrics, fit, coefficients, files."""
+    the trend over runs when ``plots`` has one), then the details: the stages (Cached or ran, when ``cached``
+    is given), parameters, metrics, fit, coefficients, files."""
     training = summary["training"]
     stop = (
         f"converged after {summary['epochs_run']} epochs"
@@ -99,6 +115,7 @@ def render_report(
         *headline(summary, promotion),
         *(f"### {title}\n\n![{title}]({lifecycle.markdown.image_data_uri(plots[name])})" for name, title in shown),
         "## Details",
+        *(["### Stages", table(stage_rows(artifacts, cached))] if cached is not None else []),
         "### Parameters",
         table([{"parameter": k, "value": v} for k, v in parameters.items()]),
         "Training as run (parameters first, then the preset):",
@@ -119,33 +136,39 @@ def render_report(
     return "\n\n".join(sections) + "\n"
 
 
+def _r2(summary: Mapping[str, Any]) -> str:
+    r2 = summary["metrics"]["test"]["r2"]
+    return NOT_AVAILABLE if r2 is None else f"{r2:.4f} (test)"
+
+
 @task(name="publish_report", cache_policy=NO_CACHE, persist_result=False)
 def publish_report(
     parameters: dict[str, Any],
     artifacts: dict[str, dict[str, str]],
     promotion: dict[str, Any] | None = None,
     root: str | None = None,
+    cached: dict[str, bool] | None = None,
 ) -> dict[str, str]:
-    """Read the evaluation and plot files (and the run history under ``root``); publish the metrics and
-    coefficients tables and the markdown report."""
+    """Read the evaluation and plot files (and the run history under ``root``: the runs the server knows); publish
+    the metrics and coefficients tables and the markdown report, each described by its result."""
     evaluation = artifacts["evaluate"]
     summary = core.read_json(evaluation["summary"])
     metrics = metrics_rows(core.read_parquet(evaluation["metrics"]), summary["reference_ok"])
     coefficients = coefficient_rows(core.read_parquet(evaluation["coefficients"]))
     plots = {name: core.read_bytes(artifacts["plot"][name]) for name, _ in PLOTS}
-    runs = lifecycle.history.read_history(root, SHOWN, get_run_logger().warning) if root is not None else None
+    runs = seen_history(root, get_run_logger().warning)[0] if root is not None else None
     if runs is not None and runs.num_rows:
         plots[TREND] = lifecycle.trend.svg(runs.column("test_mse").to_pylist(), runs.column("promoted").to_pylist())
+    result = describe_run(summary, promotion)
+    core.table_artifact(metrics, key=METRICS_KEY, description=core.escape_md(f"{result}; R² {_r2(summary)}"))
+    largest = max((abs(r["gradient descent"] - r["least squares"]) for r in coefficients), default=0.0)
     core.table_artifact(
-        metrics, key=METRICS_KEY, description="Train/test MSE, RMSE, MAE and R² of gradient descent and least squares"
+        coefficients,
+        key=COEFFICIENTS_KEY,
+        description=core.escape_md(f"{len(coefficients) - 1} weights and the intercept; largest GD − LS {largest:.3g}"),
     )
-    core.table_artifact(
-        coefficients, key=COEFFICIENTS_KEY, description="Weights in raw feature units, and the intercept"
-    )
-    report = render_report(parameters, summary, metrics, coefficients, plots, artifacts, promotion)
-    report_id = core.markdown_artifact(
-        report, key=REPORT_KEY, description="Parameters, metrics, plots and files of this run"
-    )
+    report = render_report(parameters, summary, metrics, coefficients, plots, artifacts, promotion, cached)
+    report_id = core.markdown_artifact(report, key=REPORT_KEY, description=core.escape_md(result))
     get_run_logger().info(
         "read %s, %s, %s and %d plots; published artifacts %s, %s and %s (%.1f kB)",
         evaluation["summary"],

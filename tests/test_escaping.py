@@ -140,16 +140,22 @@ def _artifacts(flow_run_id) -> list:
         return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id={"any_": [flow_run_id]}))
 
 
+RUN_LINK = re.compile(r'<a href="(http://127\.0\.0\.1:\d+)?/runs/flow-run/[0-9a-f-]{36}">')
+
+
 def _assert_inert(artifact) -> None:
-    """No HTML, no javascript: link, from data, in what the API stores; rendered, only our own tags."""
+    """No HTML, no javascript: link, from data, in what the API stores; rendered, only our own tags: our plots,
+    and links to flow runs of the UI (the history's runs, a prediction's training run), nothing else."""
     assert "<" not in artifact.data, artifact.key
     assert "javascript:" not in artifact.data and "](javascript" not in artifact.data, artifact.key
+    assert "<" not in (artifact.description or ""), artifact.key
     if artifact.type == "markdown":
         rendered = MARKDOWN.render(artifact.data)
-        assert "a" not in tags(rendered), artifact.key  # no link at all
+        links = re.findall(r"<a [^>]*>", rendered)
+        assert all(RUN_LINK.fullmatch(link) for link in links), (artifact.key, links)
         assert "onerror" not in re.sub(r"&lt;.*?&gt;", "", rendered)  # only as escaped text
         sources = re.findall(r"<img ([^>]*)>", rendered)
-        assert sources and all(s.startswith('src="data:image/png;base64,') for s in sources), sources
+        assert all(s.startswith('src="data:image/png;base64,') for s in sources), sources
 
 
 def test_hostile_column_names_reach_the_ui_as_text(tmp_path: Path, artifacts: Path):
@@ -177,5 +183,7 @@ def test_hostile_column_names_reach_the_ui_as_text(tmp_path: Path, artifacts: Pa
     assert predicted.result()["features"] == [IMG, LINK]
     [published] = [a for a in _artifacts(predicted.state_details.flow_run_id) if a.type == "markdown"]
     _assert_inert(published)
-    shown = text_of(MARKDOWN.render(published.data))
+    rendered = MARKDOWN.render(published.data)
+    shown = text_of(rendered)
     assert IMG in shown and LINK in shown
+    assert f'/runs/flow-run/{state.state_details.flow_run_id}">' in rendered  # the model's training run, linked

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import html
 import json
 import re
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 
 import storage
 from flows import history as cli
 from lifecycle import history, trend
+from lifecycle.markdown import Link, markdown_table, run_link
+from tasks.history import history_markdown
 from tasks.report import render_report
 
 pytestmark = pytest.mark.no_server
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MARKDOWN = MarkdownIt("commonmark", {"html": True}).enable("table")  # as tests/test_escaping.py renders
 SUMMARY = {
     "metrics": {"train": {"mse": 2.0, "r2": 0.9}, "test": {"mse": 3.0, "r2": None}},
     "baseline": {"train": {"mse": 1.9, "r2": 0.91}, "test": {"mse": 2.9, "r2": 0.8}},
@@ -128,3 +133,72 @@ def test_clean_deletes_history_and_champion_but_not_user_files(store):
         "champion/champion.json.manifest.json",
         "champion/mine.txt",
     ]
+
+
+IDS = [f"0000000{n}-0000-4000-8000-00000000000{n}" for n in range(3)]
+
+
+@pytest.fixture
+def runs(tmp_path: Path):
+    """Three runs with UUIDs, the middle one unknown to the server; numbers with 16 digits."""
+    root = Path(storage.prepare_root(tmp_path / "ui"))
+    for n, run_id in enumerate(IDS):
+        when = dt.datetime(2026, 12, 7, 4, n, 30, tzinfo=dt.UTC)
+        summary = {**SUMMARY, "metrics": {**SUMMARY["metrics"], "test": {"mse": 2.123456789012345 + n, "r2": None}}}
+        summary["optimality_gap"] = 1.234567890123e-9
+        params = {"preset": "default", "epochs": n}
+        model = f"train/{'c' * 64}/model.pt"
+        row = history.history_row(when, run_id, "ab" * 32, 200, params, summary, n == 0, model)
+        history.write_row(root, row)
+    return history.read_history(root)
+
+
+def test_the_ui_table_is_newest_first_narrow_and_links_each_run(runs):
+    names = {IDS[0]: "Advertising-default-d0c541", IDS[2]: "<img src=x onerror=alert(1)>|[x](javascript:y)"}
+    kept = history.keep_runs(runs, names)
+    assert kept.column("flow_run_id").to_pylist() == [IDS[0], IDS[2]]  # the run the server never saw: left out
+    rows = history.shown_rows(kept, names, lambda text, run_id: run_link(text, run_id, "http://127.0.0.1:4200"))
+    assert list(rows[0]) == [
+        "run",
+        "time (UTC)",
+        "test MSE",
+        "optimality gap",
+        "promoted",
+        "preset",
+        "rows",
+        "data",
+        "model",
+    ]
+    assert [r["time (UTC)"] for r in rows] == ["2026-12-07 04:02", "2026-12-07 04:00"]  # newest first
+    assert [r["test MSE"] for r in rows] == ["4.1235", "2.1235"] and rows[0]["optimality gap"] == "1.235e-09"
+    assert [r["promoted"] for r in rows] == ["no", "★ yes"] and rows[0]["preset"] == "default"
+    assert (rows[0]["data"], rows[0]["model"]) == ("abababab" + "ab", "c" * 10)  # short digests, last
+    table = markdown_table(rows)
+    assert max(len(line) for line in table.splitlines()) < 250  # was 2,307 px: every column fits the panel
+    rendered = MARKDOWN.render(table)
+    links = re.findall(r'<a href="([^"]*)">([^<]*)</a>', rendered)
+    assert [href for href, _ in links] == [f"http://127.0.0.1:4200/runs/flow-run/{i}" for i in (IDS[2], IDS[0])]
+    assert html.unescape(links[0][1]) == names[IDS[2]]  # a hostile run name is the link's text, nothing more
+    assert "<img" not in rendered and "javascript" not in "".join(href for href, _ in links)
+    relative = history.shown_rows(kept, {}, lambda text, run_id: run_link(text, run_id))
+    assert relative[0]["run"] == run_link(IDS[2][:8], IDS[2]) and relative[0]["run"].url.startswith("/runs/")
+
+
+def test_a_link_goes_only_to_a_flow_run():
+    for url in ("javascript:alert(1)", "/runs/flow-run/x", "https://evil.example/", "/runs/flow-run/../../x"):
+        with pytest.raises(ValueError, match="not a link to a flow run"):
+            Link("x", url).markdown()
+
+
+def test_the_history_artifact_says_what_it_shows(runs):
+    names = {IDS[0]: "a", IDS[2]: "b"}
+    rows = history.shown_rows(history.keep_runs(runs, names), names)
+    text, description = history_markdown(rows, recorded=3)
+    assert description == "2 runs, newest first: latest test MSE 4.1235 (not promoted); best 2.1235"
+    assert "(1 more recorded by runs this server never saw)" in text.splitlines()[0]
+    assert history_markdown([], 3)[1] == "no runs"
+
+
+def test_the_run_that_trained_a_model_is_the_first_to_record_it(runs):
+    assert history.trained_by(runs, f"train/{'c' * 64}/model.pt")["flow_run_id"] == IDS[0]
+    assert history.trained_by(runs, "train/other/model.pt") is None
