@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,10 @@ from storage.layout import HISTORY_SCHEMA
 __all__ = [
     "data_digest",
     "history_row",
-    "keep_runs",
     "read_history",
     "shown_rows",
     "table_rows",
     "take_back",
-    "trained_by",
     "write_row",
 ]
 
@@ -147,11 +145,6 @@ def table_rows(history: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-def keep_runs(history: pa.Table, run_ids: Collection[str]) -> pa.Table:
-    """The rows of the runs in ``run_ids`` (those the Prefect server knows), in the same order."""
-    return history.filter(pa.array([r in run_ids for r in history.column("flow_run_id").to_pylist()], pa.bool_()))
-
-
 DIGEST = 10  # hex digits of a sha256 or a key the UI shows: enough to tell runs apart, narrow enough to read
 
 
@@ -182,12 +175,3 @@ def shown_rows(
             }
         )
     return rows
-
-
-def trained_by(history: pa.Table, model: str) -> dict[str, Any] | None:
-    """The first run that recorded ``model`` (relative to the root): the one that trained it (later runs of the
-    same settings found it cached); None when no recorded run names it."""
-    for row in history.to_pylist():
-        if row["model"] == model:
-            return row
-    return None

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import stagecore as core
 
 # what tasks/ and flows/ use (tests/test_surface.py)
-__all__ = ["Link", "image_data_uri", "markdown_table", "run_link"]
+__all__ = ["image_data_uri", "markdown_table", "run_link"]
 
 # the only links the reports make: to a flow run of the Prefect UI, by its UUID (relative, or under the UI's URL)
 _RUN_LINK = re.compile(r"(https?://[^\s()<>\\]+)?/runs/flow-run/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")

@@ -58,7 +58,8 @@ def seen_history(root: str, warn: Callable[[str], Any]) -> tuple[pa.Table, dict[
     names = server_names(runs.column("flow_run_id").to_pylist(), warn)
     if names is None:
         return runs, {}, runs.num_rows
-    return lifecycle.history.keep_runs(runs, names), names, runs.num_rows
+    known = pa.array([run in names for run in runs.column("flow_run_id").to_pylist()], pa.bool_())
+    return runs.filter(known), names, runs.num_rows
 
 
 def history_markdown(shown: list[dict[str, Any]], recorded: int) -> tuple[str, str]:

@@ -97,7 +97,7 @@ def histogram_png(counts: np.ndarray, edges: np.ndarray) -> bytes:
 def render_report(
     data: str,
     model: str,
-    trained: lifecycle.markdown.Link | str,
+    trained: object,
     features: list[str],
     summary: Summary | None,
     paths: list[str],
@@ -138,14 +138,15 @@ def describe(data: str, summary: Summary | None) -> str:
     return f"{summary.count} predictions for {data}: mean {summary.mean:.5g}, median ≈ {summary.median:.5g}"
 
 
-def training_run(root: str, model: str, warn: Callable[[str], Any]) -> lifecycle.markdown.Link | str:
-    """The run that trained ``model``, linked: the first recorded run naming it (`lifecycle.history.trained_by`),
-    by its name on this Prefect server when the server knows it."""
+def training_run(root: str, model: str, warn: Callable[[str], Any]) -> object:
+    """The run that trained ``model``, linked (a `lifecycle.markdown.run_link`) when this Prefect server knows it:
+    the first recorded run naming the model (later runs of the same settings found it cached)."""
     try:
         relative = storage.store_relative(root, model)
     except ValueError:
         return "not recorded (a model from outside the artifacts folder)"
-    row = lifecycle.history.trained_by(lifecycle.history.read_history(root, warn=warn), relative)
+    runs = lifecycle.history.read_history(root, warn=warn).to_pylist()
+    row = next((r for r in runs if r["model"] == relative), None)
     if row is None:
         return "not recorded in the run history"
     run_id = row["flow_run_id"]

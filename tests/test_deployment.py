@@ -247,5 +247,13 @@ def test_triggered_run_publishes_metrics_coefficients_report_and_progress(deploy
     assert f"{summary['optimality_gap']:.3e}" in report.data
     assert core.escape_md(summary_file) in report.data
 
+    assert report.description.startswith(core.escape_md(f"test MSE {summary['metrics']['test']['mse']:.5g} vs"))
+    stages = report.data.split("### Stages", 1)[1].split("###", 1)[0]
+    assert stages.count("| ran |") == len(STAGE_TASKS) and "Cached" not in stages  # a fresh store: every stage ran
+
+    recent = artifacts[HISTORY_KEY]  # markdown, so each run is a link to its page
+    assert recent.type == "markdown" and recent.description.startswith("1 runs, newest first")
+    assert core.escape_md(f"/runs/flow-run/{deployed['flow_run'].id}") + ")" in recent.data
+
     progress = artifacts["linear-regression-training"]
     assert progress.type == "progress" and float(progress.data) == 100.0

@@ -17,6 +17,7 @@ import storage
 from flows import history as cli
 from lifecycle import history, trend
 from lifecycle.markdown import Link, markdown_table, run_link
+from tasks import history as tasks_history
 from tasks.history import history_markdown
 from tasks.report import render_report
 
@@ -150,12 +151,15 @@ def runs(tmp_path: Path):
         model = f"train/{'c' * 64}/model.pt"
         row = history.history_row(when, run_id, "ab" * 32, 200, params, summary, n == 0, model)
         history.write_row(root, row)
-    return history.read_history(root)
+    return str(root)
 
 
-def test_the_ui_table_is_newest_first_narrow_and_links_each_run(runs):
+def test_the_ui_table_is_newest_first_narrow_and_links_each_run(runs, monkeypatch):
     names = {IDS[0]: "Advertising-default-d0c541", IDS[2]: "<img src=x onerror=alert(1)>|[x](javascript:y)"}
-    kept = history.keep_runs(runs, names)
+    asked = []
+    monkeypatch.setattr(tasks_history, "server_names", lambda ids, warn: asked.append(ids) or names)
+    kept, known, recorded = tasks_history.seen_history(runs, print)
+    assert asked == [IDS] and known == names and recorded == 3
     assert kept.column("flow_run_id").to_pylist() == [IDS[0], IDS[2]]  # the run the server never saw: left out
     rows = history.shown_rows(kept, names, lambda text, run_id: run_link(text, run_id, "http://127.0.0.1:4200"))
     assert list(rows[0]) == [
@@ -192,13 +196,8 @@ def test_a_link_goes_only_to_a_flow_run():
 
 def test_the_history_artifact_says_what_it_shows(runs):
     names = {IDS[0]: "a", IDS[2]: "b"}
-    rows = history.shown_rows(history.keep_runs(runs, names), names)
+    rows = [r for r in history.shown_rows(history.read_history(runs), names) if r["run"] in names.values()]
     text, description = history_markdown(rows, recorded=3)
     assert description == "2 runs, newest first: latest test MSE 4.1235 (not promoted); best 2.1235"
     assert "(1 more recorded by runs this server never saw)" in text.splitlines()[0]
     assert history_markdown([], 3)[1] == "no runs"
-
-
-def test_the_run_that_trained_a_model_is_the_first_to_record_it(runs):
-    assert history.trained_by(runs, f"train/{'c' * 64}/model.pt")["flow_run_id"] == IDS[0]
-    assert history.trained_by(runs, "train/other/model.pt") is None

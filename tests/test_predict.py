@@ -3,13 +3,16 @@ and the ``predict`` deployment run by a real process worker."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -29,6 +32,7 @@ from flows.predict import main
 from flows.train import linear_regression
 from lifecycle.champion import champion_model_path
 from tasks import predict as stage
+from tasks import predict_report
 from tasks.predict_report import REPORT_KEY
 
 FEATURES = ["TV", "radio", "newspaper"]
@@ -202,3 +206,55 @@ def test_streaming_follows_the_row_order_across_batches_and_row_groups(tmp_path,
     _, batches = stage.predictions(pq.ParquetFile(tmp_path / "nan.parquet"), files[1], ["a", "b"], model, None)
     with pytest.raises(core.InputError, match="'a' is empty or NaN at data row 17"):
         list(batches)
+
+
+@pytest.mark.no_server
+def test_the_summary_is_pandas_describe_streamed_over_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(core, "open_parquet", pq.ParquetFile)  # files of this test, without manifests
+    rng = np.random.default_rng(7)
+    parts = [rng.normal(3.0, 2.0, size=n) for n in (5000, 1, 2500)]
+    paths = []
+    for n, y in enumerate(parts):
+        paths.append(str(tmp_path / f"p{n}.parquet"))
+        pq.write_table(pa.table({"prediction": y}), paths[-1], row_group_size=1000)
+    counts, edges, summary = predict_report.histogram(paths)
+    reference = pd.Series(np.concatenate(parts)).describe()
+    assert summary.count == reference["count"] == counts.sum() and len(edges) == predict_report.HISTOGRAM_BINS + 1
+    exact = [reference[k] for k in ("mean", "std", "min", "max")]
+    assert [summary.mean, summary.std, summary.min, summary.max] == pytest.approx(exact, rel=1e-12)
+    width = (summary.max - summary.min) / (predict_report.HISTOGRAM_BINS * predict_report.FINE)
+    for ours, name in ((summary.q1, "25%"), (summary.median, "50%"), (summary.q3, "75%")):
+        assert abs(ours - reference[name]) <= width  # read from the fine bins: within one bin of the exact value
+    assert predict_report.histogram([])[2] is None
+
+
+@pytest.mark.no_server
+def test_the_predict_report_names_its_input_model_and_training_run_escaped():
+    from markdown_it import MarkdownIt
+
+    from lifecycle.markdown import run_link
+
+    hostile_file = "s3://bucket/<img src=x onerror=alert(1)>[x](javascript:y).csv"
+    hostile_column = "**tv** | <script>alert(1)</script>"
+    run = "12345678-1234-4234-8234-123456789abc"
+    summary = predict_report.Summary(200, 14.02, 5.1, 1.5, 10.3, 14.1, 17.9, 26.7)
+    report = predict_report.render_report(
+        storage.redact(hostile_file + "?token=secret"),
+        "/store/train/abc/model.pt",
+        run_link("Advertising-default-d0c541 (2026-12-07 04:00 UTC)", run),
+        [hostile_column, "radio"],
+        summary,
+        ["/store/predict/k/predictions.parquet"],
+        b"\x89PNG\r\n\x1a\n",
+    )
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(report)
+    assert "<img src=x" not in rendered and "<script" not in rendered and "<strong>" not in rendered
+    assert re.findall(r'<a href="([^"]*)"', rendered) == [f"/runs/flow-run/{run}"]  # the training run, only
+    text = html.unescape(re.sub(r"<[^>]*>", "", rendered))
+    assert hostile_file in text and "secret" not in text  # the input, named and redacted
+    assert hostile_column in text and "/store/train/abc/model.pt" in text and "Advertising-default-d0c541" in text
+    values = ("200", "14.02", "5.1", "1.5", "10.3", "14.1", "17.9", "26.7")
+    for label, value in zip(predict_report.STATISTICS, values, strict=True):
+        assert re.search(rf"<td>{re.escape(label)}</td>\s*<td>{re.escape(value)}</td>", rendered), label
+    description = predict_report.describe("data.csv", summary)
+    assert description == "200 predictions for data.csv: mean 14.02, median ≈ 14.1"

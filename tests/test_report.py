@@ -12,7 +12,7 @@ import stagecore as core
 from lifecycle.markdown import image_data_uri, markdown_table
 from tasks.evaluate import coefficients_table, metrics_table
 from tasks.plot import loss_curve, predicted_vs_actual
-from tasks.report import coefficient_rows, metrics_rows, render_report
+from tasks.report import coefficient_rows, describe_run, metrics_rows, render_report
 
 pytestmark = pytest.mark.no_server
 
@@ -122,3 +122,22 @@ def test_a_model_off_the_optimum_is_the_reports_first_line(result):
     assert "- features standardize; tensors float64 (small)" in report
     on = render_report({"epochs": 40}, result, *tables, plots, {"plot": {"loss_curve": "/a/loss_curve.png"}})
     assert "WARNING" not in on  # on the optimum: no warning
+
+
+def test_the_report_says_which_stages_were_cached_and_the_card_says_the_result(result):
+    png = loss_curve(np.array([4.0, 2.0, 1.0]))
+    files = {"ingest": {"table": "/a/i.parquet"}, "train": {"model": "/a/m.pt"}, "plot": {"loss_curve": "/a/l.png"}}
+    cached = {"ingest": True, "train": False, "plot": False}
+    tables = metrics_rows(metrics_table(result)), coefficient_rows(coefficients_table(result))
+    report = render_report({"epochs": 40}, result, *tables, {"predicted_vs_actual": png, "loss_curve": png}, files)
+    assert "### Stages" not in report  # no cache states given, no column made up
+    report = render_report({"epochs": 40}, result, *tables, {"predicted_vs_actual": png, "loss_curve": png}, files,
+                           None, cached)  # fmt: skip
+    stages = report.split("### Stages\n\n", 1)[1].split("\n\n", 1)[0]
+    assert stages.splitlines() == ["| stage | this run |", "|---|---|", "| ingest | Cached |", "| train | ran |",
+                                   "| plot | ran |"]  # fmt: skip
+    assert describe_run(result, None) == "test MSE 6 vs least squares 4"
+    promotion = {"promoted": False, "reason": "worse", "champion": "/c/model.pt"}
+    assert describe_run({**result, "metrics": _metrics(1.234567891)}, promotion) == (
+        "test MSE 2.4691 vs least squares 4; not promoted"
+    )
