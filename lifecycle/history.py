@@ -164,7 +164,7 @@ def shown_rows(
         rows.append(
             {
                 "run": link(names.get(run_id) or run_id[:8], run_id),
-                "time (UTC)": f"{row['time']:%Y-%m-%d %H:%M}",
+                "time (UTC)": f"{row['time']:%Y-%m-%d %H:%M:%S}",
                 "test MSE": f"{row['test_mse']:.5g}",
                 "optimality gap": "n/a" if gap is None else f"{gap:.4g}",
                 "promoted": "★ yes" if row["promoted"] else "no",

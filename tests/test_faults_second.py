@@ -316,7 +316,8 @@ def test_lifecycle_writes_are_all_or_nothing(artifacts: Path, monkeypatch):
     def no_table(*args, **kwargs):
         raise core.InputError("injected: the history table could not be published")
 
-    monkeypatch.setattr(core, "table_artifact", no_table)  # history publishes its table after the row is written
+    # the history publishes its (markdown) table after the row is written, and before the report's artifacts
+    monkeypatch.setattr(core, "markdown_artifact", no_table)
     with pytest.raises(core.InputError, match="injected"):
         linear_regression(artifacts_dir=str(artifacts))
     assert lifecycle_files(artifacts) == before

@@ -173,7 +173,7 @@ def test_the_ui_table_is_newest_first_narrow_and_links_each_run(runs, monkeypatc
         "data",
         "model",
     ]
-    assert [r["time (UTC)"] for r in rows] == ["2026-12-07 04:02", "2026-12-07 04:00"]  # newest first
+    assert [r["time (UTC)"] for r in rows] == ["2026-12-07 04:02:30", "2026-12-07 04:00:30"]  # newest first
     assert [r["test MSE"] for r in rows] == ["4.1235", "2.1235"] and rows[0]["optimality gap"] == "1.235e-09"
     assert [r["promoted"] for r in rows] == ["no", "★ yes"] and rows[0]["preset"] == "default"
     assert (rows[0]["data"], rows[0]["model"]) == ("abababab" + "ab", "c" * 10)  # short digests, last
