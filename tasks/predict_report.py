@@ -112,11 +112,11 @@ def render_report(
         else [{"statistic": "count", PREDICTION: 0}]
     )
     source = [
-        {"": "input", " ": data},
-        {"": "model", " ": model},
-        {"": "trained by", " ": trained},
-        {"": "features", " ": features},
-        {"": "rows", " ": summary.count if summary is not None else 0},
+        {"about": "input", "value": data},
+        {"about": "model", "value": model},
+        {"about": "trained by", "value": trained},
+        {"about": "features", "value": features},
+        {"about": "rows", "value": summary.count if summary is not None else 0},
     ]
     return "\n\n".join(
         [
