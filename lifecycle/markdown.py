@@ -18,6 +18,7 @@ import stagecore as core
 __all__ = ["image_data_uri", "markdown_table", "run_link"]
 
 # the only links the reports make: to a flow run of the Prefect UI, by its UUID (relative, or under the UI's URL)
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9 .-]")
 _RUN_LINK = re.compile(r"(https?://[^\s()<>\\]+)?/runs/flow-run/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
 
 
@@ -29,9 +30,13 @@ class Link(NamedTuple):
     url: str
 
     def markdown(self) -> str:
+        """The link with its text kept to letters, digits, spaces, ``.`` and ``-`` (anything else shown as ``-``):
+        the Prefect UI shows a link's text as written, backslash escapes included (seen in Chromium), so the
+        text must need none; such text cannot be markup in any renderer."""
         if not _RUN_LINK.fullmatch(self.url):
             raise ValueError(f"not a link to a flow run of the UI: {self.url!r}")
-        return f"[{core.escape_md(self.text)}]({core.escape_md(self.url)})"  # \: and \. decode back in a URL
+        text = _NOT_PLAIN.sub("-", self.text).strip() or "run"
+        return f"[{text}]({core.escape_md(self.url)})"  # \: and \. decode back in a URL
 
 
 def run_link(text: str, run_id: str, ui: str | None = None) -> Link:
