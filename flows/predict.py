@@ -115,7 +115,7 @@ def pick(found: list[lifecycle.champion.Model], columns: set[str], data: str) ->
     if len(best) == 1:
         return best[0]
     if not best:
-        listed = "; ".join(shown(m) for m in found)
+        listed = "; ".join(f"{shown(m)}, lacks {_missing(m, columns)}" for m in found)
         raise InputError(
             f"{data}: no model's features are all among its columns (models: {listed}); pass --data with a "
             "model's features, --model-name NAME, or --model PATH"
@@ -124,6 +124,12 @@ def pick(found: list[lifecycle.champion.Model], columns: set[str], data: str) ->
     raise InputError(
         f"{data}: {len(best)} models fit its columns equally ({listed}); pass --model-name or --model PATH"
     )
+
+
+def _missing(model: lifecycle.champion.Model, columns: set[str], shown: int = 3) -> str:
+    """The model's features the data lacks, the first few by ``repr``."""
+    missing = [f for f in model.features if f not in columns]
+    return ", ".join(repr(f) for f in missing[:shown]) + (f" (+{len(missing) - shown})" if len(missing) > shown else "")
 
 
 def resolve_model(model: str, root: str, champion_of: lifecycle.champion.Model | None = None) -> str:

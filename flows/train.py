@@ -87,7 +87,6 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         evaluation["summary"],
         p.promote_off_optimum,
         p.target,
-        features,
         p.model_name,
         root,
     )

@@ -171,17 +171,17 @@ def promote_model(
     summary_path: str,
     promote_off_optimum: bool,
     target: str,
-    features: list[str],
     model_name: str | None,
     root: str,
 ) -> dict:
     """Champion vs challenger on this run's test rows; moves the champion pointer of this run's model (its
-    ``target``, ``features`` and ``model_name``) when the challenger wins. A model the evaluation found off the
-    optimum (``summary_path``'s ``off_optimum``) is not promoted unless ``promote_off_optimum``."""
+    ``target``, the features the evaluation names, and ``model_name``) when the challenger wins. A model the
+    evaluation found off the optimum (``summary_path``'s ``off_optimum``) is not promoted unless
+    ``promote_off_optimum``."""
     summary = core.read_json(summary_path)
     off = None if promote_off_optimum else summary.get("off_optimum")
     test_mse = summary["metrics"]["test"]["mse"]
-    model = lifecycle.champion.Model.of(target, features, model_name)
+    model = lifecycle.champion.Model.of(target, list(summary["weights"]), model_name)  # weights: feature → weight
     block, level, wrote = promote(root, tensors_paths, model_path, run_id, tolerance, off, test_mse, model)
     getattr(get_run_logger(), level)(
         "model %s: read %s, %s and %d partition(s)' test rows; %s; wrote %s; champion: %s",

@@ -185,7 +185,8 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     assert main(["--artifacts-dir", str(artifacts), "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     block = json.loads(out[-1])["promotion"]
-    assert set(block) == {"promoted", "reason", "champion", "champion_test_mse", "challenger_test_mse"}
+    assert set(block) == {"promoted", "model", "reason", "champion", "champion_test_mse", "challenger_test_mse"}
+    assert block["model"] == "sales ← TV, newspaper, radio" and block["reason"] == "first model of its kind: promoted"
     assert block["promoted"] and block["champion_test_mse"] is None
     assert block["champion"] == champion.champion_model_path(artifacts) and Path(block["champion"]).is_absolute()
     assert block["challenger_test_mse"] == pytest.approx(4.4021, abs=0.01)
