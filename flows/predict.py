@@ -84,7 +84,7 @@ PredictParams = create_model(
 )
 
 
-def shown(model: lifecycle.champion.Model) -> str:
+def describe_model(model: lifecycle.champion.Model) -> str:
     """A model as predict lists it: its label, and for an unnamed model the id ``--model-name`` takes."""
     return model.label if model.name is not None else f"{model.label} [id {model.id}]"
 
@@ -101,7 +101,7 @@ def candidates(root: str, name: str | None) -> list[lifecycle.champion.Model]:
     if not named:
         raise InputError(
             f"--model-name {name}: no model of that name or id has a champion in {root} (models: "
-            f"{'; '.join(shown(m) for m in found)}); pass --model-name with one of them, or --model PATH"
+            f"{'; '.join(describe_model(m) for m in found)}); pass --model-name with one of them, or --model PATH"
         )
     return named
 
@@ -115,12 +115,12 @@ def pick(found: list[lifecycle.champion.Model], columns: set[str], data: str) ->
     if len(best) == 1:
         return best[0]
     if not best:
-        listed = "; ".join(f"{shown(m)}, lacks {_missing(m, columns)}" for m in found)
+        listed = "; ".join(f"{describe_model(m)}, lacks {_missing(m, columns)}" for m in found)
         raise InputError(
             f"{data}: no model's features are all among its columns (models: {listed}); pass --data with a "
             "model's features, --model-name NAME, or --model PATH"
         )
-    listed = "; ".join(shown(m) for m in best)
+    listed = "; ".join(describe_model(m) for m in best)
     raise InputError(
         f"{data}: {len(best)} models fit its columns equally ({listed}); pass --model-name or --model PATH"
     )
@@ -228,9 +228,9 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
         calls = [(c, r, model_path, p.index_column, root) for c, r in zip(clean, raw, strict=True)]
         outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
     rows = predict_report.publish_predictions(outputs, model_path, features)
-    shown_paths = [storage.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
+    shown = [storage.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
     return {
-        "predictions": shown_paths[0] if len(shown_paths) == 1 else shown_paths,
+        "predictions": shown[0] if len(shown) == 1 else shown,
         "rows": rows,
         "model": storage.public(model_path),
         "champion_of": None if champion_of is None else champion_of.label,  # which model's champion predicted
