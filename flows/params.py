@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,6 +87,12 @@ class Params(BaseModel):
     promote_off_optimum: bool = Field(
         False, description="let a model that ended off the least-squares optimum be promoted (it is not by default)"
     )
+    model_name: str | None = Field(
+        None,
+        pattern=f"^{storage.MODEL_NAME_PATTERN}$",
+        description="the model this run trains, by name (letters, digits, '.', '_', '-'; at most 64): each model "
+        "has its own champion; None: the model is its target and features",
+    )
 
     @classmethod
     def parse(cls, **values: Any) -> Params:
@@ -95,7 +102,7 @@ class Params(BaseModel):
         except ValidationError as exc:
             err = exc.errors()[0]
             name = "--" + "-".join(str(part) for part in err["loc"][:1]).replace("_", "-")
-            raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
+            raise InputError(f"{name}: {_message(err)} (got {err.get('input')!r})") from None
         check_config(params.training())  # rules between training settings, before the first stage runs
         if storage.is_partitioned(params.data) and not trains_on_stats(params.training()):
             raise InputError(
@@ -165,6 +172,14 @@ class Params(BaseModel):
             ],
             return_annotation=dict[str, Any],
         )
+
+
+NAME_RULE = "a model's name is 1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit"
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    """pydantic's message, or for a name that does not match its pattern the rule in words."""
+    return NAME_RULE if err["type"] == "string_pattern_mismatch" else err["msg"]
 
 
 def _typed(field: FieldInfo) -> Any:

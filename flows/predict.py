@@ -1,6 +1,9 @@
 """The predict flow: apply a trained model (the champion by default) to new data, streamed, with lineage.
 
-    python -m flows.predict --data new.csv [--model champion|PATH] [--json]
+    python -m flows.predict --data new.csv [--model champion|PATH] [--model-name NAME] [--json]
+
+With ``--model champion`` (the default) the model is the champion of the model whose features the data has
+(`pick`: all of them among its columns; the most features if several fit; ``--model-name`` to say which).
 
 Ingest and drop_index are the training flow's stages (once per partition, on the task runner); then the data's
 columns are checked against the model's features; then ``predict`` writes ``predictions.parquet`` per
@@ -17,14 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, flow
+from prefect import Task, flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 import lifecycle
 import stagecore as core
 import storage
 from flows.cli import exit_with, print_error
-from flows.params import Params, _typed
+from flows.params import Params, _message, _typed
 from flows.train import settle_prefect, task_runner
 from storage import validate
 from storage.errors import InputError, IntegrityError
@@ -46,7 +49,7 @@ class _Base(BaseModel):
         except ValidationError as exc:
             err = exc.errors()[0]
             name = "--" + str(err["loc"][0]).replace("_", "-")
-            raise InputError(f"{name}: {err['msg']} (got {err.get('input')!r})") from None
+            raise InputError(f"{name}: {_message(err)} (got {err.get('input')!r})") from None
 
     @classmethod
     def signature(cls) -> inspect.Signature:
@@ -68,15 +71,72 @@ PredictParams = create_model(
         str,
         Field(CHAMPION, description="champion: the promoted model of the artifacts folder; or a model.pt path"),
     ),
+    model_name=(
+        str | None,
+        Field(
+            None,
+            pattern=f"^{storage.MODEL_NAME_PATTERN}$",
+            description="with --model champion: the champion of the model of this name (or id); None: of the model "
+            "whose features the data has (the most features, if several)",
+        ),
+    ),
     **{name: (Params.model_fields[name].annotation, Params.model_fields[name]) for name in _SHARED},
 )
 
 
-def resolve_model(model: str, root: str) -> str:
-    """The model file to use, verified against its manifest: the champion's, or the path given."""
+def describe_model(model: lifecycle.champion.Model) -> str:
+    """A model as predict lists it: its label, and for an unnamed model the id ``--model-name`` takes."""
+    return model.label if model.name is not None else f"{model.label} [id {model.id}]"
+
+
+def candidates(root: str, name: str | None) -> list[lifecycle.champion.Model]:
+    """The models with a champion that ``--model champion`` may pick: all, or the one of ``name`` (a model's name,
+    or an unnamed model's id). One line when there is none yet, or no model of that name."""
+    found = lifecycle.champion.models(root)
+    if not found:
+        raise InputError(f"no champion model in {root} yet; train first (python -m flows.train), or pass --model PATH")
+    if name is None:
+        return found
+    named = [m for m in found if m.name == name] or [m for m in found if m.name is None and m.id == name]
+    if not named:
+        raise InputError(
+            f"--model-name {name}: no model of that name or id has a champion in {root} (models: "
+            f"{'; '.join(describe_model(m) for m in found)}); pass --model-name with one of them, or --model PATH"
+        )
+    return named
+
+
+def pick(found: list[lifecycle.champion.Model], columns: set[str], data: str) -> lifecycle.champion.Model:
+    """The model whose features are all among the data's ``columns``; of several, the one with the most features.
+    One line listing the models when none fits, or when several fit equally well."""
+    fits = [m for m in found if set(m.features) <= columns]
+    most = max((len(m.features) for m in fits), default=0)
+    best = [m for m in fits if len(m.features) == most]
+    if len(best) == 1:
+        return best[0]
+    if not best:
+        listed = "; ".join(f"{describe_model(m)}, lacks {_missing(m, columns)}" for m in found)
+        raise InputError(
+            f"{data}: no model's features are all among its columns (models: {listed}); pass --data with a "
+            "model's features, --model-name NAME, or --model PATH"
+        )
+    listed = "; ".join(describe_model(m) for m in best)
+    raise InputError(
+        f"{data}: {len(best)} models fit its columns equally ({listed}); pass --model-name or --model PATH"
+    )
+
+
+def _missing(model: lifecycle.champion.Model, columns: set[str], shown: int = 3) -> str:
+    """The model's features the data lacks, the first few by ``repr``."""
+    missing = [f for f in model.features if f not in columns]
+    return ", ".join(repr(f) for f in missing[:shown]) + (f" (+{len(missing) - shown})" if len(missing) > shown else "")
+
+
+def resolve_model(model: str, root: str, champion_of: lifecycle.champion.Model | None = None) -> str:
+    """The model file to use, verified against its manifest: the champion of ``champion_of``, or the path given."""
     if model == CHAMPION:
         try:
-            path = lifecycle.champion.champion_model_path(root)
+            path = lifecycle.champion.champion_model_path(root, champion_of)
         except ValueError as exc:  # a pointer that is not ours: say so, never follow it
             if isinstance(exc, core.InputError) and not isinstance(exc, core.IntegrityError):
                 raise  # a store that cannot be reached or refused us: its own one line
@@ -93,6 +153,17 @@ def resolve_model(model: str, root: str) -> str:
     except validate.Invalid as exc:
         raise InputError(f"{exc}; pass --model with the path of a model.pt the training flow wrote") from None
     return path
+
+
+def preflight(p: _Base, root: str) -> None:
+    """What can be refused before any data is read: a model file that fails verification, no champion yet, a
+    --model-name no model has. Which champion fits the data is decided once its columns are known."""
+    if p.model != CHAMPION:
+        if p.model_name is not None:
+            raise InputError(f"--model-name {p.model_name}: picks a champion; pass it with --model champion")
+        resolve_model(p.model, root)
+    else:
+        candidates(root, p.model_name)
 
 
 def _model_file(model: str, store: storage.Store) -> str:
@@ -126,8 +197,7 @@ def linear_regression_predict(**values: Any) -> dict[str, Any]:
 
 
 def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
-    model_path = resolve_model(p.model, root)
-    features = list(core.read_pt(model_path)["features"])
+    preflight(p, root)
     run = core.StageRunner(root, refresh=p.refresh)
     sources = storage.partition_sources(p.data) if storage.is_partitioned(p.data) else [storage.data_source(p.data)]
     with task_runner(p) as pool:
@@ -142,8 +212,19 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
 
         raw = [r["table"] for r in each(ingest.ingest_csv, [(s, root) for s in sources])]
         clean = [c["table"] for c in each(drop_index.drop_index_column, [(r, p.index_column, root) for r in raw])]
-        for table, source in zip(clean, sources, strict=True):
-            predict.check_features(core.open_parquet(table).schema_arrow, features, storage.redact(source))
+        schemas = [core.open_parquet(table).schema_arrow for table in clean]
+        champion_of = None
+        if p.model == CHAMPION:  # the champion of the model the data has the features of
+            columns = set.intersection(*(set(schema.names) for schema in schemas))
+            shown_data = storage.redact(sources[0]) if len(sources) == 1 else storage.redact(p.data)
+            champion_of = pick(candidates(root, p.model_name), columns, shown_data)
+        model_path = resolve_model(p.model, root, champion_of)
+        if champion_of is not None:
+            used = storage.public(model_path)
+            get_run_logger().info("the champion of model %s (%s): the data has its features", champion_of.label, used)
+        features = list(core.read_pt(model_path)["features"])
+        for schema, source in zip(schemas, sources, strict=True):
+            predict.check_features(schema, features, storage.redact(source))
         calls = [(c, r, model_path, p.index_column, root) for c, r in zip(clean, raw, strict=True)]
         outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
     data = p.data if len(sources) > 1 else sources[0]  # redacted by the report
@@ -153,6 +234,7 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
         "predictions": shown[0] if len(shown) == 1 else shown,
         "rows": rows,
         "model": storage.public(model_path),
+        "champion_of": None if champion_of is None else champion_of.label,  # which model's champion predicted
         "features": features,
         "cached": dict(run.cached),
         "seconds": round(time.perf_counter() - started, 3),  # the flow's own time: process start-up not included
@@ -181,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt("data", metavar="CSV|Parquet|FOLDER|GLOB")
     opt("model", metavar="champion|PATH")
+    opt("model_name", metavar="NAME")
     opt("index_column", metavar="COLUMN", type=lambda v: None if v.lower() == "none" else v)
     opt("task_runner", choices=Params.choices("task_runner"))
     opt("dask_address", metavar="tcp://HOST:PORT")
@@ -195,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     as_json = args.pop("json", False)
     try:
         p = PredictParams.parse(**args)  # bad parameters, no champion, a broken model: before Prefect starts
-        resolve_model(p.model, str(storage.prepare_root(p.artifacts_dir)))
+        preflight(p, str(storage.prepare_root(p.artifacts_dir)))
     except (InputError, IntegrityError) as exc:
         print_error(exc)
         return 2
@@ -207,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shown = summary["predictions"] if isinstance(summary["predictions"], list) else [summary["predictions"]]
     cached = ", ".join(stage for stage, hit in summary["cached"].items() if hit) or "none"
-    print(f"{summary['rows']} predictions with model {summary['model']} (cached stages: {cached}):")
+    which = f" (the champion of {summary['champion_of']})" if summary["champion_of"] else ""
+    print(f"{summary['rows']} predictions with model {summary['model']}{which} (cached stages: {cached}):")
     print("\n".join(f"  {path}" for path in shown))
     if as_json:
         print(json.dumps(summary))

@@ -80,7 +80,15 @@ def _train(p: Params, root: str) -> dict[str, Any]:
     # the champion decision needs the model and the test rows, not the plots: it runs beside them
     run_id = str(flow_run.id)
     promoting = promote.promote_model.submit(
-        tensors, trained["model"], run_id, p.promote_tolerance, evaluation["summary"], p.promote_off_optimum, root
+        tensors,
+        trained["model"],
+        run_id,
+        p.promote_tolerance,
+        evaluation["summary"],
+        p.promote_off_optimum,
+        p.target,
+        p.model_name,
+        root,
     )
     data = p.data if len(sources) > 1 else sources[0]
     shown = storage.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root})
@@ -181,12 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt("promote_tolerance", metavar="FRACTION", type=float)
     opt("require_promotion", action="store_true")
     opt("promote_off_optimum", action="store_true")
+    opt("model_name", metavar="NAME")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON line at the end")
     parser.add_argument(
         "--clean-artifacts",
         action="store_true",
         help="delete what the store wrote in the artifacts folder (artifacts, manifests, cache and run records, "
-        "champion pointer, run history) and exit",
+        "champion pointers, run history) and exit",
     )
     return parser
 

@@ -9,12 +9,16 @@ from storage.errors import RETRIES, InputError, IntegrityError, Transient
 from storage.hashing import HASHING, check_regular, sha256_file
 from storage.layout import (
     CACHE_DIR,
+    CHAMPION_BY_COLUMNS,
+    CHAMPION_BY_NAME,
     CHAMPION_DIR,
     CHAMPION_GENERATIONS,
     HISTORY_DIR,
     HISTORY_SCHEMA,
     MANIFEST_SUFFIX,
     MARKER,
+    MODEL_DIGEST_PATTERN,
+    MODEL_NAME_PATTERN,
     RUNS_DIR,
     STORE_NAME,
 )
@@ -37,6 +41,8 @@ from storage.store import Store, locate, open_store, public
 
 __all__ = [
     "CACHE_DIR",
+    "CHAMPION_BY_COLUMNS",
+    "CHAMPION_BY_NAME",
     "CHAMPION_DIR",
     "CHAMPION_GENERATIONS",
     "DEFAULT_DATA",
@@ -45,6 +51,8 @@ __all__ = [
     "HISTORY_SCHEMA",
     "MANIFEST_SUFFIX",
     "MARKER",
+    "MODEL_DIGEST_PATTERN",
+    "MODEL_NAME_PATTERN",
     "PARQUET_SUFFIXES",
     "PROJECT_PACKAGES",
     "PROJECT_ROOT",

@@ -15,7 +15,14 @@ MANIFEST_SUFFIX = ".manifest.json"  # beside every artifact: <file>.manifest.jso
 CACHE_DIR = ".cache"  # the stages' cache records and locks (stagecore/cache.py)
 RUNS_DIR = "runs"  # one JSON run record per flow run (stagecore/runs.py)
 CHAMPION_DIR = "champion"  # the champion's pointer generations and their manifests (lifecycle/champion.py)
-CHAMPION_GENERATIONS = "gen"  # champion/gen/<n>.json, one immutable pointer per promotion, on every store
+CHAMPION_GENERATIONS = "gen"  # <model's folder>/gen/<n>.json, one immutable pointer per promotion, on every store
+# One champion per model (lifecycle/champion.py): champion/by-name/<model name>/gen/… for a model the user named,
+# champion/by-columns/<digest of target and features>/gen/… for one they did not. A column name is data: never a
+# path component. A store's champion/gen/… (one champion for every model, before 2026-12-10) is still read.
+CHAMPION_BY_NAME = "by-name"
+CHAMPION_BY_COLUMNS = "by-columns"
+MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # a model's name: a path component, so short and safe
+MODEL_DIGEST_PATTERN = r"[0-9a-f]{16}"  # the folder of an unnamed model: its target and features' digest
 HISTORY_DIR = "history"  # one Parquet row per flow run (lifecycle/history.py)
 HISTORY_SCHEMA = pa.schema(
     [

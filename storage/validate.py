@@ -17,7 +17,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Any
 
-from storage.layout import STORE_NAME
+from storage.layout import MODEL_NAME_PATTERN, STORE_NAME
 
 MAX_JSON_BYTES = 64 << 20
 """The largest store JSON read at all. Run records and the manifests of train and evaluate list every partition's
@@ -31,8 +31,8 @@ MAX_DEPTH = 32  # the store writes at most 6 levels (a manifest's schema: {schem
 MANIFEST_VERSION = 1
 FORMATS = frozenset({"parquet", "pt", "png", "json"})
 RECORD_VERSION = 1
-CHAMPION_VERSION = 1
-CHAMPION_FIELDS: dict[str, type] = {
+CHAMPION_VERSION = 2  # 2 (2026-12-10): ``model_name``, one champion per model; 1 (no name) is still read
+CHAMPION_FIELDS: dict[str, type] = {  # version 1's, all in version 2
     "champion_version": int,
     "model": str,
     "model_sha256": str,
@@ -252,21 +252,27 @@ def run_record(obj: Any, what: str = "run record") -> dict[str, Any]:
 
 
 def champion_pointer(obj: Any, what: str = "champion pointer") -> dict[str, Any]:
-    """A champion pointer (lifecycle/champion.py ``_pointer``): exactly its fields, each of its type (an integer
-    test MSE is made a float), ``model`` a relative path, ``model_sha256`` a sha256."""
-    if not isinstance(obj, dict) or set(obj) != set(CHAMPION_FIELDS):
-        raise Invalid(f"{what}: not a champion pointer (fields {sorted(CHAMPION_FIELDS)} expected)")
-    body = dict(obj)
+    """A champion pointer (lifecycle/champion.py ``_pointer``): exactly its version's fields, each of its type (an
+    integer test MSE is made a float), ``model`` a relative path, ``model_sha256`` a sha256, ``model_name`` null
+    or a model's name (version 2; a version 1 pointer, which has none, reads as null)."""
+    version = obj.get("champion_version") if isinstance(obj, dict) else None
+    fields = set(CHAMPION_FIELDS) | ({"model_name"} if version == CHAMPION_VERSION else set())
+    if not isinstance(obj, dict) or set(obj) != fields:
+        raise Invalid(f"{what}: not a champion pointer (fields {sorted(fields)} expected)")
+    body = {"model_name": None, **obj}
     for name, kind in CHAMPION_FIELDS.items():
         value = body[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             body[name] = value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise Invalid(f"{what}: field {name} is not a {kind.__name__}")
-    if body["champion_version"] != CHAMPION_VERSION:
+    if body["champion_version"] not in (1, CHAMPION_VERSION):
         raise Invalid(f"{what}: champion_version {body['champion_version']}, expected {CHAMPION_VERSION}")
     if not all(isinstance(f, str) for f in body["features"]):
         raise Invalid(f"{what}: features are not column names")
+    name = body["model_name"]
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(MODEL_NAME_PATTERN, name)):
+        raise Invalid(f"{what}: field model_name is not a model's name")
     _path(body["model"], "model", what)
     _sha256(body["model_sha256"], "model_sha256", what)
     return body

@@ -83,6 +83,8 @@ def headline(summary: Mapping[str, Any], promotion: Mapping[str, Any] | None) ->
     lines.append(f"- test MSE **{gd:.6g}** (least squares {ols:.6g}); optimality gap {describe_gap(summary)}")
     if promotion is not None:
         verdict = "**promoted** to champion" if promotion["promoted"] else "**not promoted**: the champion stays"
+        if promotion.get("model"):  # one champion per model: which model this run's is
+            lines.append(f"- model: {core.escape_md(promotion['model'])}")
         lines.append(f"- {verdict}: {core.escape_md(promotion['reason'])}")
         lines.append(f"- champion: {core.escape_md(promotion['champion'])}")
     return lines

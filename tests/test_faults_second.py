@@ -205,9 +205,9 @@ def test_a_full_disk_during_a_run_is_one_line_and_leaves_no_partial_file(tmp_pat
 
 
 def lifecycle_files(root: Path) -> dict[str, list[str]]:
-    """What the lifecycle wrote: the champion's pointer, the history rows, the run records."""
+    """What the lifecycle wrote: the champions' pointers (every model's), the history rows, the run records."""
     return {
-        "champion": sorted(p.name for p in (root / storage.CHAMPION_DIR / storage.CHAMPION_GENERATIONS).glob("*.json")),
+        "champion": sorted(p.relative_to(root).as_posix() for p in (root / storage.CHAMPION_DIR).rglob("*.json")),
         "history": sorted(p.name for p in (root / storage.HISTORY_DIR).glob("*.parquet")),
         "runs": sorted(p.name for p in (root / storage.RUNS_DIR).glob("*.json")),
     }

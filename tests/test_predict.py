@@ -120,7 +120,8 @@ def test_errors_are_one_line_exit_2(store, capsys, tmp_path, write_csv):
 
     missing = write_csv(",TV,radio\n1,1.0,2.0\n", "missing.csv")
     code, _, err = predict(capsys, "--data", missing, "--artifacts-dir", root)
-    assert code == 2 and "'newspaper'" in err and missing in err and "Traceback" not in err
+    assert code == 2 and "'newspaper'" in err and missing in err and "Traceback" not in err and err.count("\n") == 1
+    assert "no model's features are all among its columns (models: sales ← TV, newspaper, radio" in err
 
     text = write_csv(",TV,radio,newspaper\n1,1.0,2.0,abc\n", "text.csv")
     code, _, err = predict(capsys, "--data", text, "--artifacts-dir", root)

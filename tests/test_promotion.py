@@ -117,10 +117,12 @@ def test_first_better_worse_equal_within_tolerance(store, tensors):
 
 
 @pytest.mark.no_server
-def test_different_features_or_target_promote_and_say_so(store, tensors):
-    run(store, tensors, model(store, "best", scale=1.0))
+def test_another_target_is_another_model_and_leaves_the_first_models_champion(store, tensors):
+    best = run(store, tensors, model(store, "best", scale=1.0))
     other = run(store, tensors, model(store, "other", scale=0.1, target="z"))
-    assert other["promoted"] and other["champion_test_mse"] is None and "not comparable" in other["reason"]
+    assert other["promoted"] and other["champion_test_mse"] is None
+    assert other["reason"] == "first model of its kind: promoted" and other["model"] == "z ← a, b"
+    assert champion.champion_model_path(store, champion.Model.of("y", FEATURES)) == best["champion"]
 
 
 @pytest.mark.no_server
@@ -145,8 +147,8 @@ def test_two_racing_runs_end_as_if_one_ran_after_the_other(store, tensors, monke
     run(store, tensors, model(store, "a", scale=0.5))
     read = champion.read_champion
 
-    def slow_read(root, generation=None):
-        champion = read(root, generation)
+    def slow_read(root, generation=None, model=None):
+        champion = read(root, generation, model)
         time.sleep(0.3)
         return champion
 
@@ -183,7 +185,8 @@ def test_flow_json_promotion_block_and_require_promotion(artifacts, capsys):
     assert main(["--artifacts-dir", str(artifacts), "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     block = json.loads(out[-1])["promotion"]
-    assert set(block) == {"promoted", "reason", "champion", "champion_test_mse", "challenger_test_mse"}
+    assert set(block) == {"promoted", "model", "reason", "champion", "champion_test_mse", "challenger_test_mse"}
+    assert block["model"] == "sales ← TV, newspaper, radio" and block["reason"] == "first model of its kind: promoted"
     assert block["promoted"] and block["champion_test_mse"] is None
     assert block["champion"] == champion.champion_model_path(artifacts) and Path(block["champion"]).is_absolute()
     assert block["challenger_test_mse"] == pytest.approx(4.4021, abs=0.01)

@@ -282,8 +282,8 @@ def test_two_promotions_racing_on_s3_end_as_if_one_ran_after_the_other(s3, tmp_p
     read, create = champion.read_champion, champion.create_generation
     both_read, c_created, decided = threading.Barrier(2, timeout=120), threading.Event(), set()
 
-    def read_then_wait(root, generation=None):
-        champion = read(root, generation)
+    def read_then_wait(root, generation=None, model=None):
+        champion = read(root, generation, model)
         name = threading.current_thread().name
         if name not in decided:  # a challenger's first read: neither decides before both have read champion a
             decided.add(name)
@@ -539,7 +539,7 @@ def test_no_secret_in_any_object_or_output(s3):
     secret = s3["AWS_SECRET_ACCESS_KEY"].encode()
     objects = fs().find(BUCKET)
     assert len(objects) > 50
-    for written in ("/champion/gen/", "/history/", "/predict/", "/runs/", "/.cache/"):  # the lifecycle's too
+    for written in ("/champion/by-columns/", "/history/", "/predict/", "/runs/", "/.cache/"):  # the lifecycle's too
         assert any(written in path for path in objects), written
     leaked = [path for path, content in fs().cat(objects).items() if secret in content]  # fetched concurrently
     assert leaked == []

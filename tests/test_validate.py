@@ -205,9 +205,16 @@ def pointer(**changes):
 
 def test_champion_pointer_shape():
     assert validate.champion_pointer(pointer())["test_mse"] == 1.0
+    assert validate.champion_pointer(pointer())["model_name"] is None  # version 1: no name, read as null
+    assert validate.champion_pointer(pointer(champion_version=2, model_name="ads.v2"))["model_name"] == "ads.v2"
+    assert validate.champion_pointer(pointer(champion_version=2, model_name=None))["model_name"] is None
     for changes, field in [
         ({"test_mse": "1"}, "test_mse"),
-        ({"champion_version": 2}, "champion_version"),
+        ({"champion_version": 2}, "model_name"),  # version 2 has a name, null or not
+        ({"model_name": "a"}, "not a champion pointer"),  # version 1 has none
+        ({"champion_version": 2, "model_name": "../x"}, "model_name"),
+        ({"champion_version": 2, "model_name": 1}, "model_name"),
+        ({"champion_version": 3, "model_name": "a"}, "not a champion pointer"),
         ({"champion_version": True}, "champion_version"),
         ({"features": [1]}, "features"),
         ({"model": ""}, "model"),
