@@ -20,15 +20,36 @@ TaskRunnerName = Literal["threads", "dask"]
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState, which draws the split, takes seeds in 0..2**32-1
 
-# What a preset decides, unless a parameter of the same name is given. "default" reaches the least-squares
-# optimum; "seed" reproduces the original tutorial (raw features, tiny fixed step, no early stop).
+# What a preset decides, unless a parameter of the same name is given, and what it is for (the form and --help
+# say both, from here).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"epochs": 1000, "lr": "auto", "tol": 1e-7, "scaling": "auto", "init": "zeros"},
     "seed": {"epochs": 1000, "lr": 1e-5, "tol": 0.0, "scaling": "none", "init": "randn"},
 }
-
+PURPOSES = {"default": "reaches the least-squares optimum", "seed": "reproduces the original tutorial"}
+FEATURES = {"auto": "whitened features", "none": "raw features", "standardize": "standardized features"}
+FEATURES["whiten"] = FEATURES["auto"]  # auto whitens unless the standardized features are uncorrelated
 
 Preset = Literal[tuple(PRESETS)]  # the presets' names, from PRESETS itself
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _recipe(preset: str) -> str:
+    """A preset in words: what it is for, then what it sets."""
+    knobs = PRESETS[preset]
+    stop = f"early stop below {_shown(knobs['tol'])}" if knobs["tol"] else "no early stop"
+    return (
+        f"{preset} {PURPOSES[preset]}: {FEATURES[knobs['scaling']]} (scaling {knobs['scaling']}), "
+        f"lr {_shown(knobs['lr'])}, {stop}, {knobs['init']} init, at most {knobs['epochs']} epochs"
+    )
+
+
+def _from_presets(description: str, knob: str) -> str:
+    """A preset-driven field's description, with the value each preset gives it (None: the preset's)."""
+    return f"{description}; " + ", ".join(f"{name} preset: {_shown(knobs[knob])}" for name, knobs in PRESETS.items())
 
 
 class Params(BaseModel):
@@ -48,16 +69,27 @@ class Params(BaseModel):
     seed: int = Field(
         0, ge=0, le=SEED_MAX, description=f"seed of the split and of a random initialisation, 0 to {SEED_MAX}"
     )
-    preset: Preset = Field("default", description="training recipe (see PRESETS)")
-    epochs: PositiveInt | None = Field(None, description="most epochs to train")
-    lr: PositiveFloat | Literal["auto"] | None = Field(None, description="step size; auto: 1/L of the Hessian")
-    tol: float | None = Field(None, ge=0, description="early stop below this relative loss change; 0: never")
+    preset: Preset = Field(
+        "default",
+        description=f"training recipe, which sets {', '.join(PRESETS['default'])} unless given: "
+        + "; ".join(map(_recipe, PRESETS)),
+    )
+    epochs: PositiveInt | None = Field(None, description=_from_presets("most epochs to train", "epochs"))
+    lr: PositiveFloat | Literal["auto"] | None = Field(
+        None, description=_from_presets("step size, a number or auto (1/L of the Hessian)", "lr")
+    )
+    tol: float | None = Field(
+        None, ge=0, description=_from_presets("early stop below this relative loss change, 0: never", "tol")
+    )
     scaling: Scaling | None = Field(
         None,
-        description="change of variables gradient descent runs in: none, standardize, whiten (Hessian = identity), "
-        "or auto: whiten unless the standardized features are uncorrelated",
+        description=_from_presets(
+            "change of variables gradient descent runs in: none, standardize, whiten (Hessian = identity), "
+            "or auto: whiten unless the standardized features are uncorrelated",
+            "scaling",
+        ),
     )
-    init: Init | None = Field(None, description="initial weights")
+    init: Init | None = Field(None, description=_from_presets("initial weights", "init"))
     method: Method = Field("scratch", description="hand-written loop or nn/optim")
     device: Device = Field("auto", description="auto: cuda when available")
     dtype: Dtype = Field(

@@ -10,6 +10,7 @@ from prefect.utilities.callables import parameter_schema
 from flows.params import PRESETS, Params
 from flows.train import build_parser, linear_regression, main
 from linreg import config as train
+from storage.errors import InputError
 
 pytestmark = pytest.mark.no_server
 
@@ -50,3 +51,38 @@ def test_cross_field_rules_are_checked_before_any_stage_runs(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: --engine stats trains the scratch model only; pass --method scratch or --engine rows"
     assert not artifacts.exists()  # refused before the store was even created
+
+
+def test_each_preset_driven_field_says_what_every_preset_gives_it():
+    schema = parameter_schema(linear_regression.fn).model_dump()["properties"]
+    assert schema["epochs"]["description"] == "most epochs to train; default preset: 1000, seed preset: 1000"
+    for knob in PRESETS["default"]:
+        description = Params.model_fields[knob].description
+        for name, knobs in PRESETS.items():  # 1e-7 reads 1e-07, 0.0 reads 0: as --help and the form show them
+            shown = f"{knobs[knob]:g}" if isinstance(knobs[knob], float) else str(knobs[knob])
+            assert f"{name} preset: {shown}" in description, (knob, description)
+        assert schema[knob]["description"] == description
+
+
+def test_the_preset_says_what_each_recipe_does_in_words():
+    description = Params.model_fields["preset"].description
+    assert "default reaches the least-squares optimum: whitened features (scaling auto), lr auto, early stop" in (
+        description
+    )
+    assert "seed reproduces the original tutorial: raw features (scaling none), lr 1e-05, no early stop" in (
+        description
+    )
+    assert "PRESETS" not in description  # a name from the code means nothing in the form
+
+
+@pytest.mark.parametrize(("given", "parsed"), [("auto", "auto"), ("0.01", 0.01), (0.01, 0.01), (1, 1.0)])
+def test_lr_takes_auto_or_a_positive_number_as_text_or_number(given, parsed):
+    assert Params.parse(lr=given).lr == parsed
+    assert Params.parse(lr=given).training().lr == parsed
+
+
+@pytest.mark.parametrize("given", ["fast", "", "0", "-0.1", "1e-3x"])
+def test_lr_refuses_anything_else_in_one_line(given):
+    with pytest.raises(InputError, match=r"^--lr: ") as refused:
+        Params.parse(lr=given)
+    assert "\n" not in str(refused.value)
