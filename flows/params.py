@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import MISSING, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, WithJsonSchema
 from pydantic.fields import FieldInfo
 
 import storage
@@ -188,8 +188,8 @@ class Params(BaseModel):
 
     @classmethod
     def signature(cls) -> inspect.Signature:
-        """The flow's signature, made from the fields: each parameter's type, default and description (Prefect
-        builds the deployment's run form from it, with a dropdown for every ``Literal``)."""
+        """The flow's signature, made from the fields: each parameter's type, default and description (what a
+        call binds and records)."""
         return inspect.Signature(
             [
                 inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field, annotation=_typed(field))
@@ -197,6 +197,43 @@ class Params(BaseModel):
             ],
             return_annotation=dict[str, Any],
         )
+
+    @classmethod
+    def form_signature(cls) -> inspect.Signature:
+        """The signature Prefect builds the deployment's run form and its server-side check from.
+
+        A field whose default is None (unset: the preset's value, the shipped data…) is shown as one plain input
+        of its real type, with no ``default`` in its schema: Prefect 3.9.1's UI turns ``X | None`` into a type
+        switch that starts on None ("Property is type None"), and with ``"default": null`` its server refuses
+        the null an untouched input sends. Without a default, the server accepts null or absent for a typed
+        field. pydantic writes no default for ``MISSING``; it lives only here, never in a call's parameters
+        (the flow binds calls with `signature`)."""
+        return inspect.Signature(
+            [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                for name, field in cls.model_fields.items()
+                for default, annotation in [_form(name, field)]
+            ],
+            return_annotation=dict[str, Any],
+        )
+
+
+# lr in the form: one text input that takes auto or a positive number (Params reads "0.01" as 0.01). The UI picks
+# an input by "type" alone (a list of types renders nothing, none a JSON editor) and the server checks that same
+# "type", so a JSON number from `prefect deployment run --param lr=0.01` is refused: pass lr='"0.01"' there.
+LR_FORM = {"type": "string", "pattern": r"^(auto|([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?)$"}
+
+
+def _form(name: str, field: FieldInfo) -> tuple[Any, Any]:
+    """A field's default and type in the run form: a None default becomes no default, ``X | None`` becomes X."""
+    if field.default is not None:
+        return field, _typed(field)
+    unset = Field(MISSING, description=field.description)
+    if name == "lr":
+        return unset, typing.Annotated[Any, WithJsonSchema(LR_FORM)]
+    members = [t for t in _flatten(field.annotation) if t is not type(None)]
+    (kind,) = members  # one type besides None; lr, the one union, is the case above
+    return unset, typing.Annotated[(kind, *field.metadata)] if field.metadata else kind
 
 
 def _typed(field: FieldInfo) -> Any:

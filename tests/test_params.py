@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import typing
 
 import pytest
-from prefect.utilities.callables import parameter_schema
+from prefect.utilities.callables import get_call_parameters, parameter_schema
 
 from flows.params import PRESETS, Params
 from flows.train import build_parser, linear_regression, main
@@ -86,3 +87,49 @@ def test_lr_refuses_anything_else_in_one_line(given):
     with pytest.raises(InputError, match=r"^--lr: ") as refused:
         Params.parse(lr=given)
     assert "\n" not in str(refused.value)
+
+
+def test_the_run_form_shows_each_unset_field_as_one_plain_input_with_no_default():
+    """Prefect builds the deployment's form from the flow's signature: a None default must not reach it as
+    ``"default": null`` (the server refuses the null an untouched input sends) nor as ``X | None`` (a type switch
+    on "Property is type None")."""
+    form = parameter_schema(linear_regression).model_dump()
+    unset = {name for name, field in Params.model_fields.items() if field.default is None}
+    assert unset == {"data", "features", "epochs", "lr", "tol", "scaling", "init", "dask_address", "artifacts_dir"}
+    for name in unset:
+        prop = form["properties"][name]
+        assert "default" not in prop and "anyOf" not in prop and isinstance(prop["type"], str), (name, prop)
+        assert prop["description"] == Params.model_fields[name].description
+    assert form["required"] == []
+    kinds = {name: form["properties"][name]["type"] for name in unset}
+    assert kinds == dict.fromkeys(unset, "string") | {"features": "array", "epochs": "integer", "tol": "number"}
+    assert form["properties"]["scaling"]["enum"] == Params.choices("scaling")
+    assert form["properties"]["init"]["enum"] == Params.choices("init")
+    assert form["properties"]["epochs"]["exclusiveMinimum"] == 0 and form["properties"]["tol"]["minimum"] == 0
+
+
+@pytest.mark.parametrize(
+    ("typed", "accepted"),
+    [
+        ("auto", True),
+        ("0.01", True),
+        ("1e-5", True),
+        (".5", True),
+        ("2.", True),
+        ("-0.1", False),
+        ("fast", False),
+        ("", False),
+    ],
+)
+def test_lr_in_the_form_is_text_that_reads_auto_or_a_number(typed, accepted):
+    lr = parameter_schema(linear_regression).model_dump()["properties"]["lr"]
+    assert lr["type"] == "string"
+    assert bool(re.fullmatch(lr["pattern"], typed)) is accepted
+    if accepted:
+        assert Params.parse(lr=typed).training().lr == (typed if typed == "auto" else float(typed))
+
+
+def test_a_call_binds_none_for_an_unset_field_never_a_sentinel():
+    """The form's signature is the flow's; a call binds the function's own, whose unset defaults are None."""
+    bound = get_call_parameters(linear_regression.fn, (), {})
+    assert bound == Params().model_dump()
