@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import MISSING, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, WithJsonSchema
 from pydantic.fields import FieldInfo
 
 import storage
@@ -21,15 +21,36 @@ TaskRunnerName = Literal["threads", "dask"]
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState, which draws the split, takes seeds in 0..2**32-1
 
-# What a preset decides, unless a parameter of the same name is given. "default" reaches the least-squares
-# optimum; "seed" reproduces the original tutorial (raw features, tiny fixed step, no early stop).
+# What a preset decides, unless a parameter of the same name is given, and what it is for (the form and --help
+# say both, from here).
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {"epochs": 1000, "lr": "auto", "tol": 1e-7, "scaling": "auto", "init": "zeros"},
     "seed": {"epochs": 1000, "lr": 1e-5, "tol": 0.0, "scaling": "none", "init": "randn"},
 }
-
+PURPOSES = {"default": "reaches the least-squares optimum", "seed": "reproduces the original tutorial"}
+FEATURES = {"auto": "whitened features", "none": "raw features", "standardize": "standardized features"}
+FEATURES["whiten"] = FEATURES["auto"]  # auto whitens unless the standardized features are uncorrelated
 
 Preset = Literal[tuple(PRESETS)]  # the presets' names, from PRESETS itself
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _recipe(preset: str) -> str:
+    """A preset in words: what it is for, then what it sets."""
+    knobs = PRESETS[preset]
+    stop = f"early stop below {_shown(knobs['tol'])}" if knobs["tol"] else "no early stop"
+    return (
+        f"{preset} {PURPOSES[preset]}: {FEATURES[knobs['scaling']]} (scaling {knobs['scaling']}), "
+        f"lr {_shown(knobs['lr'])}, {stop}, {knobs['init']} init, at most {knobs['epochs']} epochs"
+    )
+
+
+def _from_presets(description: str, knob: str) -> str:
+    """A preset-driven field's description, with the value each preset gives it (None: the preset's)."""
+    return f"{description}; " + ", ".join(f"{name} preset: {_shown(knobs[knob])}" for name, knobs in PRESETS.items())
 
 
 class Params(BaseModel):
@@ -49,16 +70,27 @@ class Params(BaseModel):
     seed: int = Field(
         0, ge=0, le=SEED_MAX, description=f"seed of the split and of a random initialisation, 0 to {SEED_MAX}"
     )
-    preset: Preset = Field("default", description="training recipe (see PRESETS)")
-    epochs: PositiveInt | None = Field(None, description="most epochs to train")
-    lr: PositiveFloat | Literal["auto"] | None = Field(None, description="step size; auto: 1/L of the Hessian")
-    tol: float | None = Field(None, ge=0, description="early stop below this relative loss change; 0: never")
+    preset: Preset = Field(
+        "default",
+        description=f"training recipe, which sets {', '.join(PRESETS['default'])} unless given: "
+        + "; ".join(map(_recipe, PRESETS)),
+    )
+    epochs: PositiveInt | None = Field(None, description=_from_presets("most epochs to train", "epochs"))
+    lr: PositiveFloat | Literal["auto"] | None = Field(
+        None, description=_from_presets("step size, a number or auto (1/L of the Hessian)", "lr")
+    )
+    tol: float | None = Field(
+        None, ge=0, description=_from_presets("early stop below this relative loss change, 0: never", "tol")
+    )
     scaling: Scaling | None = Field(
         None,
-        description="change of variables gradient descent runs in: none, standardize, whiten (Hessian = identity), "
-        "or auto: whiten unless the standardized features are uncorrelated",
+        description=_from_presets(
+            "change of variables gradient descent runs in: none, standardize, whiten (Hessian = identity), "
+            "or auto: whiten unless the standardized features are uncorrelated",
+            "scaling",
+        ),
     )
-    init: Init | None = Field(None, description="initial weights")
+    init: Init | None = Field(None, description=_from_presets("initial weights", "init"))
     method: Method = Field("scratch", description="hand-written loop or nn/optim")
     device: Device = Field("auto", description="auto: cuda when available")
     dtype: Dtype = Field(
@@ -163,8 +195,8 @@ class Params(BaseModel):
 
     @classmethod
     def signature(cls) -> inspect.Signature:
-        """The flow's signature, made from the fields: each parameter's type, default and description (Prefect
-        builds the deployment's run form from it, with a dropdown for every ``Literal``)."""
+        """The flow's signature, made from the fields: each parameter's type, default and description (what a
+        call binds and records)."""
         return inspect.Signature(
             [
                 inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=field, annotation=_typed(field))
@@ -172,6 +204,43 @@ class Params(BaseModel):
             ],
             return_annotation=dict[str, Any],
         )
+
+    @classmethod
+    def form_signature(cls) -> inspect.Signature:
+        """The signature Prefect builds the deployment's run form and its server-side check from.
+
+        A field whose default is None (unset: the preset's value, the shipped data…) is shown as one plain input
+        of its real type, with no ``default`` in its schema: Prefect 3.9.1's UI turns ``X | None`` into a type
+        switch that starts on None ("Property is type None"), and with ``"default": null`` its server refuses
+        the null an untouched input sends. Without a default, the server accepts null or absent for a typed
+        field. pydantic writes no default for ``MISSING``; it lives only here, never in a call's parameters
+        (the flow binds calls with `signature`)."""
+        return inspect.Signature(
+            [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                for name, field in cls.model_fields.items()
+                for default, annotation in [_form(name, field)]
+            ],
+            return_annotation=dict[str, Any],
+        )
+
+
+# lr in the form: one text input that takes auto or a positive number (Params reads "0.01" as 0.01). The UI picks
+# an input by "type" alone (a list of types renders nothing, none a JSON editor) and the server checks that same
+# "type", so a JSON number from `prefect deployment run --param lr=0.01` is refused: pass lr='"0.01"' there.
+LR_FORM = {"type": "string", "pattern": r"^(auto|([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?)$"}
+
+
+def _form(name: str, field: FieldInfo) -> tuple[Any, Any]:
+    """A field's default and type in the run form: a None default becomes no default, ``X | None`` becomes X."""
+    if field.default is not None:
+        return field, _typed(field)
+    unset = Field(MISSING, description=field.description)
+    if name == "lr":
+        return unset, typing.Annotated[Any, WithJsonSchema(LR_FORM)]
+    members = [t for t in _flatten(field.annotation) if t is not type(None)]
+    (kind,) = members  # one type besides None; lr, the one union, is the case above
+    return unset, typing.Annotated[(kind, *field.metadata)] if field.metadata else kind
 
 
 NAME_RULE = "a model's name is 1 to 64 letters, digits, '.', '_' or '-', the first a letter or digit"

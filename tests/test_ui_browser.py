@@ -10,6 +10,7 @@ Chromium is missing (Debian's package ``chromium``; .ci/run installs it). docs/s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import html
@@ -22,15 +23,18 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from prefect import get_client
 from prefect.logging.handlers import APILogWorker
 from test_escaping import IMG, LINK, TARGET, _artifacts, _nasty_csv
 from websockets.sync.client import connect
 
+from flows.params import Params
 from flows.predict import linear_regression_predict
 from flows.train import linear_regression
 from tasks.predict_report import REPORT_KEY as PREDICT_REPORT_KEY
@@ -125,8 +129,9 @@ class Chromium:
                 assert "error" not in reply, (method, reply["error"])
                 return reply["result"]
 
-    def render(self, page: Page, shots: Path) -> Dom:
-        """``page`` in a new tab, once it has its title and shows what it must (or PAGE_TIMEOUT is up): its DOM."""
+    def render(self, page: Page, shots: Path, then: Callable[[str], None] | None = None) -> Dom:
+        """``page`` in a new tab, once it has its title and shows what it must (or PAGE_TIMEOUT is up): its DOM;
+        ``then(session)`` acts on the page before the tab closes."""
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         try:
@@ -143,12 +148,15 @@ class Chromium:
             if page.screenshot:
                 if page.scroll_to:
                     find = f"h => h.textContent.trim() == {json.dumps(page.scroll_to)}"
-                    scroll = f"[...document.querySelectorAll('h1, h2, h3')].find({find}).scrollIntoView()"
+                    scroll = f"[...document.querySelectorAll('h1, h2, h3, label')].find({find}).scrollIntoView()"
                     self.call("Runtime.evaluate", session, expression=scroll)
                     time.sleep(0.3)
                 png = self.call("Page.captureScreenshot", session, format="png")["data"]
                 (shots / page.screenshot).write_bytes(base64.b64decode(png))
-            return self.dom(session)
+            dom = self.dom(session)
+            if then:
+                then(session)
+            return dom
         finally:
             self.call("Target.closeTarget", targetId=target)
 
@@ -250,3 +258,66 @@ def test_the_ui_shows_hostile_column_names_as_text_and_nothing_else(tmp_path: Pa
     for page in pages:
         if page.screenshot:
             assert (shots / page.screenshot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", page.label
+
+
+# The lr field of the run form: its input(s), and the buttons of a type switch (its menu's button aside).
+LR_FIELD = """(() => {
+  const field = [...document.querySelectorAll('.schema-form-property')]
+    .find(p => p.querySelector('.schema-form-property__label')?.textContent.trim() == 'lr (Optional)');
+  const inputs = [...field.querySelectorAll('input, textarea, select')];
+  const switches = [...field.querySelectorAll('.p-label__body button')];
+  return {inputs: inputs.map(i => i.tagName), switches: switches.length};
+})()"""
+TYPE_LR = """(() => {
+  const field = [...document.querySelectorAll('.schema-form-property')]
+    .find(p => p.querySelector('.schema-form-property__label')?.textContent.trim() == 'lr (Optional)');
+  const input = field.querySelector('textarea');
+  Object.getOwnPropertyDescriptor(HTMLTextAreaElement.prototype, 'value').set.call(input, '0.01');
+  input.dispatchEvent(new Event('input', {bubbles: true}));
+  [...document.querySelectorAll('button')].find(b => b.textContent.trim() == 'Submit').click();
+})()"""
+
+
+def test_the_run_form_shows_plain_inputs_and_submits_clean_parameters(tmp_path: Path, prefect_api_url):
+    """A deployment's run form (issue 23): no "Property is type None", the presets' values in the descriptions,
+    lr one text input; submitted with lr typed and the rest untouched, the run's parameters hold lr as typed and
+    no unset field, so it trains with the preset's values."""
+    deployment = linear_regression.to_deployment(name="run-form").apply()
+    ui = prefect_api_url.removesuffix("/api")
+    presets = (Params.model_fields["epochs"].description, Params.model_fields["lr"].description)
+    page = Page("run form", f"{ui}/deployments/deployment/{deployment}/run", "Create Flow Run for Deployment: run-form")
+    page.shows, page.screenshot, page.scroll_to = presets, "run-form.png", "preset (Optional)"
+    seen = {}
+
+    def submit(session: str) -> None:
+        evaluate = lambda expression: browser.call(  # noqa: E731
+            "Runtime.evaluate", session, expression=expression, returnByValue=True
+        )["result"].get("value")
+        seen["lr"] = evaluate(LR_FIELD)
+        evaluate(TYPE_LR)
+        deadline = time.monotonic() + PAGE_TIMEOUT
+        while "/run" in evaluate("location.pathname") and time.monotonic() < deadline:
+            time.sleep(0.2)  # the UI leaves the form once the server created the run
+
+    profile, shots = tmp_path / "chromium" / "profile", Path(SCREENSHOTS or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    browser = Chromium(profile)
+    try:
+        dom = browser.render(page, shots, then=submit)
+    finally:
+        browser.close()
+    assert_inert(page, dom)
+    assert "Property is type" not in dom.text
+    assert seen["lr"] == {"inputs": ["TEXTAREA"], "switches": 0}  # one input, no str/float/None switch
+
+    async def runs():
+        async with get_client() as client:
+            return await client.read_flow_runs()
+
+    (run,) = [r for r in asyncio.run(runs()) if r.deployment_id == deployment]
+    assert run.parameters["lr"] == "0.01"
+    unset = {name for name, field in Params.model_fields.items() if field.default is None} - {"lr"}
+    assert not unset & {name for name, value in run.parameters.items() if value is not None}
+    assert all(not isinstance(value, dict) for value in run.parameters.values())  # no sentinel object
+    assert Params.parse(**run.parameters).training() == Params.parse(lr=0.01).training()  # the preset's, lr typed
+    assert (shots / "run-form.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
