@@ -95,7 +95,18 @@ def test_the_run_form_shows_each_unset_field_as_one_plain_input_with_no_default(
     on "Property is type None")."""
     form = parameter_schema(linear_regression).model_dump()
     unset = {name for name, field in Params.model_fields.items() if field.default is None}
-    assert unset == {"data", "features", "epochs", "lr", "tol", "scaling", "init", "dask_address", "artifacts_dir"}
+    assert unset == {
+        "data",
+        "features",
+        "epochs",
+        "lr",
+        "tol",
+        "scaling",
+        "init",
+        "dask_address",
+        "artifacts_dir",
+        "model_name",
+    }
     for name in unset:
         prop = form["properties"][name]
         assert "default" not in prop and "anyOf" not in prop and isinstance(prop["type"], str), (name, prop)
@@ -106,6 +117,10 @@ def test_the_run_form_shows_each_unset_field_as_one_plain_input_with_no_default(
     assert form["properties"]["scaling"]["enum"] == Params.choices("scaling")
     assert form["properties"]["init"]["enum"] == Params.choices("init")
     assert form["properties"]["epochs"]["exclusiveMinimum"] == 0 and form["properties"]["tol"]["minimum"] == 0
+    assert (
+        form["properties"]["model_name"]["pattern"]
+        == Params.model_json_schema()["properties"]["model_name"]["anyOf"][0]["pattern"]
+    )  # the form checks a name as the CLI does
 
 
 @pytest.mark.parametrize(
