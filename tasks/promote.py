@@ -21,6 +21,8 @@ import lifecycle
 import stagecore as core
 import storage
 
+UNCHANGED = "this run's model is already the champion (same model file): unchanged"  # no decision: no event
+
 
 class NotPromoted(core.InputError):
     """``--require-promotion`` and the challenger was not promoted: the run fails (exit 2 from the CLI)."""
@@ -54,7 +56,7 @@ def promote(
         and not off_optimum
         and lifecycle.champion.names_model(root, generation, model_path, challenger_sha)
     ):
-        reason = "this run's model is already the champion (same model file): unchanged"
+        reason = UNCHANGED
         return _block(True, reason, storage.public(model_path), test_mse, test_mse), "info", None
     trained = core.read_pt(model_path)
     partitions = [core.read_pt(p) for p in tensors_paths]
@@ -107,7 +109,7 @@ def _judge(
     level = "warning" if unusable else "info"
     champion_mse, why = None, unusable and f"{unusable}: promoted in its place"
     if champion is not None and champion["model_sha256"] == challenger_sha:
-        reason = "this run's model is already the champion (same model file): unchanged"
+        reason = UNCHANGED
         return False, _block(True, reason, storage.public(champion["model"]), challenger_mse, challenger_mse), level
     if champion is not None:
         same = list(champion["features"]) == list(trained["features"]) and champion["target"] == trained["target"]

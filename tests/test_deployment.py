@@ -163,7 +163,8 @@ def test_prefect_yaml_names_no_folder_of_any_machine():
 
     for each in (config, git_config):
         assert not [s for s in strings(each) if s.startswith(("/", "~")) or re.match(r"[A-Za-z]:\\", s)]
-    local = {"daily", "on-demand", "predict"}  # their git twins are in prefect-git.yaml (tests/test_git_worker.py)
+    # their git twins are in prefect-git.yaml (tests/test_git_worker.py); predict-on-promotion: tests/test_events.py
+    local = {"daily", "on-demand", "predict", "predict-on-promotion"}
     assert {d["name"] for d in config["deployments"]} == local
 
 
