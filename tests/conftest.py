@@ -121,6 +121,13 @@ def prefect_api_url() -> str:
     return _URL
 
 
+def worker_env(home: Path, api_url: str, **extra: str) -> dict[str, str]:
+    """A process worker's environment (`isolated_env`), polling its pool every second: a test waits on it."""
+    return isolated_env(
+        home, PREFECT_API_URL=api_url, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1", **extra
+    )
+
+
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Path:
     """A fresh artifacts folder per test."""

@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
 
 import stagecore as core
-from conftest import ROOT
+from conftest import ROOT, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.params import Params
 from flows.train import STAGES
@@ -76,14 +76,8 @@ def deployed(prefect_api_url: str, tmp_path_factory) -> dict:
     )
     assert deploy.returncode == 0, deploy.stdout[-LOG_FILE_TAIL:] + deploy.stderr[-LOG_FILE_TAIL:]
     worker_log = base / "worker.log"
-    worker_env = isolated_env(
-        base / "worker-home",
-        PREFECT_API_URL=prefect_api_url,
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        PREFECT_WORKER_PREFETCH_SECONDS="1",
-        LINREG_ARTIFACTS_DIR=str(artifacts),
-    )
-    worker = start_process([*MAKE, "worker"], worker_env, worker_log)
+    env = worker_env(base / "worker-home", prefect_api_url, LINREG_ARTIFACTS_DIR=str(artifacts))
+    worker = start_process([*MAKE, "worker"], env, worker_log)
     try:
         started = time.monotonic()
         trigger = subprocess.run(

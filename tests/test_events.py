@@ -23,7 +23,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 
 import stagecore as core
 import storage
-from conftest import ROOT
+from conftest import ROOT, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.train import linear_regression
 from tasks import events
@@ -188,14 +188,9 @@ def triggered(prefect_api_url: str, tmp_path_factory) -> dict:
         for stale in client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]})):
             client.delete_flow_run(stale.id)
     worker_log = base / "worker.log"
-    worker_env = isolated_env(
-        base / "worker-home",
-        PREFECT_API_URL=prefect_api_url,
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        PREFECT_WORKER_PREFETCH_SECONDS="1",
-    )
+    env = worker_env(base / "worker-home", prefect_api_url)
     worker = start_process(
-        [PREFECT, "worker", "start", "--pool", "local-process", "--type", "process"], worker_env, worker_log
+        [PREFECT, "worker", "start", "--pool", "local-process", "--type", "process"], env, worker_log
     )
     try:
         summary = linear_regression(epochs=5, artifacts_dir=str(artifacts))

@@ -32,7 +32,7 @@ from prefect.exceptions import ObjectNotFound
 
 import stagecore as core
 import storage
-from conftest import ROOT
+from conftest import ROOT, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from lifecycle import champion
 from lifecycle.history import read_history
@@ -125,11 +125,9 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
         workdir.mkdir()
         worker_tmp.mkdir()
         worker_log = base / "worker.log"
-        worker_env = isolated_env(
+        env = worker_env(
             base / "worker-home",
-            PREFECT_API_URL=prefect_api_url,
-            PREFECT_WORKER_QUERY_SECONDS="1",
-            PREFECT_WORKER_PREFETCH_SECONDS="1",
+            prefect_api_url,
             PYTHONPATH=str(hide),
             TMPDIR=str(worker_tmp),  # the run's temporary folder, where it clones, is made in here
             LINREG_ARTIFACTS_DIR=PREFIX,
@@ -138,7 +136,7 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
         started = time.monotonic()
         worker = start_process(
             [PREFECT, "worker", "start", "--pool", "git-process", "--type", "process", "--run-once", "--limit", "1"],
-            worker_env,
+            env,
             worker_log,
             cwd=workdir,
         )
