@@ -96,7 +96,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         raise
     published = publish_report(shown, run.results, promotion, root, run.cached)
     summary = summarize(run.results, run.cached, record)
-    events.emit_training(root, run_id, trained["model"], promotion, summary["off_optimum"])  # committed: announce
+    events.emit_training(root, run_id, trained["model"], promotion, summary, p.target)  # committed: announce it
     labels.label(run_id, p, root, promotion, summary["engine"])
     promote.enforce(promotion, p.require_promotion)
     return {**summary, "promotion": promotion, "flow_run_id": run_id, "report_id": published["report_id"]}

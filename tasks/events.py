@@ -118,20 +118,23 @@ def emit(events: Iterable[Event]) -> int:
     return sent
 
 
-def emit_training(root: str, run_id: str, model_path: str, promotion: dict[str, Any], off_optimum: str | None) -> int:
-    """Build and send a training run's events (`training_events`), once its run record has committed it."""
+def emit_training(
+    root: str, run_id: str, model_path: str, promotion: dict[str, Any], summary: dict, target: str
+) -> int:
+    """Build and send a training run's events (`training_events`), once its run record has committed it.
+    ``summary``: the evaluation's (its ``off_optimum``, and ``weights`` keyed by feature in the model's order)."""
     try:
-        trained = core.read_pt(model_path)
+        champion = promotion["champion"]
         events = training_events(
             promotion,
-            off_optimum,
+            summary.get("off_optimum"),
             model=in_store(root, model_path),
             sha256=core.read_manifest(model_path)["sha256"],
             store=root,
-            champion=in_store(root, promotion["champion"]) if promotion["champion"] != "none" else "none",
+            champion=in_store(root, champion) if champion != "none" else champion,
             run_id=run_id,
-            target=str(trained["target"]),
-            features=[str(f) for f in trained["features"]],
+            target=target,
+            features=[*summary["weights"]],
         )
     except Exception as exc:
         _warn(f"could not build this run's events ({_first_line(exc)})")
