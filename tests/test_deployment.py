@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
 
 import stagecore as core
-from conftest import ROOT, worker_env
+from conftest import ROOT, retire_promotion_trigger, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.params import Params
 from flows.train import STAGES
@@ -117,6 +117,7 @@ def deployed(prefect_api_url: str, tmp_path_factory) -> dict:
         return {"flow_run": flow_run, "artifacts": artifacts, "seconds": seconds, "worker_log": worker_log}
     finally:
         stop_process(worker)
+        retire_promotion_trigger()  # `make deploy` made it (tests/test_events.py tests it)
 
 
 def test_daily_deployment_has_the_cron_schedule_and_the_flows_defaults(deployed):

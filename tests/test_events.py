@@ -13,17 +13,16 @@ import math
 import subprocess
 import time
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter
+from prefect.client.schemas.filters import DeploymentFilter
 from prefect.client.schemas.objects import StateType
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 import stagecore as core
 import storage
-from conftest import ROOT, worker_env
+from conftest import PROMOTION_TRIGGER, ROOT, retire_promotion_trigger, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.train import linear_regression
 from tasks import events
@@ -184,9 +183,6 @@ def triggered(prefect_api_url: str, tmp_path_factory) -> dict:
         assert done.returncode == 0, done.stdout[-LOG_TAIL:] + done.stderr[-LOG_TAIL:]
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("linear-regression-predict/predict-on-promotion")
-        # runs an earlier module's promotions queued on this server (when it deployed too) are not this test's
-        for stale in client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]})):
-            client.delete_flow_run(stale.id)
     worker_log = base / "worker.log"
     env = worker_env(base / "worker-home", prefect_api_url)
     worker = start_process(
@@ -207,9 +203,13 @@ def triggered(prefect_api_url: str, tmp_path_factory) -> dict:
         seconds = time.monotonic() - promoted_at
         assert runs and runs[0].state and runs[0].state.is_final(), f"no final run; worker log:\n{_tail(worker_log)}"
         print(f"\npredict-on-promotion: {runs[0].state_name} {seconds:.1f}s after the training flow returned")
-        return {"deployment": deployment, "runs": runs, "summary": summary, "artifacts": artifacts, "log": worker_log}
+        with get_client(sync_client=True) as client:
+            [automation] = client.read_automations_by_name(PROMOTION_TRIGGER)
+        where = {"artifacts": artifacts, "log": worker_log}
+        return {"deployment": deployment, "automation": automation, "runs": runs, "summary": summary, **where}
     finally:
         stop_process(worker)
+        retire_promotion_trigger()
 
 
 def _tail(path: Path) -> str:
@@ -220,8 +220,7 @@ def test_predict_on_promotion_is_deployed_with_its_trigger_on_the_promoted_event
     deployment = triggered["deployment"]
     assert deployment.work_pool_name == "local-process" and deployment.parameters == {}
     assert deployment.entrypoint == "flows/predict.py:linear_regression_predict"
-    with get_client(sync_client=True) as client:
-        [automation] = client.read_automations_by_name("linreg predict-on-promotion")
+    automation = triggered["automation"]
     assert automation.enabled and automation.trigger.expect == {"linreg.model.promoted"}
     assert [a.deployment_id for a in automation.actions] == [deployment.id]
 
@@ -235,7 +234,8 @@ def test_a_promotion_starts_a_prediction_run_with_exactly_that_model(triggered):
     assert promoted.payload["test_mse"] == summary["promotion"]["challenger_test_mse"]
     assert promoted.payload["features"] == list(summary["weights"]) and promoted.payload["target"] == "sales"
 
-    [run] = triggered["runs"]  # one promotion, one prediction run: nobody asked for it
+    [run] = triggered["runs"]  # one promotion, one prediction run of predict-on-promotion: nobody asked for it
+    assert run.deployment_id == triggered["deployment"].id
     assert run.state.type == StateType.COMPLETED, f"{run.state_name}; worker log:\n{_tail(triggered['log'])}"
     root = str(artifacts.resolve())
     assert run.parameters == {"model": f"{root}/{promoted.payload['model']}", "artifacts_dir": root}
@@ -246,7 +246,3 @@ def test_a_promotion_starts_a_prediction_run_with_exactly_that_model(triggered):
     [predictions] = written.payload["predictions"]
     manifest = core.read_manifest(artifacts / predictions)
     assert sha in {entry["sha256"] for entry in manifest["inputs"]}
-    with get_client(sync_client=True) as client:
-        assert client.read_flow_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))[0].deployment_id == UUID(
-            str(triggered["deployment"].id)
-        )
