@@ -79,6 +79,7 @@ SLOW_MODULES_FIRST = (
     "test_store_validation.py",
     "test_predict.py",
     "test_deployment.py",
+    "test_events.py",
     "test_cache.py",
     "test_code_keys.py",
     "test_dask_s3.py",
