@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow, get_run_logger
+from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 import lifecycle
@@ -31,7 +32,7 @@ from flows.params import Params, _message, _typed
 from flows.train import settle_prefect, task_runner
 from storage import validate
 from storage.errors import InputError, IntegrityError
-from tasks import drop_index, ingest, predict, predict_report
+from tasks import drop_index, events, ingest, predict, predict_report
 
 CHAMPION = "champion"
 _SHARED = ("data", "index_column", "task_runner", "dask_address", "artifacts_dir", "refresh")  # defined in Params
@@ -229,6 +230,7 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
         outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
     data = p.data if len(sources) > 1 else sources[0]  # redacted by the report
     rows = predict_report.publish_predictions(outputs, model_path, features, data, root)
+    events.emit_predictions(root, str(flow_run.id), model_path, outputs, rows, data)
     shown = [storage.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
     return {
         "predictions": shown[0] if len(shown) == 1 else shown,

@@ -24,7 +24,7 @@ from flows import labels
 from flows.cli import exit_at_once, exit_with, print_error
 from flows.params import PRESETS, Params
 from storage.errors import InputError, api_lost
-from tasks import accumulate, drop_index, evaluate, history, ingest, plot, promote, split, tensorize, train
+from tasks import accumulate, drop_index, evaluate, events, history, ingest, plot, promote, split, tensorize, train
 from tasks.report import publish_report
 
 PRESET_KNOBS = set(PRESETS["default"])  # parameters whose default comes from the preset
@@ -104,6 +104,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         raise
     published = publish_report(shown, run.results, promotion, root, run.cached)
     summary = summarize(run.results, run.cached, record)
+    events.emit_training(root, run_id, trained["model"], promotion, summary, p.target)  # committed: announce it
     labels.label(run_id, p, root, promotion, summary["engine"])
     promote.enforce(promotion, p.require_promotion)
     return {**summary, "promotion": promotion, "flow_run_id": run_id, "report_id": published["report_id"]}

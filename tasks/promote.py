@@ -22,6 +22,8 @@ import lifecycle
 import stagecore as core
 import storage
 
+UNCHANGED = "this run's model is already the champion (same model file): unchanged"  # no decision: no event
+
 
 class NotPromoted(core.InputError):
     """``--require-promotion`` and the challenger was not promoted: the run fails (exit 2 from the CLI)."""
@@ -57,7 +59,7 @@ def promote(
     if model is not None and test_mse is not None and not off_optimum:
         generation = _latest(store, model)
         if lifecycle.champion.names_model(root, generation, model_path, challenger_sha, model):
-            reason = "this run's model is already the champion (same model file): unchanged"
+            reason = UNCHANGED
             return _block(True, reason, storage.public(model_path), test_mse, test_mse, model), "info", None
     trained = core.read_pt(model_path)
     kind = lifecycle.champion.Model.of(trained["target"], trained["features"], model.name if model else None)
@@ -114,7 +116,7 @@ def _judge(
     level = "warning" if unusable else "info"
     champion_mse, why = None, f"{unusable}: promoted in its place" if unusable else "first model of its kind: promoted"
     if champion is not None and champion["model_sha256"] == challenger_sha:
-        reason = "this run's model is already the champion (same model file): unchanged"
+        reason = UNCHANGED
         shown = storage.public(champion["model"])
         return False, _block(True, reason, shown, challenger_mse, challenger_mse, kind), level
     if champion is not None:

@@ -79,6 +79,7 @@ SLOW_MODULES_FIRST = (
     "test_store_validation.py",
     "test_predict.py",
     "test_deployment.py",
+    "test_events.py",
     "test_cache.py",
     "test_code_keys.py",
     "test_dask_s3.py",
@@ -119,6 +120,30 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def prefect_api_url() -> str:
     return _URL
+
+
+PROMOTION_TRIGGER = "linreg predict-on-promotion"  # prefect.yaml's automation (docs/deployment.md)
+
+
+def retire_promotion_trigger() -> None:
+    """Delete predict-on-promotion's automation and its flow runs from the session's server. Left there, every
+    later module's promotion would queue a prediction run for the next module that starts a local-process worker."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations_by_name(PROMOTION_TRIGGER):
+            client.delete_automation(automation.id)
+        by_name = DeploymentFilter(name=DeploymentFilterName(any_=["predict-on-promotion"]))
+        for run in client.read_flow_runs(deployment_filter=by_name):
+            client.delete_flow_run(run.id)
+
+
+def worker_env(home: Path, api_url: str, **extra: str) -> dict[str, str]:
+    """A process worker's environment (`isolated_env`), polling its pool every second: a test waits on it."""
+    return isolated_env(
+        home, PREFECT_API_URL=api_url, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1", **extra
+    )
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
 
 import stagecore as core
-from conftest import ROOT
+from conftest import ROOT, retire_promotion_trigger, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.params import Params
 from flows.train import STAGES
@@ -76,14 +76,8 @@ def deployed(prefect_api_url: str, tmp_path_factory) -> dict:
     )
     assert deploy.returncode == 0, deploy.stdout[-LOG_FILE_TAIL:] + deploy.stderr[-LOG_FILE_TAIL:]
     worker_log = base / "worker.log"
-    worker_env = isolated_env(
-        base / "worker-home",
-        PREFECT_API_URL=prefect_api_url,
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        PREFECT_WORKER_PREFETCH_SECONDS="1",
-        LINREG_ARTIFACTS_DIR=str(artifacts),
-    )
-    worker = start_process([*MAKE, "worker"], worker_env, worker_log)
+    env = worker_env(base / "worker-home", prefect_api_url, LINREG_ARTIFACTS_DIR=str(artifacts))
+    worker = start_process([*MAKE, "worker"], env, worker_log)
     try:
         started = time.monotonic()
         trigger = subprocess.run(
@@ -123,6 +117,7 @@ def deployed(prefect_api_url: str, tmp_path_factory) -> dict:
         return {"flow_run": flow_run, "artifacts": artifacts, "seconds": seconds, "worker_log": worker_log}
     finally:
         stop_process(worker)
+        retire_promotion_trigger()  # `make deploy` made it (tests/test_events.py tests it)
 
 
 def test_daily_deployment_has_the_cron_schedule_and_the_flows_defaults(deployed):
@@ -165,7 +160,8 @@ def test_prefect_yaml_names_no_folder_of_any_machine():
 
     for each in (config, git_config):
         assert not [s for s in strings(each) if s.startswith(("/", "~")) or re.match(r"[A-Za-z]:\\", s)]
-    local = {"daily", "on-demand", "predict"}  # their git twins are in prefect-git.yaml (tests/test_git_worker.py)
+    # their git twins are in prefect-git.yaml (tests/test_git_worker.py); predict-on-promotion: tests/test_events.py
+    local = {"daily", "on-demand", "predict", "predict-on-promotion"}
     assert {d["name"] for d in config["deployments"]} == local
 
 

@@ -32,7 +32,7 @@ from prefect.exceptions import ObjectNotFound
 
 import stagecore as core
 import storage
-from conftest import ROOT
+from conftest import ROOT, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from lifecycle import champion
 from lifecycle.history import read_history
@@ -125,11 +125,9 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
         workdir.mkdir()
         worker_tmp.mkdir()
         worker_log = base / "worker.log"
-        worker_env = isolated_env(
+        env = worker_env(
             base / "worker-home",
-            PREFECT_API_URL=prefect_api_url,
-            PREFECT_WORKER_QUERY_SECONDS="1",
-            PREFECT_WORKER_PREFETCH_SECONDS="1",
+            prefect_api_url,
             PYTHONPATH=str(hide),
             TMPDIR=str(worker_tmp),  # the run's temporary folder, where it clones, is made in here
             LINREG_ARTIFACTS_DIR=PREFIX,
@@ -138,7 +136,7 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
         started = time.monotonic()
         worker = start_process(
             [PREFECT, "worker", "start", "--pool", "git-process", "--type", "process", "--run-once", "--limit", "1"],
-            worker_env,
+            env,
             worker_log,
             cwd=workdir,
         )
@@ -201,7 +199,7 @@ def test_prefect_yaml_git_deployments_mirror_the_local_ones_with_the_git_steps()
     git_config = yaml.safe_load((ROOT / "prefect-git.yaml").read_text())
     local_by_name = {d["name"]: d for d in config["deployments"]}
     git_by_name = {d["name"]: d for d in git_config["deployments"]}
-    assert set(local_by_name) == {"daily", "on-demand", "predict"}
+    assert set(local_by_name) == {"daily", "on-demand", "predict", "predict-on-promotion"}  # the last: no git twin
     assert set(git_by_name) == {"git-daily", "git-on-demand", "git-predict"}
     for name in ("daily", "on-demand", "predict"):
         local, git = local_by_name[name], git_by_name[f"git-{name}"]
