@@ -47,6 +47,7 @@ from storage.errors import InputError, IntegrityError
 from storage.hashing import sha256_file
 from storage.layout import CACHE_DIR, KEY_PATTERN, MARKER
 from storage.lock import exclusive
+from storage.throttle import write_slot
 
 CLAIM = ".claim"  # the first object of a stage folder on an object store: whoever creates it owns the folder
 ACTIVE_DIR = f"{CACHE_DIR}/active"  # on an object store: one lease object per running flow
@@ -417,13 +418,14 @@ class ObjectStore(Store):
 
     def write(self, rel: str, data: bytes) -> str:
         fs, path = self._fs(rel)
-        with remote.translated(self.url):
+        with write_slot(), remote.translated(self.url):
             fs.pipe_file(path, data)
         return self.path(rel)
 
     def create(self, rel: str, data: bytes) -> bool:
         fs, path = self._fs(rel)
-        return remote.create(fs, path, data)
+        with write_slot():
+            return remote.create(fs, path, data)
 
     def remove(self, rels: list[str]) -> None:
         fs, base = self._fs()
@@ -456,7 +458,8 @@ class ObjectStore(Store):
 
     def put(self, rel: str) -> None:
         try:
-            remote.upload(self.work / rel, self.path(rel))
+            with write_slot():
+                remote.upload(self.work / rel, self.path(rel))
         except OSError as exc:
             raise self.error(exc) from None
 
