@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import queue
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from loopback import http_server
 from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
@@ -41,18 +41,8 @@ def receiver():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    stopper = threading.Timer(180, server.shutdown)  # bounded even if the module never finishes
-    stopper.daemon = True
-    stopper.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/alert", bodies
-    finally:
-        stopper.cancel()
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler, seconds=180) as base:
+        yield f"{base}/alert", bodies
 
 
 def wait_for(bodies: queue.Queue, matches, seconds: float = WAIT_SECONDS) -> tuple[dict, list[dict]]:

@@ -6,12 +6,11 @@ are those of a run whose server never failed; the retries are in the task run's 
 from __future__ import annotations
 
 import json
-import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from loopback import http_server
 
 import storage
 from conftest import ADVERTISING
@@ -41,32 +40,8 @@ def flaky_csv():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    stopper = threading.Timer(120, server.shutdown)  # bounded even if the test hangs
-    stopper.daemon = True
-    stopper.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/data.csv", state
-    finally:
-        stopper.cancel()
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def task_log():
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.INFO)
-    logging.getLogger("prefect.task_runs").addHandler(handler)
-    yield records
-    logging.getLogger("prefect.task_runs").removeHandler(handler)
+    with http_server(Handler, seconds=120) as base:
+        yield f"{base}/data.csv", state
 
 
 def run(url: str, root, capsys) -> dict:
