@@ -1,5 +1,7 @@
 """Object-store writes share one Prefect global concurrency limit, so that many runs (or a Dask cluster's workers)
-do not flood one bucket: each PUT holds one slot of ``linreg-object-store-writes`` while it writes.
+do not flood one bucket: each artifact upload (`ObjectStore.put`) holds one slot of ``linreg-object-store-writes``
+while it writes. Small writes (records, claims, leases) take none: a slot costs a server round trip each way,
+100-200 ms on the 2-core test machine (2026-12-07), more than such a write itself.
 
 The limit is the deployer's choice (``python -m flows.automations apply`` creates it; ``prefect gcl update`` or the
 UI's Concurrency page changes it). Where it does not exist, or no Prefect server is configured, a write takes no
