@@ -15,7 +15,7 @@ POOL ?= local-process
 GIT_POOL ?= git-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run stop status test test-fast bench bench-naive bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git worker \
+.PHONY: help setup run stop status test test-fast bench bench-naive bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git automations worker \
 	serve
 
 help: ## list the targets
@@ -70,15 +70,20 @@ bench-store: $(STAMP) ## artifacts in a local folder vs on S3 (moto on loopback)
 server: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 (SQLite in ~/.prefect unless configured)
 	$(PREFECT) server start --host $(SERVER_HOST) --port $(SERVER_PORT)
 
-deploy deploy-git worker serve: export PREFECT_API_URL ?= http://$(SERVER_HOST):$(SERVER_PORT)/api
+deploy deploy-git automations worker serve: export PREFECT_API_URL ?= http://$(SERVER_HOST):$(SERVER_PORT)/api
 
 deploy: $(STAMP) ## one machine: create pool local-process if missing, deploy daily, on-demand, predict from here
 	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process
 	$(PREFECT) --no-prompt deploy --all
+	$(PY) -m flows.automations apply
+
+automations: $(STAMP) ## alerts by webhook (LINREG_ALERT_WEBHOOK_URL) and the object store's write limit, from automations.yaml
+	$(PY) -m flows.automations apply
 
 deploy-git: $(STAMP) ## workers anywhere: pool git-process, git-* deployments (LINREG_GIT_URL=… LINREG_GIT_BRANCH=…)
 	$(PREFECT) work-pool inspect $(GIT_POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(GIT_POOL) --type process
 	$(PREFECT) --no-prompt deploy --all --prefect-file prefect-git.yaml
+	$(PY) -m flows.automations apply
 
 worker: $(STAMP) ## start a process worker that runs the deployments' flow runs (pool local-process; POOL=git-process)
 	$(PREFECT) worker start --pool $(POOL) --type process

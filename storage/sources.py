@@ -38,9 +38,12 @@ def download(source: str, dest: Path) -> None:
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         # a server that answered with an error (404, 403) or a file that is not there will not change; anything
-        # else (a refused or dropped connection, a timeout) may pass: retried by the stage
-        permanent = isinstance(exc, urllib.error.HTTPError | FileNotFoundError | PermissionError) or (
-            isinstance(exc, InputError) and not isinstance(exc, Transient)
+        # else (a refused or dropped connection, a timeout, a server busy or failing: 429, 5xx) may pass: retried
+        # by the stage
+        busy = isinstance(exc, urllib.error.HTTPError) and (exc.code == 429 or exc.code >= 500)
+        permanent = not busy and (
+            isinstance(exc, urllib.error.HTTPError | FileNotFoundError | PermissionError)
+            or (isinstance(exc, InputError) and not isinstance(exc, Transient))
         )
         kind = InputError if permanent else Transient
         raise kind(f"{redact(source)}: cannot download ({reason}); check the URL passed to --data") from None

@@ -47,6 +47,7 @@ from storage.errors import InputError, IntegrityError
 from storage.hashing import sha256_file
 from storage.layout import CACHE_DIR, KEY_PATTERN, MARKER
 from storage.lock import exclusive
+from storage.throttle import write_slot
 
 CLAIM = ".claim"  # the first object of a stage folder on an object store: whoever creates it owns the folder
 ACTIVE_DIR = f"{CACHE_DIR}/active"  # on an object store: one lease object per running flow
@@ -456,7 +457,8 @@ class ObjectStore(Store):
 
     def put(self, rel: str) -> None:
         try:
-            remote.upload(self.work / rel, self.path(rel))
+            with write_slot():  # the artifacts' uploads; small records, claims and leases take no slot
+                remote.upload(self.work / rel, self.path(rel))
         except OSError as exc:
             raise self.error(exc) from None
 

@@ -17,6 +17,7 @@ find the tests that need none (they pass).
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 import socket
@@ -165,6 +166,22 @@ def write_csv(tmp_path: Path):
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def task_log():
+    """Messages logged by task runs (Prefect's task-run logger does not propagate to pytest's caplog)."""
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(level=logging.INFO)
+    logger = logging.getLogger("prefect.task_runs")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -64,22 +63,6 @@ def task_run_states(summary: dict, expect: str) -> dict[str, str]:
         if set(stages.values()) == {expect} or time.monotonic() > deadline:
             return stages
         time.sleep(0.3)
-
-
-@pytest.fixture
-def task_log():
-    """Messages logged by task runs (Prefect's task-run logger does not propagate to pytest's caplog)."""
-    records: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    handler = Collect(level=logging.INFO)
-    logger = logging.getLogger("prefect.task_runs")
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
 
 
 def test_second_identical_run_is_cached_in_prefect_and_returns_the_same_files(artifacts: Path):

@@ -130,6 +130,10 @@ def test_daily_deployment_has_the_cron_schedule_and_the_flows_defaults(deployed)
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 6 * * *", "UTC", True)
     assert not daily.paused
     assert on_demand.schedules == []
+    # one daily run at a time, a late one cancelled (prefect.yaml's concurrency_limit); on-demand runs unlimited
+    assert daily.global_concurrency_limit.limit == 1
+    assert daily.concurrency_options.collision_strategy == "CANCEL_NEW"
+    assert on_demand.global_concurrency_limit is None
     defaults = Params().model_dump(mode="json")
     for deployment in (daily, on_demand):
         assert deployment.work_pool_name == "local-process"

@@ -206,6 +206,7 @@ def test_prefect_yaml_git_deployments_mirror_the_local_ones_with_the_git_steps()
         assert "pull" not in local and "build" not in local  # the top-level set_working_directory steps
         assert local["work_pool"] == {"name": "local-process"} and git["work_pool"] == {"name": "git-process"}
         assert (git["entrypoint"], git["schedules"]) == (local["entrypoint"], local["schedules"])
+        assert git.get("concurrency_limit") == local.get("concurrency_limit")
         definitions = git_config["definitions"]
         assert (git["build"], git["pull"]) == (definitions["git-build"], definitions["git-pull"])
     [pull] = config["pull"]
