@@ -16,37 +16,53 @@ from typing import Any
 from flows.params import Params
 
 
-def run_name(p: Params) -> str:
-    data = (p.data or "Advertising.csv").split("?", 1)[0].split("#", 1)[0]  # a URL's query may hold a secret
+def data_stem(data: str | None) -> str:
+    """The input's file (or folder) name without its extension; never a URL's query or fragment (a secret)."""
+    data = (data or "Advertising.csv").split("?", 1)[0].split("#", 1)[0]
     path = PurePosixPath(data.rstrip("/"))
     if any(c in path.name for c in "*?["):  # a glob: its folder names the data
         path = path.parent
-    stem = path.name.rsplit(".", 1)[0] if "." in path.name else path.name or "data"
+    return path.name.rsplit(".", 1)[0] if "." in path.name else path.name or "data"
+
+
+def run_name(p: Params) -> str:
     shown = p.model_dump(mode="json", exclude={"artifacts_dir", "refresh"})  # same work, same name
     key = hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:6]
-    return f"{stem}-{p.preset}-{key}"
+    return f"{data_stem(p.data)}-{p.preset}-{key}"
 
 
 def run_tags(p: Params, root: str, promotion: dict[str, Any] | None = None, engine: str | None = None) -> list[str]:
-    store = root.split("://", 1)[0] if "://" in root else "local"
-    tags = [f"preset:{p.preset}", f"engine:{engine or p.engine}", f"store:{store}"]
+    tags = [f"preset:{p.preset}", f"engine:{engine or p.engine}", f"store:{_store(root)}"]
     if promotion is not None:
         tags.append("promoted" if promotion["promoted"] else "not-promoted")
     return tags
 
 
 def label(run_id: str, p: Params, root: str, promotion: dict | None = None, engine: str | None = None) -> None:
-    """Name and tag flow run ``run_id`` (the tags a deployment gave it are kept)."""
+    """Name and tag training flow run ``run_id`` (the tags a deployment gave it are kept)."""
+    _update(run_id, run_name(p), run_tags(p, root, promotion, engine))
+
+
+def label_prediction(run_id: str, data: str | None, model_sha256: str, root: str) -> None:
+    """Name a prediction run ``<data>-predict-<model>`` (six hex digits of the model file's sha256, as the
+    model's events name it) and tag it ``predict`` and its store kind."""
+    _update(run_id, f"{data_stem(data)}-predict-{model_sha256[:6]}", ["predict", f"store:{_store(root)}"])
+
+
+def _store(root: str) -> str:
+    return root.split("://", 1)[0] if "://" in root else "local"
+
+
+def _update(run_id: str, name: str, ours: list[str]) -> None:
     from prefect import get_client, get_run_logger
 
     try:
         with get_client(sync_client=True) as client:
             given = [t for t in client.read_flow_run(run_id).tags if not _ours(t)]
-            tags = [*given, *run_tags(p, root, promotion, engine)]
-            client.update_flow_run(run_id, name=run_name(p), tags=tags)
+            client.update_flow_run(run_id, name=name, tags=[*given, *ours])
     except Exception as exc:  # a label is for people: never the reason a run fails
         get_run_logger().warning("could not name and tag this flow run (%s)", exc)
 
 
 def _ours(tag: str) -> bool:
-    return tag.startswith(("preset:", "engine:", "store:")) or tag in ("promoted", "not-promoted")
+    return tag.startswith(("preset:", "engine:", "store:")) or tag in ("promoted", "not-promoted", "predict")

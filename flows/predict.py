@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 import lifecycle
 import stagecore as core
 import storage
+from flows import labels
 from flows.cli import exit_with, print_error
 from flows.params import Params, _message, _typed
 from flows.train import settle_prefect, task_runner
@@ -223,6 +224,8 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
         if champion_of is not None:
             used = storage.public(model_path)
             get_run_logger().info("the champion of model %s (%s): the data has its features", champion_of.label, used)
+        if flow_run.id:  # named for the runs list: <data>-predict-<model>
+            labels.label_prediction(str(flow_run.id), p.data, core.read_manifest(model_path)["sha256"], root)
         features = list(core.read_pt(model_path)["features"])
         for schema, source in zip(schemas, sources, strict=True):
             predict.check_features(schema, features, storage.redact(source))

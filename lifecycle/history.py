@@ -145,7 +145,7 @@ def table_rows(history: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-DIGEST = 10  # hex digits of a sha256 or a key the UI shows: enough to tell runs apart, narrow enough to read
+DIGEST = 8  # hex digits of a sha256 or a key the UI shows: enough to tell runs apart, narrow enough to read
 
 
 def shown_rows(
@@ -166,7 +166,7 @@ def shown_rows(
                 "run": link(names.get(run_id) or run_id[:8], run_id),
                 "time (UTC)": f"{row['time']:%Y-%m-%d %H:%M:%S}",
                 "test MSE": f"{row['test_mse']:.5g}",
-                "optimality gap": "n/a" if gap is None else f"{gap:.4g}",
+                "gap": "n/a" if gap is None else f"{gap:.4g}",
                 "promoted": "★ yes" if row["promoted"] else "no",
                 "preset": str(params.get("preset", "—")),
                 "rows": row["rows"],

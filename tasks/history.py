@@ -74,7 +74,7 @@ def history_markdown(shown: list[dict[str, Any]], recorded: int) -> tuple[str, s
     note = f" ({hidden} more recorded by runs this server never saw)" if hidden else ""
     text = (
         f"# Last {len(shown)} runs of this artifacts folder{note}\n\n"
-        "Newest first. Optimality gap: the train MSE of gradient descent over least squares', minus 1. "
+        "Newest first. Gap (optimality gap): the train MSE of gradient descent over least squares', minus 1. "
         "Data and model: the first digits of the data's sha256 and of the model's key.\n\n"
         + lifecycle.markdown.markdown_table(shown)
         + "\n"

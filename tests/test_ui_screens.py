@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import ArtifactFilter
 from prefect.logging.handlers import APILogWorker
 from test_ui_browser import CHROMIUM, SCREENSHOTS, Chromium, Page, assert_inert, chromium_processes
 
+from flows.predict import linear_regression_predict
 from flows.train import linear_regression
 from tasks.history import HISTORY_KEY
 from tasks.report import REPORT_KEY
@@ -49,6 +50,13 @@ def test_the_runs_list_and_the_history_read_at_a_glance(tmp_path: Path, artifact
     ]
     summaries = [run.result() for run in runs]
     ids = [str(run.state_details.flow_run_id) for run in runs]
+    predicted = linear_regression_predict(artifacts_dir=str(artifacts), return_state=True)
+    model_sha = json.loads(Path(summaries[0]["artifacts"]["train"]["model"] + ".manifest.json").read_text())["sha256"]
+    with get_client(sync_client=True) as client:
+        prediction = client.read_flow_run(predicted.state_details.flow_run_id)
+    assert prediction.name == f"Advertising-predict-{model_sha[:6]}" and {"predict", "store:local"} <= set(
+        prediction.tags
+    )
     with get_client(sync_client=True) as client:
         names = [client.read_flow_run(run_id).name for run_id in ids]
         tags = [set(client.read_flow_run(run_id).tags) for run_id in ids]
@@ -62,7 +70,7 @@ def test_the_runs_list_and_the_history_read_at_a_glance(tmp_path: Path, artifact
     history = _artifact(ids[2], HISTORY_KEY)
     report = _artifact(ids[2], REPORT_KEY)
     pages = [
-        Page("v1 runs", f"{ui}/runs", "Runs", (names[0], names[1]), "ui-runs.png"),
+        Page("v1 runs", f"{ui}/runs", "Runs", (names[0], names[1], prediction.name), "ui-runs.png"),
         Page("v1 history", f"{ui}/artifacts/artifact/{history.id}", f"Artifact: {HISTORY_KEY}", (names[1],)),
         Page("v2 history", f"{ui}/v2/artifacts/artifact/{history.id}", f"Artifact: {HISTORY_KEY}", (names[1],)),
         Page("v1 report", f"{ui}/artifacts/artifact/{report.id}", f"Artifact: {REPORT_KEY}", ("Stages",)),
