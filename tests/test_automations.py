@@ -61,19 +61,24 @@ def wait_for(bodies: queue.Queue, matches, seconds: float = WAIT_SECONDS) -> tup
 
 @pytest.fixture(scope="module")
 def applied(receiver) -> list[str]:
-    """`apply` once without a URL (nothing created), then twice with one: its output lines."""
-    old = os.environ.pop(automations.URL_ENV, None)
+    """`apply` once without a URL or write limit (nothing created), then twice with both: its output lines."""
+    old = {name: os.environ.pop(name, None) for name in (automations.URL_ENV, automations.WRITES_ENV)}
     try:
-        assert automations.apply(automations.load())[-1].startswith("no alerts: set LINREG_ALERT_WEBHOOK_URL")
+        assert automations.apply(automations.load()) == [
+            "no alerts: set LINREG_ALERT_WEBHOOK_URL (or create Webhook block 'linreg-alerts'); no automation created"
+        ]  # and no write limit: it is opt-in
         with get_client(sync_client=True) as client:
             assert client.read_automations() == []
+            assert not client.read_global_concurrency_limits()
         os.environ[automations.URL_ENV] = receiver[0]
+        os.environ[automations.WRITES_ENV] = "8"
         first = automations.apply(automations.load())
         second = automations.apply(automations.load())
     finally:
-        os.environ.pop(automations.URL_ENV, None)
-        if old is not None:
-            os.environ[automations.URL_ENV] = old
+        for name, value in old.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
     assert [line.split(":")[0] for line in first] == [line.split(":")[0] for line in second]
     return second
 
