@@ -3,10 +3,11 @@
     python -m bench.predict_bench                   # 2,000,000 rows
     python -m bench.predict_bench --rows 20000000
 
-Trains once (and once more with one more epoch: a second model whose training reuses every stage but train),
-promotes the first, then measures two predict processes against a running Prefect server, each started through
-`bench/peak_rss.py`: a cold one in a fresh store (ingest, drop_index and predict all run) and one with the
-second model in the trained store (ingest and drop_index are Cached, so only the streamed predict stage runs).
+Trains once (and twice more with other epoch caps: models whose training reuses every stage but train),
+promotes the first, then measures predict processes against a running Prefect server, each started through
+`bench/peak_rss.py`: a cold one in a fresh store (ingest, drop_index and predict all run), then, with each other
+model in the trained store (ingest and drop_index Cached, so only the streamed predict stage runs), one with
+``--no-drift`` and one with drift measured (issue 25: drift's cost, in the same process setup, alternated).
 It checks the predictions against ``x @ w + b``.
 """
 
@@ -69,14 +70,16 @@ def main() -> None:
             env = isolated_env(base / "client", PREFECT_API_URL=server.url)
             root = base / "artifacts"
             champion = promote(root, train(csv, root, env))
-            other = Path(train(csv, root, env, "--epochs", "999")["artifacts"]["train"]["model"])
+            others = [Path(train(csv, root, env, "--epochs", e)["artifacts"]["train"]["model"]) for e in ("999", "998")]
             predict = [sys.executable, "-m", "flows.predict", "--data", str(csv), "--artifacts-dir", str(root)]
             predict.append("--json")
             cold = [*predict[:-3], "--artifacts-dir", str(base / "cold"), "--model", str(champion), "--json"]
-            for label, cmd, model in (
-                ("cold: ingest + drop_index + predict (a fresh store)", cold, champion),
-                ("predict stage only (ingest, drop_index cached)", [*predict, "--model", str(other)], other),
-            ):
+            runs = [("cold: ingest + drop_index + predict (a fresh store)", cold, champion)]
+            for other in others:
+                for drift, flag in (("off", ["--no-drift"]), ("on", [])):
+                    label = f"predict stage only (ingest, drop_index cached), drift {drift}"
+                    runs.append((label, [*predict, "--model", str(other), *flag], other))
+            for label, cmd, model in runs:
                 wall, rss, stdout = measured(cmd, env)
                 summary = last_json(stdout)
                 check(summary, model, args.rows)

@@ -1,6 +1,6 @@
 """The predict flow: apply a trained model (the champion by default) to new data, streamed, with lineage.
 
-    python -m flows.predict --data new.csv [--model champion|PATH] [--model-name NAME] [--json]
+    python -m flows.predict --data new.csv [--model champion|PATH] [--model-name NAME] [--max-drift Z] [--json]
 
 With ``--model champion`` (the default) the model is the champion of the model whose features the data has
 (`pick`: all of them among its columns; the most features if several fit; ``--model-name`` to say which).
@@ -8,7 +8,8 @@ With ``--model champion`` (the default) the model is the champion of the model w
 Ingest and drop_index are the training flow's stages (once per partition, on the task runner); then the data's
 columns are checked against the model's features; then ``predict`` writes ``predictions.parquet`` per
 partition, whose manifest names the model's sha256, so ``python -m flows.lineage`` leads from a prediction file
-through the model back to the training data.
+through the model back to the training data. Each partition's feature moments are compared with the model's
+training moments (`tasks.drift`): a table in the report and ``drift`` in the summary; ``--max-drift`` refuses.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from flows.params import Params, _message, _typed
 from flows.train import settle_prefect, task_runner
 from storage import validate
 from storage.errors import InputError, IntegrityError
-from tasks import drop_index, events, ingest, predict, predict_report
+from tasks import drift, drop_index, events, ingest, predict, predict_report
 
 CHAMPION = "champion"
 _SHARED = ("data", "index_column", "task_runner", "dask_address", "artifacts_dir", "refresh")  # defined in Params
@@ -80,6 +81,16 @@ PredictParams = create_model(
             pattern=f"^{storage.MODEL_NAME_PATTERN}$",
             description="with --model champion: the champion of the model of this name (or id); None: of the model "
             "whose features the data has (the most features, if several)",
+        ),
+    ),
+    drift=(bool, Field(True, description="measure the input's drift from the model's training data")),
+    max_drift=(
+        float | None,
+        Field(
+            None,
+            gt=0,
+            description="fail (exit 2) when a feature's mean moved more than this many training standard "
+            "deviations; None: only warn",
         ),
     ),
     **{name: (Params.model_fields[name].annotation, Params.model_fields[name]) for name in _SHARED},
@@ -160,6 +171,8 @@ def resolve_model(model: str, root: str, champion_of: lifecycle.champion.Model |
 def preflight(p: _Base, root: str) -> None:
     """What can be refused before any data is read: a model file that fails verification, no champion yet, a
     --model-name no model has. Which champion fits the data is decided once its columns are known."""
+    if p.max_drift is not None and not p.drift:
+        raise InputError(f"--max-drift {p.max_drift:g}: needs drift measured; drop --no-drift")
     if p.model != CHAMPION:
         if p.model_name is not None:
             raise InputError(f"--model-name {p.model_name}: picks a champion; pass it with --model champion")
@@ -229,10 +242,13 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
         features = list(core.read_pt(model_path)["features"])
         for schema, source in zip(schemas, sources, strict=True):
             predict.check_features(schema, features, storage.redact(source))
-        calls = [(c, r, model_path, p.index_column, root) for c, r in zip(clean, raw, strict=True)]
-        outputs = [o["predictions"] for o in each(predict.predict_rows, calls)]
+        calls = [(c, r, model_path, p.index_column, p.drift, root) for c, r in zip(clean, raw, strict=True)]
+        stage_outputs = each(predict.predict_rows, calls)
+    outputs = [o["predictions"] for o in stage_outputs]
+    measured = drift.check_drift([o["drift"] for o in stage_outputs], model_path)
     data = p.data if len(sources) > 1 else sources[0]  # redacted by the report
-    rows = predict_report.publish_predictions(outputs, model_path, features, data, root)
+    rows = predict_report.publish_predictions(outputs, model_path, features, data, root, measured)
+    drift.refuse(measured, p.max_drift)  # after the report (it shows why), before the event (nothing follows)
     events.emit_predictions(root, str(flow_run.id), model_path, outputs, rows, data)
     shown = [storage.public(o) for o in outputs]  # on an object store: the URLs, not the scratch mirror's files
     return {
@@ -241,6 +257,7 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
         "model": storage.public(model_path),
         "champion_of": None if champion_of is None else champion_of.label,  # which model's champion predicted
         "features": features,
+        "drift": measured,
         "cached": dict(run.cached),
         "seconds": round(time.perf_counter() - started, 3),  # the flow's own time: process start-up not included
     }
@@ -273,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt("task_runner", choices=Params.choices("task_runner"))
     opt("dask_address", metavar="tcp://HOST:PORT")
     opt("artifacts_dir", metavar="DIR")
+    opt("max_drift", metavar="Z", type=float)
+    parser.add_argument(
+        "--no-drift", dest="drift", action="store_false", help="do not measure drift (default: measured)"
+    )
     opt("refresh", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the run's summary as one JSON line at the end")
     return parser

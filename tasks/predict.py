@@ -4,6 +4,9 @@ Features are read from the cleaned table (drop_index's output), by name and in t
 index column, which drop_index removed, is read by name from the ingested table beside them, so a prediction
 keeps the row label it belongs to. The model is an input file of the stage: its sha256 is in the predictions'
 manifest, and lineage follows it back to the data the model was trained on.
+
+In the same pass the stage streams each feature's moments (`linreg.drift.Moments`) into ``drift.json``, which the
+flow merges over partitions and compares with the model's training moments (docs/lifecycle.md, drift).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from prefect import get_run_logger
 import stagecore as core
 import storage
 from linreg.columns import float_values, is_numeric
+from linreg.drift import Baseline, Moments
 from linreg.model import predict
 from storage.errors import InputError
 from tasks.drop_index import resolve_column
@@ -48,10 +52,8 @@ def model_weights(model: dict) -> tuple[np.ndarray, float]:
     return model["weights"].double().reshape(-1).numpy(), float(model["bias"])
 
 
-def predict_batch(
-    batch: pa.RecordBatch, features: list[str], weights: np.ndarray, bias: float, first_row: int = 0
-) -> np.ndarray:
-    """``x @ w + b`` in float64 for one batch (whose first row is ``first_row`` of the file); a null or NaN
+def feature_columns(batch: pa.RecordBatch, features: list[str], first_row: int = 0) -> list[np.ndarray]:
+    """The batch's features as float64 columns (its first row is ``first_row`` of the file); a null or NaN
     feature is refused, naming the column and the row: a NaN prediction would pass silently downstream."""
     columns = []
     for name in features:
@@ -66,7 +68,18 @@ def predict_batch(
                 f"feature column {name!r} is empty or NaN at data row {row} (0-based); fill or drop those rows"
             )
         columns.append(values)
-    x = np.column_stack(columns) if columns else np.empty((batch.num_rows, 0))
+    return columns
+
+
+def predict_batch(
+    batch: pa.RecordBatch, features: list[str], weights: np.ndarray, bias: float, first_row: int = 0
+) -> np.ndarray:
+    """``x @ w + b`` in float64 for one batch (`feature_columns`' checks)."""
+    return predict_columns(feature_columns(batch, features, first_row), batch.num_rows, weights, bias)
+
+
+def predict_columns(columns: list[np.ndarray], rows: int, weights: np.ndarray, bias: float) -> np.ndarray:
+    x = np.column_stack(columns) if columns else np.empty((rows, 0))
     return predict(x, weights, bias)
 
 
@@ -90,9 +103,16 @@ class _Column:
 
 
 def predictions(
-    clean: pq.ParquetFile, raw: pq.ParquetFile, features: list[str], model: dict, index: str | None
+    clean: pq.ParquetFile,
+    raw: pq.ParquetFile,
+    features: list[str],
+    model: dict,
+    index: str | None,
+    moments: list[Moments] | None = None,
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    """The output's schema and its batches, in input row order: the index column (if any), then ``prediction``."""
+    """The output's schema and its batches, in input row order: the index column (if any), then ``prediction``.
+    With a ``moments`` list (and a model with training moments), each batch's feature moments are appended."""
+    baseline = Baseline.from_model(model) if moments is not None else None
     weights, bias = model_weights(model)
     fields = [pa.field(PREDICTION, pa.float64())]
     column = None
@@ -106,7 +126,10 @@ def predictions(
     def batches() -> Iterator[pa.RecordBatch]:
         nonlocal offset
         for batch in clean.iter_batches(batch_size=BATCH_ROWS, columns=features):
-            y = predict_batch(batch, features, weights, bias, offset)
+            columns = feature_columns(batch, features, offset)
+            y = predict_columns(columns, batch.num_rows, weights, bias)
+            if baseline is not None:
+                moments.append(Moments.of_columns(columns, baseline))
             arrays = [pa.array(y, pa.float64())]
             if column is not None:
                 arrays.insert(0, column.take(batch.num_rows))
@@ -116,17 +139,24 @@ def predictions(
     return schema, batches()
 
 
-@core.stage("predict", outputs=("predictions",))
+@core.stage("predict", outputs=("predictions", "drift"))
 def predict_rows(
-    table_path: core.File, raw_path: core.File, model_path: core.File, index_column: str | None, root: str
+    table_path: core.File,
+    raw_path: core.File,
+    model_path: core.File,
+    index_column: str | None,
+    drift: bool,
+    root: str,
 ) -> dict[str, str]:
     """Read the cleaned table (features), the ingested one (index column) and the model; write
-    ``predictions.parquet`` a batch at a time."""
+    ``predictions.parquet`` a batch at a time, and the features' moments in ``drift.json`` (``moments`` null
+    when ``drift`` is off or the model has no training moments)."""
     model = core.read_pt(model_path)
     features = list(model["features"])
     clean, raw = core.open_parquet(table_path), core.open_parquet(raw_path)
     check_features(clean.schema_arrow, features, table_path)
-    schema, batches = predictions(clean, raw, features, model, index_column)
+    moments: list[Moments] | None = [] if drift else None
+    schema, batches = predictions(clean, raw, features, model, index_column, moments)
     rows = 0
     outputs = core.outputs()
     with outputs.parquet_writer("predictions.parquet", schema) as writer:
@@ -134,6 +164,8 @@ def predict_rows(
             writer.write_batch(batch)
             rows += batch.num_rows
     out = str(outputs.folder / "predictions.parquet")
+    merged = Moments.merge(moments).as_dict() if moments else None
+    drift_out = outputs.write_json({"features": features, "rows": rows, "moments": merged}, "drift.json")
     get_run_logger().info(
         "read %s and %s with model %s; wrote %d predictions to %s",
         storage.public(table_path),
@@ -142,4 +174,4 @@ def predict_rows(
         rows,
         storage.public(out),
     )
-    return {"predictions": out}
+    return {"predictions": out, "drift": drift_out}

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 import lifecycle
 import stagecore as core
 import storage
+from tasks.drift import table_rows
 from tasks.history import server_names, ui_url
 from tasks.predict import BATCH_ROWS, PREDICTION
 
@@ -102,6 +103,7 @@ def render_report(
     summary: Summary | None,
     paths: list[str],
     png: bytes,
+    drift: dict[str, Any] | None = None,
 ) -> str:
     """The prediction run's page: its input, the model and the training run it came from, the rows, a summary
     of the predictions and their histogram, then the files; every string from data or users escaped."""
@@ -125,6 +127,7 @@ def render_report(
             "### Summary",
             table(shown),
             f"![Histogram of predictions]({lifecycle.markdown.image_data_uri(png)})",
+            *(["### Drift from the training data", table(table_rows(drift))] if drift is not None else []),
             "### Files",
             "\n".join(f"- {core.escape_md(p)}" for p in paths),
         ]
@@ -157,15 +160,18 @@ def training_run(root: str, model: str, warn: Callable[[str], Any]) -> object:
 
 
 @task(name="publish_predictions", cache_policy=NO_CACHE, persist_result=False)
-def publish_predictions(paths: list[str], model: str, features: list[str], data: str, root: str) -> int:
+def publish_predictions(
+    paths: list[str], model: str, features: list[str], data: str, root: str, drift: dict[str, Any] | None = None
+) -> int:
     """Publish the input, the model and its training run, the row count, a summary and a histogram of the
-    predictions; every run, cached or not."""
+    predictions, and the input's drift (`tasks.drift`); every run, cached or not."""
     logger = get_run_logger()
     counts, edges, summary = histogram(paths)
     shown = [storage.public(p) for p in paths]  # on an object store: the URLs, not the scratch mirror's files
     data, public_model = storage.redact(data), storage.public(model)
     trained = training_run(root, model, logger.warning)
-    report = render_report(data, public_model, trained, features, summary, shown, histogram_png(counts, edges))
+    png = histogram_png(counts, edges)
+    report = render_report(data, public_model, trained, features, summary, shown, png, drift)
     core.markdown_artifact(report, key=REPORT_KEY, description=core.escape_md(describe(data, summary)))
     rows = summary.count if summary is not None else 0
     logger.info("read %d predictions from %d file(s); published the report %s", rows, len(paths), REPORT_KEY)

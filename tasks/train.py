@@ -74,6 +74,7 @@ def train_model(tensors_paths: core.Files, stats_paths: core.Files, cfg: TrainCo
     """
     import torch  # here, as the library: a fully cached run never imports torch (2 s of its 5)
 
+    from linreg.drift import Baseline
     from linreg.stats import Stats
     from linreg.training import Names, fit, fit_stats
 
@@ -113,6 +114,8 @@ def train_model(tensors_paths: core.Files, stats_paths: core.Files, cfg: TrainCo
         **_precision(parts),
         "train_seconds": seconds,
         "config": asdict(cfg),
+        # the training rows' feature moments, which predict measures drift against (linreg/drift.py)
+        **{k: torch.from_numpy(v) for k, v in Baseline.of(stats).as_model_entries().items()},
     }
     out = core.outputs().write_pt(saved, "model.pt")
     logger.info(
