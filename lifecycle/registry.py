@@ -31,7 +31,7 @@ from lifecycle import champion, history
 from storage import validate
 
 # what tasks/ and flows/ use (tests/test_surface.py)
-__all__ = ["Conflict", "changes", "choose", "entries", "resolve", "rollback", "set_alias"]
+__all__ = ["changes", "choose", "entries", "resolve", "rollback", "set_alias"]
 
 CHAMPION, PREVIOUS = "champion", "previous"
 DERIVED = (CHAMPION, PREVIOUS)
