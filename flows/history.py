@@ -1,6 +1,6 @@
 """Print the run history kept under the artifacts root: ``python -m flows.history [--artifacts-dir DIR|s3://…]
-[--last N] [--json]``. Reads the per-run Parquet files (lifecycle/history.py), on disk or on an object store;
-needs no Prefect server."""
+[--last N] [--json]``. Reads the per-run Parquet files (lifecycle/history.py), on disk or on an object store,
+then the registry's changes (lifecycle/registry.py); needs no Prefect server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import lifecycle
 import storage
-from flows.cli import exit_with, print_error
+from flows.cli import exit_with, one_line, print_error
 from storage import validate
 from storage.errors import InputError
 
@@ -69,11 +69,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         runs = load(args.artifacts_dir, args.last)
+        changes = registry_changes(args.artifacts_dir)
     except InputError as exc:
         print_error(exc)
         return 2
-    print(json.dumps({"runs": runs}) if args.json else format_runs(runs))
+    print(json.dumps({"runs": runs, "registry": changes}) if args.json else format_runs(runs))
+    if changes and not args.json:
+        print("\nregistry changes (python -m flows.registry):")
+        for c in changes:
+            print(one_line(f"{c['time']:<26}{c['alias']:<12}{c['model']} (run {c['run']}): {c['reason']}"))
     return 0
+
+
+def registry_changes(artifacts_dir: str | None) -> list[dict]:
+    """The registry's changes (rollbacks, aliases set), oldest first: they are pointer generations, not runs, so
+    they follow the runs (``registry`` in the JSON; ``runs`` as before)."""
+    root = storage.store_root(artifacts_dir)
+    try:
+        return lifecycle.registry.changes(root)
+    except OSError as exc:
+        raise storage.open_store(root).error(exc) from None
 
 
 if __name__ == "__main__":

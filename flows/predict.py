@@ -1,6 +1,7 @@
 """The predict flow: apply a trained model (the champion by default) to new data, streamed, with lineage.
 
-    python -m flows.predict --data new.csv [--model champion|PATH] [--model-name NAME] [--max-drift Z] [--json]
+    python -m flows.predict --data new.csv [--model champion|@previous|@NAME|PATH] [--model-name NAME]
+                            [--max-drift Z | --no-drift] [--json]
 
 With ``--model champion`` (the default) the model is the champion of the model whose features the data has
 (`pick`: all of them among its columns; the most features if several fit; ``--model-name`` to say which).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,11 @@ PredictParams = create_model(
     __doc__=_Base.__doc__,
     model=(
         str,
-        Field(CHAMPION, description="champion: the promoted model of the artifacts folder; or a model.pt path"),
+        Field(
+            CHAMPION,
+            description="champion (or @champion): the promoted model of the artifacts folder; @previous: the champion "
+            "before it; @NAME: an alias (python -m flows.registry); or a model.pt path",
+        ),
     ),
     model_name=(
         str | None,
@@ -145,9 +151,26 @@ def _missing(model: lifecycle.champion.Model, columns: set[str], shown: int = 3)
     return ", ".join(repr(f) for f in missing[:shown]) + (f" (+{len(missing) - shown})" if len(missing) > shown else "")
 
 
+def alias_of(model: str) -> str | None:
+    """The alias ``--model`` names (``champion`` as ever, or ``@NAME``); None for a path. One line for a name that
+    is no alias's."""
+    alias = CHAMPION if model == CHAMPION else model[1:] if model.startswith("@") else None
+    if alias is not None and not re.fullmatch(storage.ALIAS_PATTERN, alias):
+        raise InputError(f"--model {model}: not an alias ({storage.ALIAS_PATTERN}); pass @champion, @previous or @NAME")
+    return alias
+
+
 def resolve_model(model: str, root: str, champion_of: lifecycle.champion.Model | None = None) -> str:
-    """The model file to use, verified against its manifest: the champion of ``champion_of``, or the path given."""
-    if model == CHAMPION:
+    """The model file to use, verified against its manifest: ``champion_of``'s champion or other alias, or the
+    path given."""
+    if (alias := alias_of(model)) not in (None, CHAMPION):
+        try:
+            path = lifecycle.registry.resolve(root, champion_of, alias)["model"]
+        except ValueError as exc:  # names nothing, or a pointer that is not ours
+            if isinstance(exc, core.InputError) and not isinstance(exc, core.IntegrityError):
+                raise
+            raise InputError(f"--model {model}: {exc}") from None
+    elif alias == CHAMPION:
         try:
             path = lifecycle.champion.champion_model_path(root, champion_of)
         except ValueError as exc:  # a pointer that is not ours: say so, never follow it
@@ -162,7 +185,7 @@ def resolve_model(model: str, root: str, champion_of: lifecycle.champion.Model |
         path = _model_file(model, storage.open_store(root))
     manifest = core.verify(path, load=True)  # IntegrityError when it does not match its manifest
     try:
-        validate.model_manifest(manifest, what=model if model != CHAMPION else path)
+        validate.model_manifest(manifest, what=model if alias_of(model) is None else path)
     except validate.Invalid as exc:
         raise InputError(f"{exc}; pass --model with the path of a model.pt the training flow wrote") from None
     return path
@@ -173,7 +196,7 @@ def preflight(p: _Base, root: str) -> None:
     --model-name no model has. Which champion fits the data is decided once its columns are known."""
     if p.max_drift is not None and not p.drift:
         raise InputError(f"--max-drift {p.max_drift:g}: needs drift measured; drop --no-drift")
-    if p.model != CHAMPION:
+    if alias_of(p.model) is None:
         if p.model_name is not None:
             raise InputError(f"--model-name {p.model_name}: picks a champion; pass it with --model champion")
         resolve_model(p.model, root)
@@ -229,7 +252,7 @@ def _predict(p: PredictParams, root: str, started: float) -> dict[str, Any]:
         clean = [c["table"] for c in each(drop_index.drop_index_column, [(r, p.index_column, root) for r in raw])]
         schemas = [core.open_parquet(table).schema_arrow for table in clean]
         champion_of = None
-        if p.model == CHAMPION:  # the champion of the model the data has the features of
+        if alias_of(p.model) is not None:  # (an alias of) the champion of the model the data has the features of
             columns = set.intersection(*(set(schema.names) for schema in schemas))
             shown_data = storage.redact(sources[0]) if len(sources) == 1 else storage.redact(p.data)
             champion_of = pick(candidates(root, p.model_name), columns, shown_data)
@@ -284,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{name.replace('_', '-')}", help=f"{field.description} (default: {default})", **kwargs)
 
     opt("data", metavar="CSV|Parquet|FOLDER|GLOB")
-    opt("model", metavar="champion|PATH")
+    opt("model", metavar="champion|@previous|@NAME|PATH")
     opt("model_name", metavar="NAME")
     opt("index_column", metavar="COLUMN", type=lambda v: None if v.lower() == "none" else v)
     opt("task_runner", choices=Params.choices("task_runner"))

@@ -262,6 +262,13 @@ def read_champion(root: str | Path, generation: int | None = None, model: Model 
             rel, body = legacy
     except OSError as exc:
         raise store.error(exc) from None
+    return verified(store, rel, body, model)
+
+
+def verified(store: storage.Store, rel: str, body: dict[str, Any], model: Model) -> dict[str, Any]:
+    """Pointer ``body`` (at ``rel``, checked) of ``model``, with ``model`` the local path of its model file,
+    downloaded and verified against its manifest and the pointer's sha256 (`read_champion`'s errors); the
+    registry's aliases (lifecycle/registry.py) are read through it too."""
     pointer = store.path(rel)
     if (theirs := _model_of(body)).folder != model.folder:
         raise ValueError(f"{pointer}: the champion of {theirs.label}, in the folder of {model.label}")
@@ -377,8 +384,13 @@ def create_generation(
     pointer = _pointer(store.url, path, run_id, trained, test_mse, model)
     if _model_of(pointer) != model:
         raise ValueError(f"{path} is a model of {_model_of(pointer).label}, not of {model.label}")
+    return create_pointer(store, generation_rel(generation, model), pointer)
+
+
+def create_pointer(store: storage.Store, rel: str, pointer: dict[str, Any]) -> str | None:
+    """Create the pointer generation ``rel`` only if it is absent, then its manifest; where it is, or None when
+    another writer created it first (a promotion's, a rollback's, an alias's: one protocol)."""
     content = (json.dumps(pointer, indent=2) + "\n").encode()
-    rel = generation_rel(generation, model)
     try:
         if not store.create(rel, content):
             return None

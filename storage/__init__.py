@@ -8,7 +8,9 @@ from storage.clean import clear, in_use
 from storage.errors import RETRIES, InputError, IntegrityError, Transient
 from storage.hashing import HASHING, check_regular, sha256_file
 from storage.layout import (
+    ALIAS_PATTERN,
     CACHE_DIR,
+    CHAMPION_ALIASES,
     CHAMPION_BY_COLUMNS,
     CHAMPION_BY_NAME,
     CHAMPION_DIR,
@@ -40,7 +42,9 @@ from storage.sources import (
 from storage.store import Store, locate, open_store, public
 
 __all__ = [
+    "ALIAS_PATTERN",
     "CACHE_DIR",
+    "CHAMPION_ALIASES",
     "CHAMPION_BY_COLUMNS",
     "CHAMPION_BY_NAME",
     "CHAMPION_DIR",

@@ -26,7 +26,9 @@ from storage import validate
 from storage.atomic import TEMP_OWNER
 from storage.errors import InputError
 from storage.layout import (
+    ALIAS_PATTERN,
     CACHE_DIR,
+    CHAMPION_ALIASES,
     CHAMPION_BY_COLUMNS,
     CHAMPION_BY_NAME,
     CHAMPION_DIR,
@@ -47,6 +49,7 @@ _KEY_FOLDER = re.compile(rf"(?P<key>{KEY_PATTERN})(\.\d+)?")
 _CACHE_FILE = re.compile(rf"(?P<key>{KEY_PATTERN})\.(?P<kind>json|lock)")
 _GENERATION = re.compile(r"\d{8,}\.json")
 _MODEL_FOLDER = re.compile(rf"{CHAMPION_BY_NAME}/{MODEL_NAME_PATTERN}|{CHAMPION_BY_COLUMNS}/{MODEL_DIGEST_PATTERN}")
+_ALIAS = re.compile(ALIAS_PATTERN)
 _HISTORY_FILE = re.compile(r"\d{8}T\d{6}\d*Z-[A-Za-z0-9-]+\.parquet")
 _RUN_FILE = re.compile(r"\d{8}T\d{6}-(?P<run>[A-Za-z0-9-]+)\.json")
 _SMALL = 1 << 20  # records, pointers, manifests and history rows are a few kB; a larger one is not the store's
@@ -119,16 +122,18 @@ def _proves(tree: Store, rel: str, size: int, files: dict[str, int]) -> list[str
 
 def _champion(tree: Store, rel: str, size: int) -> list[str]:
     """A pointer generation, ``champion/by-name/<name>/gen/<n>.json`` or ``champion/by-columns/<digest>/gen/<n>.json``
-    (one champion per model), or from before 2026-12-10 ``champion/gen/<n>.json`` (and a folder's
+    (one champion per model), an alias's ``<that model's folder>/aliases/<alias>/gen/<n>.json``,
+    or from before 2026-12-10 ``champion/gen/<n>.json`` (and a folder's
     ``champion/champion.json`` from before 2026-12-02); its manifest (whose sha256 is the pointer's); the old
     pointer's lock (empty)."""
     parts = rel.split("/")
     name = parts[-1]
     pointer = parts == [CHAMPION_DIR, "champion.json"] or (
-        len(parts) in (3, 5)
+        len(parts) in (3, 5, 7)
         and parts[-2] == CHAMPION_GENERATIONS
         and bool(_GENERATION.fullmatch(name))
         and (len(parts) == 3 or bool(_MODEL_FOLDER.fullmatch("/".join(parts[1:3]))))
+        and (len(parts) != 7 or (parts[3] == CHAMPION_ALIASES and bool(_ALIAS.fullmatch(parts[4]))))
     )
     if pointer:
         validate.champion_pointer(_json(tree, rel))

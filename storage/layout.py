@@ -21,6 +21,8 @@ CHAMPION_GENERATIONS = "gen"  # <model's folder>/gen/<n>.json, one immutable poi
 # path component. A store's champion/gen/… (one champion for every model, before 2026-12-10) is still read.
 CHAMPION_BY_NAME = "by-name"
 CHAMPION_BY_COLUMNS = "by-columns"
+CHAMPION_ALIASES = "aliases"  # <model's folder>/aliases/<alias>/gen/<n>.json: a user-named alias (flows/registry.py)
+ALIAS_PATTERN = r"[a-z][a-z0-9_-]{0,31}"  # an alias's name: a path component; never champion/previous (derived)
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # a model's name: a path component, so short and safe
 MODEL_DIGEST_PATTERN = r"[0-9a-f]{16}"  # the folder of an unnamed model: its target and features' digest
 HISTORY_DIR = "history"  # one Parquet row per flow run (lifecycle/history.py)

@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from storage.layout import CHAMPION_BY_COLUMNS, CHAMPION_BY_NAME, CHAMPION_DIR, CHAMPION_GENERATIONS, RUNS_DIR
+from storage.layout import (
+    CHAMPION_ALIASES,
+    CHAMPION_BY_COLUMNS,
+    CHAMPION_BY_NAME,
+    CHAMPION_DIR,
+    CHAMPION_GENERATIONS,
+    RUNS_DIR,
+)
 from storage.sources import is_url, redact
 from storage.store import open_store, public
 
@@ -50,11 +57,15 @@ def resolved(root: str | os.PathLike[str] | None, entry: str) -> str:
 def store_of(path: str | os.PathLike[str]) -> str | None:
     """The root of the store that holds ``path``, from where the store puts its files (no file is read):
     ``<root>/<stage>/<key>/<file>`` (an artifact), ``<root>/runs/<record>``,
-    ``<root>/champion/<by-name|by-columns>/<model>/gen/<n>.json``, from before 2026-12-10
+    ``<root>/champion/<by-name|by-columns>/<model>/gen/<n>.json`` (an alias's
+    ``…/<model>/aliases/<alias>/gen/<n>.json``), from before 2026-12-10
     ``<root>/champion/gen/<n>.json``, ``<root>/champion/champion.json`` (a folder's pointer before 2026-12-02); the
     same on disk and on an object store. None for a shorter path."""
     parts = str(path).rstrip("/").split("/")
-    if len(parts) > 5 and parts[-5] == CHAMPION_DIR and parts[-4] in BY and parts[-2] == CHAMPION_GENERATIONS:
+    alias = len(parts) > 7 and parts[-7] == CHAMPION_DIR and parts[-6] in BY and parts[-4] == CHAMPION_ALIASES
+    if alias and parts[-2] == CHAMPION_GENERATIONS:
+        depth = 7
+    elif len(parts) > 5 and parts[-5] == CHAMPION_DIR and parts[-4] in BY and parts[-2] == CHAMPION_GENERATIONS:
         depth = 5
     elif len(parts) > 3 and parts[-3:-1] == [CHAMPION_DIR, CHAMPION_GENERATIONS]:
         depth = 3

@@ -42,6 +42,7 @@ CHAMPION_FIELDS: dict[str, type] = {  # version 1's, all in version 2
     "test_mse": float,
     "promoted_at": str,
 }
+MAX_REASON_CHARS = 500  # a registry pointer's ``reason``: who and why, one short line
 MODEL_STAGE = "train"
 MODEL_ENTRIES = ("weights", "bias", "features", "target")  # what predict and promote read (train writes more)
 
@@ -254,11 +255,17 @@ def run_record(obj: Any, what: str = "run record") -> dict[str, Any]:
 def champion_pointer(obj: Any, what: str = "champion pointer") -> dict[str, Any]:
     """A champion pointer (lifecycle/champion.py ``_pointer``): exactly its version's fields, each of its type (an
     integer test MSE is made a float), ``model`` a relative path, ``model_sha256`` a sha256, ``model_name`` null
-    or a model's name (version 2; a version 1 pointer, which has none, reads as null)."""
+    or a model's name (version 2; a version 1 pointer, which has none, reads as null); a version 2 pointer the
+    registry wrote (flows/registry.py) also has ``reason``, a short text."""
     version = obj.get("champion_version") if isinstance(obj, dict) else None
     fields = set(CHAMPION_FIELDS) | ({"model_name"} if version == CHAMPION_VERSION else set())
+    if version == CHAMPION_VERSION and isinstance(obj, dict) and "reason" in obj:
+        fields.add("reason")  # written by the registry (a rollback, an alias set): who and why
     if not isinstance(obj, dict) or set(obj) != fields:
         raise Invalid(f"{what}: not a champion pointer (fields {sorted(fields)} expected)")
+    reason = obj.get("reason")
+    if "reason" in obj and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
+        raise Invalid(f"{what}: field reason is not a text of at most {MAX_REASON_CHARS} characters")
     body = {"model_name": None, **obj}
     for name, kind in CHAMPION_FIELDS.items():
         value = body[name]

@@ -26,6 +26,8 @@ PROMOTED = "linreg.model.promoted"
 REJECTED = "linreg.model.rejected"
 OFF_OPTIMUM = "linreg.model.off-optimum"
 PREDICTIONS_WRITTEN = "linreg.predictions.written"
+ALIAS_SET = "linreg.model.alias-set"  # python -m flows.registry set
+ROLLED_BACK = "linreg.model.rolled-back"  # python -m flows.registry rollback
 RESOURCE_PREFIX = "linreg.model."
 STORE_LABEL = "linreg.store"
 
@@ -98,6 +100,22 @@ def predictions_event(
         "flow_run_id": run_id,
     }
     return PREDICTIONS_WRITTEN, model_resource(model, sha256, store), payload
+
+
+def registry_event(entry: dict[str, Any], *, alias: str, model_label: str, store: str) -> Event:
+    """A registry change's event (lifecycle/registry.py's entry of the new generation): ``rolled-back`` for the
+    champion, ``alias-set`` for a user-named alias; the model it now names, and why."""
+    name = ROLLED_BACK if alias == "champion" else ALIAS_SET
+    payload = {
+        "alias": alias,
+        "model_label": model_label,
+        "model": entry["model"],
+        "model_sha256": entry["sha256"],
+        "flow_run_id": entry["run"],
+        "generation": entry["generation"],
+        "reason": entry["reason"],
+    }
+    return name, model_resource(entry["model"], entry["sha256"], store), payload
 
 
 def emit(events: Iterable[Event]) -> int:

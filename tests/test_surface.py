@@ -37,7 +37,7 @@ WHITE_BOX = {
     "test_store_security.py": {"stagecore.cache"},
 }
 MAX_NAMES = 23
-MAX_LIFECYCLE_NAMES = 20  # over all of lifecycle's modules (issue 23: run_link, shown_rows)
+MAX_LIFECYCLE_NAMES = 26  # over all of lifecycle's modules (issue 25: the registry's 6)
 
 
 def modules(package: str) -> dict[str, Path]:
