@@ -12,6 +12,7 @@ import pytest
 import torch
 from sklearn.model_selection import KFold
 
+from flows import history
 from flows.params import Params
 from flows.sweep import grid, main, read_file, validate
 from flows.train import linear_regression
@@ -54,7 +55,7 @@ def test_every_configuration_is_validated_and_the_bad_value_named(capsys):
     with pytest.raises(InputError, match=r"^--set lr=-1: --lr: Input should be greater than 0"):
         validate({}, grid(["epochs=5", "lr=0.1,-1"]))
     # a rule between settings names the configuration
-    with pytest.raises(InputError, match="^configuration method=builtins, engine=stats: --engine stats trains"):
+    with pytest.raises(InputError, match=r"^configuration method=builtins, engine=stats: --engine stats trains"):
         validate({}, grid(["method=builtins", "engine=stats"]))
     with pytest.raises(InputError, match="--lr is also swept"):
         validate({"lr": 0.1}, grid(["lr=0.2"]))
@@ -169,3 +170,13 @@ def test_a_sweep_equals_single_runs_reuses_upstream_and_survives_a_failing_confi
     assert out["best"]["index"] == 0
     assert out["best"]["model"] == singles[0]["artifacts"]["train"]["model"]  # the same cached model file
     assert out["promotion"]["reason"].startswith("this run's model is already the champion")
+
+    # flows.history --diff: the two single runs side by side, by a prefix of each id
+    a, b = (single["flow_run_id"] for single in singles)
+    assert history.main(["--artifacts-dir", str(artifacts), "--diff", a[:12], b, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["runs"] == [a, b]
+    assert shown["params"]["lr"] == ["auto", 0.01] and "lr" in shown["differ"]
+    assert shown["metrics"]["test_mse"] == [s["metrics"]["test"]["mse"] for s in singles]
+    assert history.main(["--artifacts-dir", str(artifacts), "--diff", a, "nope"]) == 2
+    assert "--diff nope: no recorded run" in capsys.readouterr().err
