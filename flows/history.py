@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--last", metavar="N", type=int, help="only the last N runs (default: all)")
     parser.add_argument("--json", action="store_true", help='print {"runs": [...]} as one JSON line')
+    parser.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="two runs' parameters and metrics side by side (ids or prefixes)",
+    )
     return parser
 
 
@@ -65,15 +71,54 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def find(runs: list[dict[str, Any]], wanted: str) -> dict[str, Any]:
+    """The one run whose flow run id is, or starts with, ``wanted``."""
+    found = [r for r in runs if r["flow_run_id"].startswith(wanted)] if wanted else []
+    if len(found) != 1:
+        what = "no recorded run" if not found else f"{len(found)} recorded runs"
+        raise InputError(
+            f"--diff {wanted}: {what} with that id; pass a flow run id (or a prefix of one) from the history"
+        )
+    return found[0]
+
+
+def diff(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Both runs' parameters and recorded numbers, key by key (``[value in A, value in B]``), and which differ."""
+    one, two = find(runs, a), find(runs, b)
+    sides = {}
+    for part, of in (
+        ("params", lambda r: r["params"]),
+        ("metrics", lambda r: {k: v for k, v in r.items() if k != "params"}),
+    ):
+        left, right = of(one), of(two)
+        sides[part] = {k: [left.get(k), right.get(k)] for k in sorted({*left, *right})}
+    changed = [k for part in sides.values() for k, (x, y) in part.items() if x != y]
+    return {"runs": [one["flow_run_id"], two["flow_run_id"]], **sides, "differ": changed}
+
+
+def format_diff(d: dict[str, Any]) -> str:
+    lines = [f"{'':<24}{d['runs'][0]:<40}{d['runs'][1]}"]
+    for part in ("params", "metrics"):
+        lines.append(f"{part}:")
+        for key, (x, y) in d[part].items():
+            mark = "*" if x != y else " "
+            lines.append(f"{mark} {key:<22}{one_line(json.dumps(x))[:38]:<40}{one_line(json.dumps(y))[:60]}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        runs = load(args.artifacts_dir, args.last)
-        changes = registry_changes(args.artifacts_dir)
+        runs = load(args.artifacts_dir, None if args.diff else args.last)
+        shown = diff(runs, *args.diff) if args.diff else {"runs": runs}
+        changes = [] if args.diff else registry_changes(args.artifacts_dir)
     except InputError as exc:
         print_error(exc)
         return 2
-    print(json.dumps({"runs": runs, "registry": changes}) if args.json else format_runs(runs))
+    if args.json:
+        print(json.dumps(shown if args.diff else {**shown, "registry": changes}))
+    else:
+        print(format_diff(shown) if args.diff else format_runs(runs))
     if changes and not args.json:
         print("\nregistry changes (python -m flows.registry):")
         for c in changes:

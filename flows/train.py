@@ -56,6 +56,29 @@ def linear_regression(**values: Any) -> dict[str, Any]:
 def _train(p: Params, root: str) -> dict[str, Any]:
     labels.label(str(flow_run.id), p, root)
     run = core.StageRunner(root, refresh=p.refresh, on_run=plot.preload)
+    sources, tensors, stats = upstream(p, root, run)
+    trained = run(train.train_model, tensors, stats, p.training(), root)
+    evaluation = run(evaluate.evaluate_model, tensors, stats, trained["model"], root)
+    run_id = str(flow_run.id)
+    promotion, record, shown = commit(
+        p,
+        root,
+        run,
+        sources,
+        tensors,
+        lambda: run(plot.plot_results, evaluation["predictions"], trained["model"], root),
+    )
+    published = publish_report(shown, run.results, promotion, root, run.cached)
+    summary = summarize(run.results, run.cached, record)
+    events.emit_training(root, run_id, trained["model"], promotion, summary, p.target)  # committed: announce it
+    labels.label(run_id, p, root, promotion, summary["engine"])
+    promote.enforce(promotion, p.require_promotion)
+    return {**summary, "promotion": promotion, "flow_run_id": run_id, "report_id": published["report_id"]}
+
+
+def upstream(p: Params, root: str, run: core.StageRunner) -> tuple[list[str], list[str], list[str]]:
+    """Ingest → drop index → split → tensorize → accumulate, once per partition on the task runner; returns the
+    sources, each partition's tensors and its statistics (what train and evaluate read). A sweep runs it too."""
     sources = storage.partition_sources(p.data) if storage.is_partitioned(p.data) else [storage.data_source(p.data)]
     with task_runner(p) as pool:
 
@@ -75,10 +98,18 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         calls = [(s["train"], s["test"], p.target, features, p.dtype, sum(rows), root) for s in parts]
         tensors = [t["tensors"] for t in each(tensorize.tensorize, calls)]
         stats = [s["stats"] for s in each(accumulate.accumulate_stats, [(t, root) for t in tensors])]
-    trained = run(train.train_model, tensors, stats, p.training(), root)
-    evaluation = run(evaluate.evaluate_model, tensors, stats, trained["model"], root)
-    # the champion decision needs the model and the test rows, not the plots: it runs beside them
+    return sources, tensors, stats
+
+
+def commit(
+    p: Params, root: str, run: core.StageRunner, sources: list[str], tensors: list[str], beside: Any = lambda: None
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The champion decision on ``run``'s model, then the history row and the run record: all or nothing
+    (docs/lifecycle.md), a failure before the record taking the first two back. ``beside`` runs while the
+    promotion does (the plots). Returns the promotion block, the run record and the parameters as shown."""
     run_id = str(flow_run.id)
+    trained, evaluation = run.results["train"], run.results["evaluate"]
+    # the champion decision needs the model and the test rows, not the plots: it runs beside them
     promoting = promote.promote_model.submit(
         tensors,
         trained["model"],
@@ -92,22 +123,15 @@ def _train(p: Params, root: str) -> dict[str, Any]:
     )
     data = p.data if len(sources) > 1 else sources[0]
     shown = storage.redact_all({**p.model_dump(mode="json"), "data": data, "artifacts_dir": root})
-    # The lifecycle writes, all or nothing (docs/lifecycle.md): the champion pointer, the history row, then the
-    # run record, which commits them; a failure before it takes the first two back.
     try:
-        run(plot.plot_results, evaluation["predictions"], trained["model"], root)
+        beside()
         promotion = promoting.result()
         history.record_history(root, run_id, shown, run.results, promotion)
         record = core.write_run_record(root, run_id, p.model_dump(), run.results, run.cached)
     except BaseException:
         take_back(root, run_id, promoting)
         raise
-    published = publish_report(shown, run.results, promotion, root, run.cached)
-    summary = summarize(run.results, run.cached, record)
-    events.emit_training(root, run_id, trained["model"], promotion, summary, p.target)  # committed: announce it
-    labels.label(run_id, p, root, promotion, summary["engine"])
-    promote.enforce(promotion, p.require_promotion)
-    return {**summary, "promotion": promotion, "flow_run_id": run_id, "report_id": published["report_id"]}
+    return promotion, record, shown
 
 
 linear_regression.__signature__ = Params.signature()
