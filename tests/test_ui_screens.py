@@ -74,6 +74,10 @@ def test_the_runs_list_and_the_history_read_at_a_glance(tmp_path: Path, artifact
         Page("v1 history", f"{ui}/artifacts/artifact/{history.id}", f"Artifact: {HISTORY_KEY}", (names[1],)),
         Page("v2 history", f"{ui}/v2/artifacts/artifact/{history.id}", f"Artifact: {HISTORY_KEY}", (names[1],)),
         Page("v1 report", f"{ui}/artifacts/artifact/{report.id}", f"Artifact: {REPORT_KEY}", ("Stages",)),
+        # our events in Prefect's feed, newest first: the prediction's, after the training runs' (tasks/events.py)
+        Page(
+            "v1 events", f"{ui}/events", "Event Feed", ("Linreg predictions written", "linreg.model."), "ui-events.png"
+        ),
     ]
     pages[1].screenshot = "ui-history.png"
 
