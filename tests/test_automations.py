@@ -13,7 +13,6 @@ import shutil
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 
 import pytest
 from loopback import http_server
@@ -135,18 +134,10 @@ def test_a_rejected_model_is_posted_with_its_reason(applied, receiver):
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed (.ci/run installs it)")
 def test_the_automations_page_lists_both_alerts(applied, prefect_api_url, tmp_path):
     """The UI's Automations page, as a person sees it (docs/screenshots/ui-automations.png)."""
-    from test_ui_browser import SCREENSHOTS, Chromium, Page, assert_inert, chromium_processes
+    from test_ui_browser import Page, render_checked
 
     names = ("linreg-scheduled-run-failed", "linreg-model-rejected")
     page = Page("v1 automations", f"{prefect_api_url.removesuffix('/api')}/automations", "Automations", names)
     page.screenshot = "ui-automations.png"
-    shots = Path(SCREENSHOTS or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
-    browser = Chromium(tmp_path / "chromium" / "profile")
-    try:
-        dom = browser.render(page, shots)
-    finally:
-        browser.close()
-    assert chromium_processes(tmp_path / "chromium" / "profile") == []
-    assert_inert(page, dom)
+    dom = render_checked([page], tmp_path)[0][page.label]
     assert dom.text.count("Call webhook using") == 2 and "2 automations" in dom.text

@@ -199,6 +199,23 @@ def assert_inert(page: Page, dom: Dom) -> None:
         assert text in dom.text, f"{page.label} does not show {text!r} as text"
 
 
+def render_checked(pages: list[Page], tmp_path: Path) -> tuple[dict[str, Dom], Path]:
+    """Render ``pages`` in one headless Chromium (screenshots to $LINREG_UI_SCREENSHOTS or under ``tmp_path``),
+    check each is inert and shows what it must, and that Chromium left no process: the DOMs by label, and the
+    screenshots' folder."""
+    profile, shots = tmp_path / "chromium" / "profile", Path(SCREENSHOTS or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    browser = Chromium(profile)
+    try:
+        rendered = {page.label: browser.render(page, shots) for page in pages}
+    finally:
+        browser.close()
+    assert chromium_processes(profile) == []  # Chromium ended, and everything it started
+    for page in pages:
+        assert_inert(page, rendered[page.label])
+    return rendered, shots
+
+
 def test_the_ui_shows_hostile_column_names_as_text_and_nothing_else(tmp_path: Path, artifacts: Path, prefect_api_url):
     ui = prefect_api_url.removesuffix("/api")
     with urllib.request.urlopen(f"{ui}/ui-settings", timeout=10) as response:
@@ -242,16 +259,7 @@ def test_the_ui_shows_hostile_column_names_as_text_and_nothing_else(tmp_path: Pa
     # training: 2 × flow run, 5 + 2 artifacts (v1 + v2); predict: 2 × (flow run + report)
     assert len(pages) == 13 and sum(bool(page.shows) for page in pages) == 7
 
-    profile, shots = tmp_path / "chromium" / "profile", Path(SCREENSHOTS or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
-    browser = Chromium(profile)
-    try:
-        rendered = {page.label: browser.render(page, shots) for page in pages}
-    finally:
-        browser.close()
-    assert chromium_processes(profile) == []  # Chromium ended, and everything it started
-    for page in pages:
-        assert_inert(page, rendered[page.label])
+    rendered, shots = render_checked(pages, tmp_path)
     for ui_name in ("v1", "v2"):  # our own plots still show in the report
         report = rendered[f"{ui_name} train linear-regression-report"]
         assert len([a for tag, a in report.elements if tag == "img" and a.get("src", "").startswith(PLOTS)]) >= 2
