@@ -27,11 +27,12 @@ from prefect.runtime import flow_run
 
 import stagecore as core
 import storage
+from flows import labels
 from flows import train as single
 from flows.cli import exit_with, one_line, print_error
 from flows.params import Params
 from storage.errors import InputError
-from tasks import crossval, evaluate, promote, sweep_report, train
+from tasks import crossval, evaluate, events, promote, sweep_report, train
 
 # What a sweep may vary: the training and evaluation knobs. The data, the store and the promotion rule are one
 # for the whole sweep (plain options, as for flows.train).
@@ -178,6 +179,8 @@ def linear_regression_sweep(
 
 
 def _sweep(configs: list[Params], swept: list[list[str]], folds: int, root: str) -> dict[str, Any]:
+    run_id = str(flow_run.id)
+    labels.label_sweep(run_id, configs, folds, root)
     upstreams: dict[tuple, tuple[core.StageRunner, list[str], list[str], list[str]]] = {}
     for p in configs:  # the stages before training, once per split (a swept seed or test size splits anew)
         key = tuple(getattr(p, k) for k in UPSTREAM)
@@ -214,6 +217,9 @@ def _sweep(configs: list[Params], swept: list[list[str]], folds: int, root: str)
         run.results = {**up.results, **rows[best_i]["results"]}
         run.cached = {**up.cached, **rows[best_i]["cached"]}
         promotion, _, _ = single.commit(p, root, run, sources, tensors)
+        evaluated = core.read_json(run.results["evaluate"]["summary"])
+        events.emit_training(root, run_id, run.results["train"]["model"], promotion, evaluated, p.target)
+    labels.label_sweep(run_id, configs, folds, root, promotion)
     table = [{k: v for k, v in r.items() if k not in ("results", "cached")} for r in rows]
     sweep_report.publish_sweep(table, order, best_i, folds)
     summary = {
@@ -221,7 +227,7 @@ def _sweep(configs: list[Params], swept: list[list[str]], folds: int, root: str)
         "best": None if best_i is None else {**table[best_i], "index": best_i, "model": _model(rows[best_i])},
         "promotion": promotion,
         "upstream_cached": next(iter(upstreams.values()))[0].cached,
-        "flow_run_id": str(flow_run.id),
+        "flow_run_id": run_id,
     }
     if promotion is not None:
         promote.enforce(promotion, configs[best_i].require_promotion)

@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from prefect.client.orchestration import get_client
 from sklearn.model_selection import KFold
 
+import stagecore as core
+import storage
+from conftest import events_of
 from flows import history
 from flows.params import Params
 from flows.sweep import grid, main, read_file, validate
@@ -170,6 +174,21 @@ def test_a_sweep_equals_single_runs_reuses_upstream_and_survives_a_failing_confi
     assert out["best"]["index"] == 0
     assert out["best"]["model"] == singles[0]["artifacts"]["train"]["model"]  # the same cached model file
     assert out["promotion"]["reason"].startswith("this run's model is already the champion")
+    with get_client(sync_client=True) as client:  # named and tagged like a training run (flows/labels.py)
+        labelled = client.read_flow_run(out["flow_run_id"])
+    assert labelled.name.startswith("Advertising-sweep-") and len(labelled.name.rsplit("-", 1)[1]) == 6
+    assert sorted(labelled.tags) == ["promoted", "store:local", "sweep"]
+
+    # in a fresh store the best configuration is promoted, and the sweep announces it as a training run does
+    fresh = artifacts.parent / "fresh"
+    assert main(["--artifacts-dir", str(fresh), "--epochs", "300", "--set", "lr=0.01,auto", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["best"]["index"] == 1 and out["promotion"]["promoted"]
+    sha = core.read_manifest(out["best"]["model"])["sha256"]
+    [promoted] = events_of(f"linreg.model.{sha[:16]}", "linreg.model.promoted")
+    assert promoted.payload["flow_run_id"] == out["flow_run_id"]
+    assert promoted.payload["model"] == storage.store_relative(fresh, out["best"]["model"])
+    assert promoted.payload["test_mse"] == out["best"]["test_mse"]
 
     # flows.history --diff: the two single runs side by side, by a prefix of each id
     a, b = (single["flow_run_id"] for single in singles)
