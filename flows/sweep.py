@@ -221,7 +221,8 @@ def _sweep(configs: list[Params], swept: list[list[str]], folds: int, root: str)
         events.emit_training(root, run_id, run.results["train"]["model"], promotion, evaluated, p.target)
     labels.label_sweep(run_id, configs, folds, root, promotion)
     table = [{k: v for k, v in r.items() if k not in ("results", "cached")} for r in rows]
-    sweep_report.publish_sweep(table, order, best_i, folds)
+    models = {i: r["results"]["train"]["model"] for i, r in enumerate(rows) if r["status"] == "ok"}
+    sweep_report.publish_sweep(table, order, best_i, folds, models)
     summary = {
         "configs": table,
         "best": None if best_i is None else {**table[best_i], "index": best_i, "model": _model(rows[best_i])},
