@@ -15,7 +15,7 @@ POOL ?= local-process
 GIT_POOL ?= git-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run stop status test test-fast bench bench-naive bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git automations worker \
+.PHONY: help setup run stop status test test-fast bench bench-naive bench-scale bench-predict bench-store bench-sweep lint format clean-artifacts clean server deploy deploy-git automations worker \
 	serve
 
 help: ## list the targets
@@ -63,6 +63,9 @@ bench-scale: $(STAMP) ## flow vs the plain script at 200 and 2M rows; ARGS="--ro
 
 bench-predict: $(STAMP) ## predict rows/s and peak RSS at 2M rows (trains once first); ARGS="--rows 20000000"
 	$(PY) -m bench.predict_bench $(ARGS)
+
+bench-sweep: $(STAMP) ## a 12-configuration sweep and --folds 5 vs single runs at 2M rows; ARGS="--rows 500000"
+	$(PY) -m bench.sweep_bench $(ARGS)
 
 bench-store: $(STAMP) ## artifacts in a local folder vs on S3 (moto on loopback), cold and cached, at 2M rows
 	$(PY) -m bench.store_bench $(ARGS)
