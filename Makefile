@@ -15,7 +15,7 @@ POOL ?= local-process
 GIT_POOL ?= git-process
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run stop status test test-fast bench bench-naive bench-scale bench-predict bench-store lint format clean-artifacts clean server deploy deploy-git automations worker \
+.PHONY: help setup run stop status test test-fast bench bench-naive bench-scale bench-predict bench-store bench-sweep lint format clean-artifacts clean server deploy deploy-git automations worker \
 	serve
 
 help: ## list the targets
@@ -64,6 +64,9 @@ bench-scale: $(STAMP) ## flow vs the plain script at 200 and 2M rows; ARGS="--ro
 bench-predict: $(STAMP) ## predict rows/s and peak RSS at 2M rows (trains once first); ARGS="--rows 20000000"
 	$(PY) -m bench.predict_bench $(ARGS)
 
+bench-sweep: $(STAMP) ## a 12-configuration sweep and --folds 5 vs single runs at 2M rows; ARGS="--rows 500000"
+	$(PY) -m bench.sweep_bench $(ARGS)
+
 bench-store: $(STAMP) ## artifacts in a local folder vs on S3 (moto on loopback), cold and cached, at 2M rows
 	$(PY) -m bench.store_bench $(ARGS)
 
@@ -72,7 +75,7 @@ server: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 (SQLite in ~/.p
 
 deploy deploy-git automations worker serve: export PREFECT_API_URL ?= http://$(SERVER_HOST):$(SERVER_PORT)/api
 
-deploy: $(STAMP) ## one machine: create pool local-process if missing, deploy daily, on-demand, predict from here
+deploy: $(STAMP) ## one machine: create pool local-process if missing, deploy daily, on-demand, predict, sweep from here
 	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process
 	$(PREFECT) --no-prompt deploy --all
 	$(PY) -m flows.automations apply

@@ -25,22 +25,40 @@ def data_stem(data: str | None) -> str:
     return path.name.rsplit(".", 1)[0] if "." in path.name else path.name or "data"
 
 
+def _work(p: Params) -> dict[str, Any]:
+    return p.model_dump(mode="json", exclude={"artifacts_dir", "refresh"})  # same work, same name
+
+
+def _key(shown: Any) -> str:
+    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:6]
+
+
 def run_name(p: Params) -> str:
-    shown = p.model_dump(mode="json", exclude={"artifacts_dir", "refresh"})  # same work, same name
-    key = hashlib.sha256(json.dumps(shown, sort_keys=True).encode()).hexdigest()[:6]
-    return f"{data_stem(p.data)}-{p.preset}-{key}"
+    return f"{data_stem(p.data)}-{p.preset}-{_key(_work(p))}"
+
+
+def sweep_name(configs: list[Params], folds: int) -> str:
+    """``<data>-sweep-<key>``: six hex digits of every configuration's parameters and the folds."""
+    return f"{data_stem(configs[0].data)}-sweep-{_key([[_work(p) for p in configs], folds])}"
 
 
 def run_tags(p: Params, root: str, promotion: dict[str, Any] | None = None, engine: str | None = None) -> list[str]:
-    tags = [f"preset:{p.preset}", f"engine:{engine or p.engine}", f"store:{_store(root)}"]
-    if promotion is not None:
-        tags.append("promoted" if promotion["promoted"] else "not-promoted")
-    return tags
+    return [f"preset:{p.preset}", f"engine:{engine or p.engine}", f"store:{_store(root)}", *_outcome(promotion)]
+
+
+def _outcome(promotion: dict[str, Any] | None) -> list[str]:
+    return [] if promotion is None else ["promoted" if promotion["promoted"] else "not-promoted"]
 
 
 def label(run_id: str, p: Params, root: str, promotion: dict | None = None, engine: str | None = None) -> None:
     """Name and tag training flow run ``run_id`` (the tags a deployment gave it are kept)."""
     _update(run_id, run_name(p), run_tags(p, root, promotion, engine))
+
+
+def label_sweep(run_id: str, configs: list[Params], folds: int, root: str, promotion: dict | None = None) -> None:
+    """Name a sweep's flow run (`sweep_name`) and tag it ``sweep``, its store kind and (once decided) whether its
+    best configuration's model was promoted."""
+    _update(run_id, sweep_name(configs, folds), ["sweep", f"store:{_store(root)}", *_outcome(promotion)])
 
 
 def label_prediction(run_id: str, data: str | None, model_sha256: str, root: str) -> None:
@@ -65,4 +83,4 @@ def _update(run_id: str, name: str, ours: list[str]) -> None:
 
 
 def _ours(tag: str) -> bool:
-    return tag.startswith(("preset:", "engine:", "store:")) or tag in ("promoted", "not-promoted", "predict")
+    return tag.startswith(("preset:", "engine:", "store:")) or tag in ("promoted", "not-promoted", "predict", "sweep")

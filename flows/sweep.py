@@ -27,11 +27,12 @@ from prefect.runtime import flow_run
 
 import stagecore as core
 import storage
+from flows import labels
 from flows import train as single
 from flows.cli import exit_with, one_line, print_error
 from flows.params import Params
 from storage.errors import InputError
-from tasks import crossval, evaluate, promote, sweep_report, train
+from tasks import crossval, evaluate, events, promote, sweep_report, train
 
 # What a sweep may vary: the training and evaluation knobs. The data, the store and the promotion rule are one
 # for the whole sweep (plain options, as for flows.train).
@@ -65,15 +66,22 @@ def read_file(path: str) -> list[dict[str, Any]]:
     except yaml.YAMLError as exc:
         raise InputError(f"--file {path}: not valid YAML ({one_line(exc)})") from None
     if isinstance(loaded, dict):
-        axes = {str(k): v if isinstance(v, list) else [v] for k, v in loaded.items()}
-        configs = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
-    elif isinstance(loaded, list) and all(isinstance(c, dict) for c in loaded):
-        configs = [{str(k): v for k, v in c.items()} for c in loaded]
-    else:
-        raise InputError(f"--file {path}: expected a mapping of KEY: [values] or a list of mappings")
+        return product(loaded, f"--file {path}")
+    if isinstance(loaded, list) and all(isinstance(c, dict) for c in loaded):
+        return known([{str(k): v for k, v in c.items()} for c in loaded], f"--file {path}")
+    raise InputError(f"--file {path}: expected a mapping of KEY: [values] or a list of mappings")
+
+
+def product(axes: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A mapping knob → list of values (a single value: a list of one) → their product, one dict each."""
+    lists = {str(k): v if isinstance(v, list) else [v] for k, v in axes.items()}
+    return known([dict(zip(lists, values, strict=True)) for values in itertools.product(*lists.values())], where)
+
+
+def known(configs: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     for config in configs:
         if unknown := sorted(set(config) - set(KNOBS)):
-            raise InputError(f"--file {path}: {unknown[0]} is not a knob a sweep varies; one of {', '.join(KNOBS)}")
+            raise InputError(f"{where}: {unknown[0]} is not a knob a sweep varies; one of {', '.join(KNOBS)}")
     return configs
 
 
@@ -163,21 +171,30 @@ def rank_key(row: dict[str, Any]) -> float:
 
 
 def linear_regression_sweep(
-    settings: list[dict[str, Any]], base: dict[str, Any] | None = None, folds: int = 0
+    grid: dict[str, list[Any]] | None = None,
+    configurations: list[dict[str, Any]] | None = None,
+    options: dict[str, Any] | None = None,
+    folds: int = 0,
 ) -> dict[str, Any]:
-    """Train and evaluate each of ``settings`` (knob → value, over ``base``, the options common to all) on one
-    data set; with ``folds`` ≥ 2 each is also cross-validated on the training rows and selected by that. The
-    best configuration's model is offered to promotion by the usual rule (tasks/promote.py)."""
-    base = dict(base or {})
+    """Train and evaluate each configuration on one data set: the product of ``grid`` (knob → its values, as a
+    sweep file's mapping) and each of ``configurations`` (knob → value), over ``options`` (flows.train's
+    parameters, the same for all); with ``folds`` ≥ 2 each is also cross-validated on the training rows and
+    selected by that. The best configuration's model is offered to promotion by the usual rule (tasks/promote.py)."""
+    options = dict(options or {})
     if folds == 1 or folds < 0:
         raise InputError(f"--folds {folds}: pass 2 or more folds, or none")
-    configs = validate(base, settings)
+    settings = (product(grid, "grid") if grid else []) + known(
+        [dict(c) for c in configurations or []], "configurations"
+    )
+    configs = validate(options, settings)
     root = str(storage.prepare_root(configs[0].artifacts_dir))
     with storage.in_use(root):
         return _sweep(configs, [list(s) for s in settings], folds, root)
 
 
 def _sweep(configs: list[Params], swept: list[list[str]], folds: int, root: str) -> dict[str, Any]:
+    run_id = str(flow_run.id)
+    labels.label_sweep(run_id, configs, folds, root)
     upstreams: dict[tuple, tuple[core.StageRunner, list[str], list[str], list[str]]] = {}
     for p in configs:  # the stages before training, once per split (a swept seed or test size splits anew)
         key = tuple(getattr(p, k) for k in UPSTREAM)
@@ -214,14 +231,18 @@ def _sweep(configs: list[Params], swept: list[list[str]], folds: int, root: str)
         run.results = {**up.results, **rows[best_i]["results"]}
         run.cached = {**up.cached, **rows[best_i]["cached"]}
         promotion, _, _ = single.commit(p, root, run, sources, tensors)
+        evaluated = core.read_json(run.results["evaluate"]["summary"])
+        events.emit_training(root, run_id, run.results["train"]["model"], promotion, evaluated, p.target)
+    labels.label_sweep(run_id, configs, folds, root, promotion)
     table = [{k: v for k, v in r.items() if k not in ("results", "cached")} for r in rows]
-    sweep_report.publish_sweep(table, order, best_i, folds)
+    models = {i: r["results"]["train"]["model"] for i, r in enumerate(rows) if r["status"] == "ok"}
+    sweep_report.publish_sweep(table, order, best_i, folds, models)
     summary = {
         "configs": table,
         "best": None if best_i is None else {**table[best_i], "index": best_i, "model": _model(rows[best_i])},
         "promotion": promotion,
         "upstream_cached": next(iter(upstreams.values()))[0].cached,
-        "flow_run_id": str(flow_run.id),
+        "flow_run_id": run_id,
     }
     if promotion is not None:
         promote.enforce(promotion, configs[best_i].require_promotion)
@@ -297,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         print_error(exc)
         return 2
     try:
-        summary = linear_regression_sweep(settings=settings, base=args, folds=folds)
+        summary = linear_regression_sweep(configurations=settings, options=args, folds=folds)
     except InputError as exc:
         single.settle_prefect()
         print_error(exc)

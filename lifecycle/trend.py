@@ -8,15 +8,18 @@ It draws only numbers and fixed words, never a string from the data; the UI show
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from xml.sax.saxutils import escape
 
-__all__ = ["svg"]
+__all__ = ["curves", "svg"]
 
 WIDTH, HEIGHT = 640, 300
 LEFT, RIGHT, TOP, BOTTOM = 72, 24, 36, 48  # the plot area's margins, in pixels
 LOG_SPAN = 50.0  # a log axis when the largest MSE is at least this many times the smallest
 LINE, STAR = "#1f77b4", "#ff7f0e"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+MAX_POINTS = 400  # per curve: a long history is thinned to this many epochs (an SVG the UI draws at once)
+MAX_LEGEND = 20  # configurations named in the legend; the rest are drawn, not listed
 
 
 def svg(mse: Sequence[float | None], promoted: Sequence[bool]) -> bytes:
@@ -36,25 +39,13 @@ def svg(mse: Sequence[float | None], promoted: Sequence[bool]) -> bytes:
     def y(value: float) -> float:
         return TOP + (high - value) / (high - low) * (HEIGHT - TOP - BOTTOM)
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
-        'font-family="sans-serif" font-size="12">',
-        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-        f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="14">'
-        f"{escape(f'Test MSE over the last {count} runs')}</text>",
-    ]
-    for value, label in yticks:
-        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{label}</text>')
-    for run in _run_ticks(count):
-        out.append(f'<text x="{x(run):.1f}" y="{HEIGHT - BOTTOM + 18}" text-anchor="middle">{run}</text>')
-    bottom, inside = HEIGHT - BOTTOM, WIDTH - LEFT - RIGHT
-    out += [
-        f'<rect x="{LEFT}" y="{TOP}" width="{inside}" height="{bottom - TOP}" fill="none" stroke="#888"/>',
-        f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">run (oldest first)</text>',
-        f'<text transform="translate(16 {(TOP + bottom) / 2}) rotate(-90)" text-anchor="middle">'
-        f"test MSE{' (log scale)' if log else ''}</text>",
-    ]
+    out = _frame(
+        f"Test MSE over the last {count} runs",
+        "run (oldest first)",
+        f"test MSE{' (log scale)' if log else ''}",
+        [(y(v), label) for v, label in yticks],
+        [(x(run), str(run)) for run in _run_ticks(count)],
+    )
     xy = [(x(run), y(v)) for (run, _), v in zip(points, ys, strict=True)]
     if len(xy) > 1:
         path = " ".join(f"{a:.1f},{b:.1f}" for a, b in xy)
@@ -71,6 +62,84 @@ def svg(mse: Sequence[float | None], promoted: Sequence[bool]) -> bytes:
         "</svg>",
     ]
     return "\n".join(out).encode()
+
+
+def curves(histories: Mapping[int, Sequence[float]]) -> bytes:
+    """Training loss per epoch of several configurations in one plot, log-scale y; each curve in the legend by
+    its configuration number only (``histories``: number → the loss of each epoch). Non-positive or non-finite
+    losses (a diverged epoch) are not drawn."""
+    kept = {
+        n: [(e + 1, math.log10(v)) for e, v in enumerate(h) if math.isfinite(v) and v > 0] for n, h in histories.items()
+    }
+    kept = {n: points for n, points in kept.items() if points}
+    ys = [v for points in kept.values() for _, v in points]
+    low, high = (min(ys), max(ys)) if ys else (0.0, 1.0)
+    pad = (high - low) * 0.06 or 0.5
+    low, high = low - pad, high + pad
+    epochs = max((points[-1][0] for points in kept.values()), default=1)
+
+    def x(epoch: float) -> float:
+        return LEFT + (epoch - 1) / max(epochs - 1, 1) * (WIDTH - LEFT - RIGHT)
+
+    def y(value: float) -> float:
+        return TOP + (high - value) / (high - low) * (HEIGHT - TOP - BOTTOM)
+
+    decades = _log_ticks(low, high) or [(v, _plain(10.0**v)) for v in (low + pad, high - pad)]
+    out = _frame(
+        f"Training loss of {len(kept)} configurations",
+        "epoch",
+        "training MSE (log scale)",
+        [(y(v), label) for v, label in decades],
+        [(x(e), str(e)) for e in _ticks_at(epochs)],
+    )
+    for i, (n, points) in enumerate(sorted(kept.items())):
+        color = PALETTE[i % len(PALETTE)]
+        step = max(1, math.ceil(len(points) / MAX_POINTS))
+        shown = points[::step] if points[::step][-1] == points[-1] else [*points[::step], points[-1]]
+        path = " ".join(f"{x(e):.1f},{y(v):.1f}" for e, v in shown)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        if i < MAX_LEGEND:
+            top = TOP + 8 + 14 * i
+            out.append(
+                f'<line x1="{WIDTH - RIGHT - 60}" x2="{WIDTH - RIGHT - 44}" y1="{top}" y2="{top}" '
+                f'stroke="{color}" stroke-width="2"/>'
+            )
+            out.append(f'<text x="{WIDTH - RIGHT - 40}" y="{top + 4}">#{int(n)}</text>')
+    out.append("</svg>")
+    return "\n".join(out).encode()
+
+
+def _frame(
+    title: str, xlabel: str, ylabel: str, yticks: list[tuple[float, str]], xticks: list[tuple[float, str]]
+) -> list[str]:
+    """The SVG's head, title, grid, tick labels (at pixel positions), plot area and axis labels."""
+    bottom, inside = HEIGHT - BOTTOM, WIDTH - LEFT - RIGHT
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+        f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="14">{escape(title)}</text>',
+    ]
+    for at, label in yticks:
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{at:.1f}" y2="{at:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{LEFT - 6}" y="{at + 4:.1f}" text-anchor="end">{escape(label)}</text>')
+    for at, label in xticks:
+        out.append(f'<text x="{at:.1f}" y="{bottom + 18}" text-anchor="middle">{escape(label)}</text>')
+    return [
+        *out,
+        f'<rect x="{LEFT}" y="{TOP}" width="{inside}" height="{bottom - TOP}" fill="none" stroke="#888"/>',
+        f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}" text-anchor="middle">{escape(xlabel)}</text>',
+        f'<text transform="translate(16 {(TOP + bottom) / 2}) rotate(-90)" text-anchor="middle">'
+        f"{escape(ylabel)}</text>",
+    ]
+
+
+def _ticks_at(count: int) -> list[int]:
+    """Epoch ticks: 1 and round numbers up to ``count``, about six of them."""
+    raw = max(count / 6, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    return [1, *range(step, count + 1, step)] if step > 1 else list(range(1, count + 1))
 
 
 def _span(points: list[tuple[int, float]]) -> float:

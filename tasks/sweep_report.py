@@ -35,11 +35,22 @@ def ranked_rows(rows: list[dict[str, Any]], order: list[int], folds: int) -> lis
     return shown
 
 
+def loss_histories(models: dict[int, str]) -> dict[int, list[float]]:
+    """Each configuration's per-epoch training loss, from its model file (``models``: number → model.pt)."""
+    return {i: core.read_pt(path)["loss_history"].tolist() for i, path in models.items()}
+
+
 @task(name="publish_sweep", cache_policy=NO_CACHE, persist_result=False)
-def publish_sweep(rows: list[dict[str, Any]], order: list[int], best: int | None, folds: int) -> Any:
-    """Publish the ranked table as the ``linear-regression-sweep`` markdown artifact."""
+def publish_sweep(
+    rows: list[dict[str, Any]], order: list[int], best: int | None, folds: int, models: dict[int, str]
+) -> Any:
+    """Publish the ranked table, and the ok configurations' loss curves in one plot (``models``: their model
+    files by configuration number), as the ``linear-regression-sweep`` markdown artifact."""
     by = f"mean validation MSE over {folds} folds" if folds else "test MSE"
     head = "no configuration succeeded" if best is None else f"best: configuration {best} (by {by})"
     text = f"# Sweep: {len(rows)} configurations\n\n{core.escape_md(head)}\n\n"
     text += lifecycle.markdown.markdown_table(ranked_rows(rows, order, folds))
+    if models:
+        plot = lifecycle.trend.curves(loss_histories(models))
+        text += f"\n\n### Training loss\n\n![training loss]({lifecycle.markdown.image_data_uri(plot)})\n"
     return core.markdown_artifact(text, key=SWEEP_KEY, description=core.escape_md(f"sweep ranked by {by}"))

@@ -140,6 +140,25 @@ def retire_promotion_trigger() -> None:
             client.delete_flow_run(run.id)
 
 
+def events_of(resource_id: str, name: str, timeout: float = 30) -> list:
+    """The server's events ``name`` about ``resource_id``; waits for the first (the client sends them batched)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    flt = EventFilter(event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id]))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client.read_events(
+                filter=flt, limit=50
+            ).events  # the client's default, 100, is over the server's 50
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.3)
+
+
 def worker_env(home: Path, api_url: str, **extra: str) -> dict[str, str]:
     """A process worker's environment (`isolated_env`), polling its pool every second: a test waits on it."""
     return isolated_env(

@@ -18,11 +18,13 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
+from prefect.utilities.callables import parameter_schema
 
 import stagecore as core
 from conftest import ROOT, retire_promotion_trigger, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.params import Params
+from flows.sweep import linear_regression_sweep, product
 from flows.train import STAGES
 from tasks.accumulate import accumulate_stats
 from tasks.drop_index import drop_index_column
@@ -147,6 +149,20 @@ def test_daily_deployment_has_the_cron_schedule_and_the_flows_defaults(deployed)
         assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
 
+def test_sweep_deployment_takes_a_grid_and_folds_on_demand(deployed):
+    with get_client(sync_client=True) as client:
+        sweep = client.read_deployment_by_name("linear-regression-sweep/sweep")
+    assert (sweep.work_pool_name, sweep.schedules) == ("local-process", [])
+    assert sweep.entrypoint == "flows/sweep.py:linear_regression_sweep"
+    assert sweep.parameters == {"grid": {"lr": ["auto", 0.1, 0.01]}, "folds": 0}
+    # the run form: a mapping of lists, a list of mappings, a mapping, an integer (the flow's own schema)
+    schema = sweep.parameter_openapi_schema["properties"]
+    assert schema == parameter_schema(linear_regression_sweep).model_dump()["properties"]
+    assert schema["grid"]["anyOf"][0] == {"type": "object", "additionalProperties": {"type": "array", "items": {}}}
+    assert schema["folds"] == {"default": 0, "position": 3, "title": "folds", "type": "integer"}
+    assert product(sweep.parameters["grid"], "grid") == [{"lr": "auto"}, {"lr": 0.1}, {"lr": 0.01}]
+
+
 @pytest.mark.no_server
 def test_prefect_yaml_names_no_folder_of_any_machine():
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
@@ -165,7 +181,7 @@ def test_prefect_yaml_names_no_folder_of_any_machine():
     for each in (config, git_config):
         assert not [s for s in strings(each) if s.startswith(("/", "~")) or re.match(r"[A-Za-z]:\\", s)]
     # their git twins are in prefect-git.yaml (tests/test_git_worker.py); predict-on-promotion: tests/test_events.py
-    local = {"daily", "on-demand", "predict", "predict-on-promotion"}
+    local = {"daily", "on-demand", "predict", "sweep", "predict-on-promotion"}
     assert {d["name"] for d in config["deployments"]} == local
 
 

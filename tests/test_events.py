@@ -18,11 +18,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter
 from prefect.client.schemas.objects import StateType
-from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 import stagecore as core
 import storage
-from conftest import PROMOTION_TRIGGER, ROOT, retire_promotion_trigger, worker_env
+from conftest import PROMOTION_TRIGGER, ROOT, events_of, retire_promotion_trigger, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from flows.train import linear_regression
 from tasks import events
@@ -125,20 +124,6 @@ def test_an_event_that_cannot_be_sent_is_one_warning_never_an_error(caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
-def _events_of(resource_id: str, name: str, timeout: float = 30) -> list:
-    """The server's events ``name`` about ``resource_id``; waits for the first (the client sends them batched)."""
-    flt = EventFilter(event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id]))
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            found = client.read_events(
-                filter=flt, limit=50
-            ).events  # the client's default, 100, is over the server's 50
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.3)
-
-
 def _resource_id(model_path: str) -> str:
     return "linreg.model." + core.read_manifest(model_path)["sha256"][:16]
 
@@ -148,8 +133,8 @@ def test_a_rejected_run_emits_off_optimum_and_rejected_with_its_reason(artifacts
     assert not summary["promotion"]["promoted"] and summary["off_optimum"]
     model_path = summary["artifacts"]["train"]["model"]
     resource_id = _resource_id(model_path)
-    [rejected] = _events_of(resource_id, "linreg.model.rejected")
-    [off] = _events_of(resource_id, "linreg.model.off-optimum")
+    [rejected] = events_of(resource_id, "linreg.model.rejected")
+    [off] = events_of(resource_id, "linreg.model.off-optimum")
     assert (
         rejected.payload["reason"] == summary["promotion"]["reason"]
         and "--promote-off-optimum" in rejected.payload["reason"]
@@ -160,7 +145,7 @@ def test_a_rejected_run_emits_off_optimum_and_rejected_with_its_reason(artifacts
     assert rejected.payload["champion"] == "none" and rejected.payload["flow_run_id"] == summary["flow_run_id"]
     # Prefect relates the event to the run that sent it: the UI's feed links the flow run
     assert f"prefect.flow-run.{summary['flow_run_id']}" in {r.id for r in rejected.related}
-    assert not _events_of(resource_id, "linreg.model.promoted", timeout=0)
+    assert not events_of(resource_id, "linreg.model.promoted", timeout=0)
     # fire-and-forget: queuing does not wait on the server (Prefect's events worker sends from its own thread)
     started = time.perf_counter()
     assert events.emit([("linreg.test.queued", rejected.resource.root, {"i": i}) for i in range(50)]) == 50
@@ -229,7 +214,7 @@ def test_a_promotion_starts_a_prediction_run_with_exactly_that_model(triggered):
     summary, artifacts = triggered["summary"], triggered["artifacts"]
     model_path = summary["artifacts"]["train"]["model"]
     sha = core.read_manifest(model_path)["sha256"]
-    [promoted] = _events_of("linreg.model." + sha[:16], "linreg.model.promoted")
+    [promoted] = events_of("linreg.model." + sha[:16], "linreg.model.promoted")
     assert promoted.payload["model_sha256"] == sha and promoted.payload["flow_run_id"] == summary["flow_run_id"]
     assert promoted.payload["test_mse"] == summary["promotion"]["challenger_test_mse"]
     assert promoted.payload["features"] == list(summary["weights"]) and promoted.payload["target"] == "sales"
@@ -240,7 +225,7 @@ def test_a_promotion_starts_a_prediction_run_with_exactly_that_model(triggered):
     root = str(artifacts.resolve())
     assert run.parameters == {"model": f"{root}/{promoted.payload['model']}", "artifacts_dir": root}
     # its predictions were made by that model: its event, and its predictions' manifest, name the model's sha256
-    [written] = _events_of("linreg.model." + sha[:16], "linreg.predictions.written")
+    [written] = events_of("linreg.model." + sha[:16], "linreg.predictions.written")
     assert written.payload["model_sha256"] == sha and written.payload["flow_run_id"] == str(run.id)
     assert written.payload["rows"] == 200 and written.payload["data"].endswith("data/Advertising.csv")
     [predictions] = written.payload["predictions"]

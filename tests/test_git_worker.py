@@ -199,7 +199,14 @@ def test_prefect_yaml_git_deployments_mirror_the_local_ones_with_the_git_steps()
     git_config = yaml.safe_load((ROOT / "prefect-git.yaml").read_text())
     local_by_name = {d["name"]: d for d in config["deployments"]}
     git_by_name = {d["name"]: d for d in git_config["deployments"]}
-    assert set(local_by_name) == {"daily", "on-demand", "predict", "predict-on-promotion"}  # the last: no git twin
+    # sweep and predict-on-promotion: no git twin
+    assert set(local_by_name) == {
+        "daily",
+        "on-demand",
+        "predict",
+        "sweep",
+        "predict-on-promotion",
+    }  # the last two: no git twin
     assert set(git_by_name) == {"git-daily", "git-on-demand", "git-predict"}
     for name in ("daily", "on-demand", "predict"):
         local, git = local_by_name[name], git_by_name[f"git-{name}"]

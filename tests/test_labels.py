@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.labels import run_name, run_tags
+from flows.labels import run_name, run_tags, sweep_name
 from flows.params import Params
 
 
@@ -30,3 +30,12 @@ def test_tags_say_preset_engine_store_and_the_promotion():
     assert run_tags(Params(), "/a/artifacts") == ["preset:default", "engine:auto", "store:local"]
     tags = run_tags(Params(preset="seed"), "s3://bucket/prefix", {"promoted": False}, "stats")
     assert tags == ["preset:seed", "engine:stats", "store:s3", "not-promoted"]
+
+
+@pytest.mark.no_server
+def test_a_sweep_is_named_by_its_data_and_every_configuration():
+    configs = [Params(lr=0.1), Params(lr="auto")]
+    name = sweep_name(configs, 0)
+    assert name.startswith("Advertising-sweep-") and len(name.rsplit("-", 1)[1]) == 6
+    assert sweep_name([Params(lr=0.1, artifacts_dir="/x"), Params(lr="auto")], 0) == name  # same work
+    assert name not in (sweep_name(configs, 5), sweep_name(configs[:1], 0))

@@ -37,7 +37,7 @@ WHITE_BOX = {
     "test_store_security.py": {"stagecore.cache"},
 }
 MAX_NAMES = 23
-MAX_LIFECYCLE_NAMES = 26  # over all of lifecycle's modules (issue 25: the registry's 6)
+MAX_LIFECYCLE_NAMES = 27  # over all of lifecycle's modules (issue 25: the registry's 6; issue 26: trend.curves)
 
 
 def modules(package: str) -> dict[str, Path]:

@@ -3,22 +3,30 @@ stages run once, a failing configuration is a row, the folds are scikit-learn's 
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter
 from sklearn.model_selection import KFold
 
+import stagecore as core
+import storage
+from conftest import events_of
 from flows import history
 from flows.params import Params
 from flows.sweep import grid, main, read_file, validate
 from flows.train import linear_regression
+from lifecycle import trend
 from linreg.folds import cross_validate, fold_stats, kfold_ids, stats_mse
 from storage.errors import InputError
-from tasks.sweep_report import ranked_rows
+from tasks.sweep_report import SWEEP_KEY, ranked_rows
 
 UPSTREAM = ("ingest", "drop_index", "split", "tensorize", "accumulate")
 
@@ -148,6 +156,21 @@ def test_the_ranked_table_escapes_what_users_wrote():
     assert table[1]["status"] == "failed: diverged | <b>x</b>"  # escaped by markdown_table when rendered
 
 
+@pytest.mark.no_server
+def test_the_loss_curves_are_one_plot_one_curve_per_configuration_named_by_number():
+    histories = {0: [10.0 / (e + 1) for e in range(5000)], 3: [8.0, 4.0, 2.0], 7: [float("nan"), 0.0]}
+    plot = trend.curves(histories).decode()
+    assert plot.startswith("<svg") and plot.count("<polyline") == 2  # #7 has no drawable epoch
+    assert re.findall(r">(#\d+)</text>", plot) == ["#0", "#3"]
+    assert "log scale" in plot
+    # a long history is thinned, its first and last epochs kept; log10 of the loss on the y axis
+    first = re.search(r'<polyline points="([^"]+)"', plot).group(1).split()
+    assert len(first) <= 401
+    assert first[0].startswith("72.0,") and first[-1].startswith("616.0,")
+    ys = [float(p.split(",")[1]) for p in first]
+    assert ys == sorted(ys)  # the loss falls: y grows downwards in SVG
+
+
 def test_a_sweep_equals_single_runs_reuses_upstream_and_survives_a_failing_configuration(artifacts: Path, capsys):
     """After single runs of two settings, a sweep over them (and one that diverges) finds the stages before
     training Cached, reports each configuration's numbers as the single run's, and the failure as a row."""
@@ -170,6 +193,26 @@ def test_a_sweep_equals_single_runs_reuses_upstream_and_survives_a_failing_confi
     assert out["best"]["index"] == 0
     assert out["best"]["model"] == singles[0]["artifacts"]["train"]["model"]  # the same cached model file
     assert out["promotion"]["reason"].startswith("this run's model is already the champion")
+    with get_client(sync_client=True) as client:  # named and tagged like a training run (flows/labels.py)
+        labelled = client.read_flow_run(out["flow_run_id"])
+        assert labelled.name.startswith("Advertising-sweep-") and len(labelled.name.rsplit("-", 1)[1]) == 6
+        assert sorted(labelled.tags) == ["promoted", "store:local", "sweep"]
+        [report] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id={"any_": [out["flow_run_id"]]}, key={"any_": [SWEEP_KEY]})
+        )
+    [plot] = re.findall(r"\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", report.data)
+    assert base64.b64decode(plot).count(b"<polyline") == 2  # the two ok configurations, not the diverged one
+
+    # in a fresh store the best configuration is promoted, and the sweep announces it as a training run does
+    fresh = artifacts.parent / "fresh"
+    assert main(["--artifacts-dir", str(fresh), "--epochs", "300", "--set", "lr=0.01,auto", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["best"]["index"] == 1 and out["promotion"]["promoted"]
+    sha = core.read_manifest(out["best"]["model"])["sha256"]
+    [promoted] = events_of(f"linreg.model.{sha[:16]}", "linreg.model.promoted")
+    assert promoted.payload["flow_run_id"] == out["flow_run_id"]
+    assert promoted.payload["model"] == storage.store_relative(fresh, out["best"]["model"])
+    assert promoted.payload["test_mse"] == out["best"]["test_mse"]
 
     # flows.history --diff: the two single runs side by side, by a prefix of each id
     a, b = (single["flow_run_id"] for single in singles)
