@@ -75,7 +75,7 @@ server: $(STAMP) ## Prefect server + UI on http://127.0.0.1:4200 (SQLite in ~/.p
 
 deploy deploy-git automations worker serve: export PREFECT_API_URL ?= http://$(SERVER_HOST):$(SERVER_PORT)/api
 
-deploy: $(STAMP) ## one machine: create pool local-process if missing, deploy daily, on-demand, predict, sweep from here
+deploy: $(STAMP) ## one machine: create pool local-process if missing, deploy daily, on-demand, predict, predict-on-promotion, sweep
 	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process
 	$(PREFECT) --no-prompt deploy --all
 	$(PY) -m flows.automations apply
