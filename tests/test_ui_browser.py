@@ -199,6 +199,22 @@ def assert_inert(page: Page, dom: Dom) -> None:
         assert text in dom.text, f"{page.label} does not show {text!r} as text"
 
 
+def render_all(pages: list[Page], tmp_path: Path) -> dict[str, Dom]:
+    """Each page rendered in one Chromium, by label (screenshots under ``LINREG_UI_SCREENSHOTS`` or ``tmp_path``);
+    Chromium, and everything it started, ended; every page inert (`assert_inert`)."""
+    profile, shots = tmp_path / "chromium" / "profile", Path(SCREENSHOTS or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    browser = Chromium(profile)
+    try:
+        rendered = {page.label: browser.render(page, shots) for page in pages}
+    finally:
+        browser.close()
+    assert chromium_processes(profile) == []
+    for page in pages:
+        assert_inert(page, rendered[page.label])
+    return rendered
+
+
 def test_the_ui_shows_hostile_column_names_as_text_and_nothing_else(tmp_path: Path, artifacts: Path, prefect_api_url):
     ui = prefect_api_url.removesuffix("/api")
     with urllib.request.urlopen(f"{ui}/ui-settings", timeout=10) as response:
@@ -242,16 +258,8 @@ def test_the_ui_shows_hostile_column_names_as_text_and_nothing_else(tmp_path: Pa
     # training: 2 × flow run, 5 + 2 artifacts (v1 + v2); predict: 2 × (flow run + report)
     assert len(pages) == 13 and sum(bool(page.shows) for page in pages) == 7
 
-    profile, shots = tmp_path / "chromium" / "profile", Path(SCREENSHOTS or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
-    browser = Chromium(profile)
-    try:
-        rendered = {page.label: browser.render(page, shots) for page in pages}
-    finally:
-        browser.close()
-    assert chromium_processes(profile) == []  # Chromium ended, and everything it started
-    for page in pages:
-        assert_inert(page, rendered[page.label])
+    rendered = render_all(pages, tmp_path)
+    shots = Path(SCREENSHOTS or tmp_path / "screenshots")
     for ui_name in ("v1", "v2"):  # our own plots still show in the report
         report = rendered[f"{ui_name} train linear-regression-report"]
         assert len([a for tag, a in report.elements if tag == "img" and a.get("src", "").startswith(PLOTS)]) >= 2

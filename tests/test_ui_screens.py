@@ -20,7 +20,7 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter
 from prefect.logging.handlers import APILogWorker
-from test_ui_browser import CHROMIUM, SCREENSHOTS, Chromium, Page, assert_inert, chromium_processes
+from test_ui_browser import CHROMIUM, SCREENSHOTS, Page, render_all
 
 import stagecore as core
 from conftest import ADVERTISING
@@ -105,16 +105,8 @@ def test_the_runs_list_and_the_history_read_at_a_glance(tmp_path: Path, artifact
     ]
     pages[1].screenshot = "ui-history.png"
 
-    profile, shots = tmp_path / "chromium" / "profile", Path(SCREENSHOTS or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
-    browser = Chromium(profile)
-    try:
-        rendered = {page.label: browser.render(page, shots) for page in pages}
-    finally:
-        browser.close()
-    assert chromium_processes(profile) == []
-    for page in pages:
-        assert_inert(page, rendered[page.label])
+    rendered = render_all(pages, tmp_path)
+    shots = Path(SCREENSHOTS or tmp_path / "screenshots")
 
     for label in ("v1 history", "v2 history"):
         dom = rendered[label]
