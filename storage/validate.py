@@ -169,6 +169,12 @@ def manifest(obj: Any, file: str | None = None, what: str = "manifest") -> dict[
     entries = (obj.get("schema") or {}).get("entries")
     if entries is not None and not (isinstance(entries, dict) and all(isinstance(e, dict) for e in entries.values())):
         raise Invalid(f"{what}: field 'schema.entries' is not an object of objects")
+    if obj["format"] == "parquet":  # its rows and column names are read from here (split's offsets, the history)
+        schema = _field(obj, "schema", dict, what)
+        rows = _field(schema, "rows", int, f"{what} schema")
+        columns = _field(schema, "columns", list, f"{what} schema")
+        if rows < 0 or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in columns):
+            raise Invalid(f"{what}: field 'schema' does not give a row count and named columns")
     return obj
 
 

@@ -11,10 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_events import _events_of
-
 import stagecore as core
-from conftest import ADVERTISING, ROOT
+from conftest import ADVERTISING, ROOT, events_of
 from flows.local_server import isolated_env
 from flows.train import linear_regression
 from lifecycle import champion
@@ -64,6 +62,6 @@ def test_rollback_then_predict_with_previous_and_champion(artifacts, tmp_path, p
     assert [(c["alias"], c["model"], c["generation"], c["reason"]) for c in history["registry"]] == [
         ("champion", rolled["model"], 3, rolled["reason"])
     ]
-    [event] = _events_of(events.RESOURCE_PREFIX + sha["worse"][:16], events.ROLLED_BACK)
+    [event] = events_of(events.RESOURCE_PREFIX + sha["worse"][:16], events.ROLLED_BACK)
     assert event.payload["generation"] == 3 and event.payload["reason"] == rolled["reason"]
     assert event.payload["model"] == rolled["model"] and event.payload["model_sha256"] == sha["worse"]

@@ -112,13 +112,28 @@ def test_a_malformed_manifest_is_invalid_naming_the_field(changes, field):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "schema", [None, {}, {"rows": "3", "columns": []}, {"rows": -1, "columns": []}, {"rows": 3, "columns": [1]}]
+)
+def test_a_parquet_manifest_gives_its_row_count_and_column_names(schema):
+    """split's offsets and the history read them from the manifest: a manifest without them is invalid (the
+    stage runs again), never a KeyError (found by tests/test_store_validation.py's fuzzing)."""
+    changes = {"format": "parquet"} | ({} if schema is None else {"schema": schema})
+    manifest = good_manifest(**changes)
+    if schema is None:
+        manifest.pop("schema", None)
+    with pytest.raises(Invalid, match="schema"):
+        validate.manifest(manifest)
+    assert validate.manifest(good_manifest(format="parquet", schema={"rows": 0, "columns": [{"name": "a"}]}))
+
+
 def test_only_a_models_manifest_is_a_model():
     assert validate.model_manifest(good_manifest())
     tensors = good_manifest(stage="tensorize", schema={"entries": {"x_train": {"shape": [1], "dtype": "float32"}}})
     with pytest.raises(Invalid, match="not a model \\(a pt file of stage tensorize"):
         validate.model_manifest(tensors)
     with pytest.raises(Invalid, match="not a model \\(a parquet file"):
-        validate.model_manifest(good_manifest(format="parquet"))
+        validate.model_manifest(good_manifest(format="parquet", schema={"rows": 3, "columns": [{"name": "x"}]}))
     with pytest.raises(Invalid, match="no bias, features, target entry"):
         validate.model_manifest(good_manifest(schema={"entries": {"weights": {"shape": [1], "dtype": "float32"}}}))
     with pytest.raises(Invalid, match="weights are not a tensor"):
