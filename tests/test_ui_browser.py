@@ -70,6 +70,7 @@ class Page:
     shows: tuple[str, ...] = ()  # text the page must show, as text
     screenshot: str | None = None  # file name, 1400 × 1000
     scroll_to: str | None = None  # the heading a screenshot starts at
+    ready: Callable[[Dom], bool] | None = None  # more than text: e.g. the markdown's links are in (not its source)
 
 
 class Dom(HTMLParser):
@@ -98,6 +99,7 @@ class Chromium:
 
     def __init__(self, profile: Path):
         profile.mkdir(parents=True)
+        self.profile = profile
         self.log = (profile.parent / "chromium.log").open("wb")
         self.process = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
@@ -141,7 +143,8 @@ class Chromium:
             deadline = time.monotonic() + PAGE_TIMEOUT
             while time.monotonic() < deadline:  # past it, the checks on the DOM say what is missing
                 dom = self.dom(session)
-                if dom.title.startswith(page.title) and all(text in dom.text for text in page.shows):
+                shown = dom.title.startswith(page.title) and all(text in dom.text for text in page.shows)
+                if shown and (page.ready is None or page.ready(dom)):
                     break
                 time.sleep(0.5)
             time.sleep(0.5)  # what renders right after the data came in (tables, images, markdown)
@@ -166,12 +169,20 @@ class Chromium:
         return Dom(result["result"].get("value", ""))  # none while a navigation replaces the document
 
     def close(self) -> None:
+        """Kill Chromium's process group, then anything else of its profile (a helper that left the group), and
+        wait until the kernel has taken them all: a killed process lingers a moment on a loaded machine."""
         with contextlib.suppress(AttributeError):
             self.socket.close()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self.log.close()
+        deadline = time.monotonic() + 20
+        while (left := chromium_processes(self.profile)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
 
 
 def chromium_processes(profile: Path) -> list[int]:

@@ -44,6 +44,10 @@ def _artifact(run_id, key: str):
     return artifact
 
 
+def _run_links(dom) -> list[str]:
+    return [a["href"] for tag, a in dom.elements if tag == "a" and RUN_LINK.search(a.get("href", ""))]
+
+
 def test_the_runs_list_and_the_history_read_at_a_glance(tmp_path: Path, artifacts: Path, prefect_api_url):
     ui = prefect_api_url.removesuffix("/api")
     with urllib.request.urlopen(f"{ui}/ui-settings", timeout=10) as response:
@@ -104,13 +108,15 @@ def test_the_runs_list_and_the_history_read_at_a_glance(tmp_path: Path, artifact
         ),
     ]
     pages[1].screenshot = "ui-history.png"
+    for page in pages[1:3]:  # the table rendered, not only its text (a UI may show the source first): all links in
+        page.ready = lambda dom: {run.rsplit("/", 1)[1] for run in _run_links(dom)} >= set(ids)
 
     rendered, shots = render_checked(pages, tmp_path)
 
     for label in ("v1 history", "v2 history"):
         dom = rendered[label]
         # each run a link to its page, newest first: the cached rerun, the seed run, the first run
-        links = [a["href"] for tag, a in dom.elements if tag == "a" and RUN_LINK.search(a.get("href", ""))]
+        links = _run_links(dom)
         assert [link.rsplit("/", 1)[1] for link in links][:3] == ids[::-1], (label, links)
         for header in ("run", "test MSE", "promoted", "preset"):
             assert header in dom.text, (label, header)
