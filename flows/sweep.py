@@ -230,7 +230,7 @@ def _sweep(configs: list[Params], swept: list[list[str]], folds: int, root: str)
         run = core.StageRunner(root, refresh=p.refresh)
         run.results = {**up.results, **rows[best_i]["results"]}
         run.cached = {**up.cached, **rows[best_i]["cached"]}
-        promotion, _, _ = single.commit(p, root, run, sources, tensors)
+        promotion, *_ = single.commit(p, root, run, sources, tensors)
         evaluated = core.read_json(run.results["evaluate"]["summary"])
         events.emit_training(root, run_id, run.results["train"]["model"], promotion, evaluated, p.target)
     labels.label_sweep(run_id, configs, folds, root, promotion)

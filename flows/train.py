@@ -60,7 +60,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
     trained = run(train.train_model, tensors, stats, p.training(), root)
     evaluation = run(evaluate.evaluate_model, tensors, stats, trained["model"], root)
     run_id = str(flow_run.id)
-    promotion, record, shown = commit(
+    promotion, record, shown, seen = commit(
         p,
         root,
         run,
@@ -68,7 +68,7 @@ def _train(p: Params, root: str) -> dict[str, Any]:
         tensors,
         lambda: run(plot.plot_results, evaluation["predictions"], trained["model"], root),
     )
-    published = publish_report(shown, run.results, promotion, root, run.cached)
+    published = publish_report(shown, run.results, promotion, seen, run.cached)
     summary = summarize(run.results, run.cached, record)
     events.emit_training(root, run_id, trained["model"], promotion, summary, p.target)  # committed: announce it
     labels.label(run_id, p, root, promotion, summary["engine"])
@@ -103,10 +103,11 @@ def upstream(p: Params, root: str, run: core.StageRunner) -> tuple[list[str], li
 
 def commit(
     p: Params, root: str, run: core.StageRunner, sources: list[str], tensors: list[str], beside: Any = lambda: None
-) -> tuple[dict[str, Any], str, dict[str, Any]]:
+) -> tuple[dict[str, Any], str, dict[str, Any], dict[str, Any]]:
     """The champion decision on ``run``'s model, then the history row and the run record: all or nothing
     (docs/lifecycle.md), a failure before the record taking the first two back. ``beside`` runs while the
-    promotion does (the plots). Returns the promotion block, the run record and the parameters as shown."""
+    promotion does (the plots). Returns the promotion block, the run record, the parameters as shown and the
+    history's last runs (the report's trend)."""
     run_id = str(flow_run.id)
     trained, evaluation = run.results["train"], run.results["evaluate"]
     # the champion decision needs the model and the test rows, not the plots: it runs beside them
@@ -126,12 +127,12 @@ def commit(
     try:
         beside()
         promotion = promoting.result()
-        history.record_history(root, run_id, shown, run.results, promotion)
+        seen = history.record_history(root, run_id, shown, run.results, promotion)
         record = core.write_run_record(root, run_id, p.model_dump(), run.results, run.cached)
     except BaseException:
         take_back(root, run_id, promoting)
         raise
-    return promotion, record, shown
+    return promotion, record, shown, seen
 
 
 linear_regression.__signature__ = Params.signature()

@@ -89,9 +89,10 @@ def record_history(
     params: dict[str, Any],
     artifacts: dict[str, dict[str, str]],
     promotion: dict[str, Any],
-) -> str:
+) -> dict[str, Any]:
     """Append this run's row (its own file) and publish the last runs the server knows as the
-    ``linear-regression-history`` markdown table (markdown, not a table artifact: its runs are links)."""
+    ``linear-regression-history`` markdown table (markdown, not a table artifact: its runs are links). Returns the
+    row's path and those runs' test MSE and promotions, oldest first: the report's trend, read once per run."""
     warn = get_run_logger().warning
     ingest = [core.read_manifest(path) for path in artifacts["ingest"].values()]  # verified by the run
     summary = core.read_json(artifacts["evaluate"]["summary"])
@@ -113,4 +114,8 @@ def record_history(
         core.describe(path),
         HISTORY_KEY,
     )
-    return path
+    return {
+        "path": path,
+        "test_mse": runs.column("test_mse").to_pylist(),
+        "promoted": runs.column("promoted").to_pylist(),
+    }

@@ -17,7 +17,6 @@ from prefect.cache_policies import NO_CACHE
 import lifecycle
 import stagecore as core
 from tasks.evaluate import describe_gap, off_optimum_warning, reference_notes
-from tasks.history import seen_history
 
 METRICS_KEY = "linear-regression-metrics"
 COEFFICIENTS_KEY = "linear-regression-coefficients"
@@ -148,19 +147,19 @@ def publish_report(
     parameters: dict[str, Any],
     artifacts: dict[str, dict[str, str]],
     promotion: dict[str, Any] | None = None,
-    root: str | None = None,
+    seen: dict[str, Any] | None = None,
     cached: dict[str, bool] | None = None,
 ) -> dict[str, str]:
-    """Read the evaluation and plot files (and the run history under ``root``: the runs the server knows); publish
-    the metrics and coefficients tables and the markdown report, each described by its result."""
+    """Read the evaluation and plot files; publish the metrics and coefficients tables and the markdown report,
+    each described by its result, with the trend of ``seen`` (what `record_history` returned: the last runs the
+    server knows) when there is one."""
     evaluation = artifacts["evaluate"]
     summary = core.read_json(evaluation["summary"])
     metrics = metrics_rows(core.read_parquet(evaluation["metrics"]), summary["reference_ok"])
     coefficients = coefficient_rows(core.read_parquet(evaluation["coefficients"]))
     plots = {name: core.read_bytes(artifacts["plot"][name]) for name, _ in PLOTS}
-    runs = seen_history(root, get_run_logger().warning)[0] if root is not None else None
-    if runs is not None and runs.num_rows:
-        plots[TREND] = lifecycle.trend.svg(runs.column("test_mse").to_pylist(), runs.column("promoted").to_pylist())
+    if seen and seen["test_mse"]:
+        plots[TREND] = lifecycle.trend.svg(seen["test_mse"], seen["promoted"])
     result = describe_run(summary, promotion)
     core.table_artifact(metrics, key=METRICS_KEY, description=core.escape_md(f"{result}; R² {_r2(summary)}"))
     largest = max((abs(r["gradient descent"] - r["least squares"]) for r in coefficients), default=0.0)
