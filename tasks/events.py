@@ -30,6 +30,11 @@ ALIAS_SET = "linreg.model.alias-set"  # python -m flows.registry set
 ROLLED_BACK = "linreg.model.rolled-back"  # python -m flows.registry rollback
 RESOURCE_PREFIX = "linreg.model."
 STORE_LABEL = "linreg.store"
+# the work pool of the flow run that sent it ("none" outside one): prefect.yaml's predict-on-promotion answers the
+# promotions of every pool but git-process, prefect-git.yaml's twin those of git-process (a label both can match;
+# a trigger's `match_related` cannot say "not that pool")
+POOL_LABEL = "linreg.work-pool"
+NO_POOL = "none"
 
 Event = tuple[str, dict[str, str], dict[str, Any]]  # (name, resource, payload): `emit_event`'s arguments
 
@@ -121,13 +126,15 @@ def registry_event(entry: dict[str, Any], *, alias: str, model_label: str, store
 def emit(events: Iterable[Event]) -> int:
     """Queue each event for Prefect's events worker (it never waits on the server); one that JSON cannot hold or
     that is over the server's size limit is a WARNING (`emit_event` would log a traceback at ERROR, or raise).
-    How many were queued."""
+    Each resource is labelled with the sender's work pool (`POOL_LABEL`). How many were queued."""
     from prefect.events import emit_event
     from prefect.settings import get_current_settings
 
     limit = get_current_settings().server.events.maximum_size_bytes
+    pool = {POOL_LABEL: work_pool()}
     sent = 0
     for name, resource, payload in events:
+        resource = {**resource, **pool}
         try:
             size = len(json.dumps([resource, payload], allow_nan=False).encode())
             if size > limit:
@@ -136,6 +143,15 @@ def emit(events: Iterable[Event]) -> int:
         except Exception as exc:  # an event is a notice: never the run's failure
             _warn(f"could not send event {name} ({_first_line(exc)})")
     return sent
+
+
+def work_pool() -> str:
+    """The work pool of the flow run this process runs (its deployment's), or `NO_POOL`."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    return (run.work_pool_name if run else None) or NO_POOL
 
 
 def emit_training(

@@ -7,14 +7,17 @@ itself for that model.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter
 from prefect.client.schemas.objects import StateType
@@ -122,6 +125,40 @@ def test_an_event_that_cannot_be_sent_is_one_warning_never_an_error(caplog):
     assert [r.levelno for r in warned] == [logging.WARNING] * 2, caplog.text
     assert "linreg.test.nan" in warned[0].getMessage() and "over the server's limit" in warned[1].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.no_server
+@pytest.mark.parametrize(
+    "pool, answers",
+    [
+        (events.NO_POOL, "predict-on-promotion"),  # python -m flows.train, make run
+        ("local-process", "predict-on-promotion"),  # prefect.yaml's deployments
+        ("git-process", "git-predict-on-promotion"),  # prefect-git.yaml's
+    ],
+)
+def test_each_promotion_starts_one_prediction_deployment_the_twin_of_its_pool(pool, answers, monkeypatch):
+    """prefect.yaml's and prefect-git.yaml's triggers, as the server evaluates them, on the event `emit` sends."""
+    from prefect.server.events.schemas.automations import EventTrigger
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    sent = []
+    monkeypatch.setattr("prefect.events.emit_event", lambda **event: sent.append(event) or event)
+    monkeypatch.setattr(events, "work_pool", lambda: pool)
+    assert (
+        events.emit(
+            events.training_events(_block(True, "test MSE 4.4 ≤ 4.5"), None, store="/s", features=["a"], **FACTS)
+        )
+        == 1
+    )
+    [event] = [ReceivedEvent(**event, occurred=dt.datetime.now(dt.UTC), id=uuid.uuid4()) for event in sent]
+    triggers = {
+        deployment["name"]: EventTrigger(**{k: v for k, v in trigger.items() if k in EventTrigger.model_fields})
+        for file in ("prefect.yaml", "prefect-git.yaml")
+        for deployment in yaml.safe_load((ROOT / file).read_text())["deployments"]
+        for trigger in deployment.get("triggers", [])
+    }
+    assert len(triggers) == 2 and event.resource[events.POOL_LABEL] == pool
+    assert [name for name, trigger in triggers.items() if trigger.covers(event)] == [answers]
 
 
 def _resource_id(model_path: str) -> str:

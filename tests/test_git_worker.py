@@ -199,23 +199,24 @@ def test_prefect_yaml_git_deployments_mirror_the_local_ones_with_the_git_steps()
     git_config = yaml.safe_load((ROOT / "prefect-git.yaml").read_text())
     local_by_name = {d["name"]: d for d in config["deployments"]}
     git_by_name = {d["name"]: d for d in git_config["deployments"]}
-    # sweep and predict-on-promotion: no git twin
-    assert set(local_by_name) == {
-        "daily",
-        "on-demand",
-        "predict",
-        "sweep",
-        "predict-on-promotion",
-    }  # the last two: no git twin
-    assert set(git_by_name) == {"git-daily", "git-on-demand", "git-predict"}
-    for name in ("daily", "on-demand", "predict"):
-        local, git = local_by_name[name], git_by_name[f"git-{name}"]
+    assert set(local_by_name) == {"daily", "on-demand", "predict", "sweep", "predict-on-promotion"}
+    assert set(git_by_name) == {f"git-{name}" for name in local_by_name}
+    for name, local in local_by_name.items():
+        git = git_by_name[f"git-{name}"]
         assert "pull" not in local and "build" not in local  # the top-level set_working_directory steps
         assert local["work_pool"] == {"name": "local-process"} and git["work_pool"] == {"name": "git-process"}
         assert (git["entrypoint"], git["schedules"]) == (local["entrypoint"], local["schedules"])
         assert git.get("concurrency_limit") == local.get("concurrency_limit")
+        assert git.get("parameters") == local.get("parameters")
         definitions = git_config["definitions"]
         assert (git["build"], git["pull"]) == (definitions["git-build"], definitions["git-pull"])
+        # the same trigger but for the pool it answers (tests/test_events.py: which promotions each answers)
+        for mine, theirs in zip(local.get("triggers", []), git.get("triggers", []), strict=True):
+            drop = {"name", "description", "match"}
+            assert {k: v for k, v in mine.items() if k not in drop} == {
+                k: v for k, v in theirs.items() if k not in drop
+            }
+            assert mine["match"]["prefect.resource.id"] == theirs["match"]["prefect.resource.id"]
     [pull] = config["pull"]
     assert list(pull) == ["prefect.deployments.steps.set_working_directory"]
     assert "pull" not in git_config and "build" not in git_config  # nothing local leaks into the git runs
