@@ -116,10 +116,38 @@ def deployed(prefect_api_url: str, tmp_path_factory) -> dict:
                 if any(log.task_run_id is None and "Finished in state" in log.message for log in logs):
                     break
                 time.sleep(0.5)
-        return {"flow_run": flow_run, "artifacts": artifacts, "seconds": seconds, "worker_log": worker_log}
+        # two daily runs due at once (a schedule catching up, a manual run beside the scheduled one), to a store of
+        # their own: prefect.yaml's concurrency_limit lets one run and cancels the other, never queues it
+        with get_client(sync_client=True) as client:
+            daily = client.read_deployment_by_name("linear-regression/daily")
+            params = {"artifacts_dir": str(base / "daily-artifacts")}
+            doubled = [client.create_flow_run_from_deployment(daily.id, parameters=params) for _ in range(2)]
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                doubled = [client.read_flow_run(run.id) for run in doubled]
+                if all(run.state and run.state.is_final() for run in doubled):
+                    break
+                time.sleep(0.5)
+        return {
+            "flow_run": flow_run,
+            "artifacts": artifacts,
+            "seconds": seconds,
+            "worker_log": worker_log,
+            "daily_runs": doubled,
+        }
     finally:
         stop_process(worker)
         retire_promotion_trigger()  # `make deploy` made it (tests/test_events.py tests it)
+
+
+def test_two_daily_runs_due_at_once_one_completes_the_other_is_cancelled(deployed):
+    runs = sorted(deployed["daily_runs"], key=lambda run: run.state_name or "")
+    states = [run.state_name for run in runs]
+    assert states == ["Cancelled", "Completed"], f"{states}; worker log:\n{_tail(deployed['worker_log'])}"
+    cancelled = runs[0]
+    assert "concurrency limit reached" in (cancelled.state.message or "").lower(), cancelled.state.message
+    with get_client(sync_client=True) as client:  # cancelled before its flow began: not one stage ran
+        assert client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [cancelled.id]})) == []
 
 
 def test_daily_deployment_has_the_cron_schedule_and_the_flows_defaults(deployed):
