@@ -131,16 +131,17 @@ def prefect_api_url() -> str:
 PROMOTION_TRIGGER = "linreg predict-on-promotion"  # prefect.yaml's automation (docs/deployment.md)
 
 
-def retire_promotion_trigger() -> None:
-    """Delete predict-on-promotion's automation and its flow runs from the session's server. Left there, every
-    later module's promotion would queue a prediction run for the next module that starts a local-process worker."""
+def retire_promotion_trigger(deployment: str = "predict-on-promotion") -> None:
+    """Delete ``deployment``'s trigger (predict-on-promotion's, or its git twin's) and its flow runs from the
+    session's server. Left there, every later module's promotion would queue a prediction run for the next module
+    that starts a worker of its pool."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     with get_client(sync_client=True) as client:
-        for automation in client.read_automations_by_name(PROMOTION_TRIGGER):
+        for automation in client.read_automations_by_name(f"linreg {deployment}"):
             client.delete_automation(automation.id)
-        by_name = DeploymentFilter(name=DeploymentFilterName(any_=["predict-on-promotion"]))
+        by_name = DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
         for run in client.read_flow_runs(deployment_filter=by_name):
             client.delete_flow_run(run.id)
 

@@ -5,7 +5,9 @@ A bare repository under tmp stands in for the team's remote; it holds this check
 uncommitted changes are not in it). ``prefect deploy --name git-on-demand`` runs in a clone of it, which is then
 moved away. A process worker starts in an empty folder with the project hidden from its Python (below), runs one
 triggered run and exits (``--run-once``). The session's real Prefect server (conftest) and moto's S3 server
-(tests/moto_s3.py) are on loopback. The other two git deployments share the steps (checked in prefect-git.yaml).
+(tests/moto_s3.py) are on loopback. The run promotes its model, and prefect-git.yaml's git-predict-on-promotion
+answers the event (it carries the run's pool): a second ``--run-once`` worker runs that prediction from a clone too.
+The other git deployments share the steps (checked in prefect-git.yaml).
 
 The shared virtualenv has this project installed in editable mode (a meta-path finder pointing at some checkout),
 which would quietly serve ``flows``, ``tasks`` and ``stagecore`` to a run whose clone did not work. The deploy
@@ -27,12 +29,13 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.filters import LogFilter
+from prefect.client.schemas.filters import DeploymentFilter, LogFilter
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 
 import stagecore as core
 import storage
-from conftest import ROOT, worker_env
+from conftest import ROOT, events_of, retire_promotion_trigger, worker_env
 from flows.local_server import PREFECT, isolated_env, start_process, stop_process
 from lifecycle import champion
 from lifecycle.history import read_history
@@ -45,6 +48,7 @@ BUCKET = "linreg-team"
 PREFIX = f"s3://{BUCKET}/shared"
 BRANCH = "team-main"
 EPOCHS = 15
+TWIN = "git-predict-on-promotion"  # predicts with what a run on pool git-process promotes
 TAIL = 4000
 HIDE_PROJECT = """\
 import sys
@@ -99,7 +103,7 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
             client.create_work_pool(WorkPoolCreate(name="git-process", type="process"))
     started = time.monotonic()
     deploy = subprocess.run(
-        [PREFECT, "--no-prompt", "deploy", "--name", "git-on-demand", "--prefect-file", "prefect-git.yaml"],
+        [PREFECT, "--no-prompt", "deploy", "-n", "git-on-demand", "-n", TWIN, "--prefect-file", "prefect-git.yaml"],
         cwd=deployer,
         env=isolated_env(
             base / "deploy-home",
@@ -166,7 +170,19 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
             endpoint_url=aws["AWS_ENDPOINT_URL"], key=aws["AWS_ACCESS_KEY_ID"], secret=aws["AWS_SECRET_ACCESS_KEY"]
         )
         stored = {f"s3://{path}": objects.cat_file(path) for path in objects.find(f"{BUCKET}/shared")}
+        try:
+            predicted, predicted_logs = _the_prediction_it_started(base, env, workdir)
+            predictions = {
+                f"s3://{path}": objects.cat_file(path)
+                for path in objects.find(f"{BUCKET}/shared/predict")
+                if path.endswith(".manifest.json")
+            }
+        finally:
+            retire_promotion_trigger(TWIN)
         yield {
+            "predicted": predicted,
+            "predicted_logs": predicted_logs,
+            "predictions": predictions,
             "deployment": deployment,
             "flow_run": flow_run,
             "logs": [log.message for log in logs],
@@ -178,6 +194,33 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
             "deployed_tree": deployed_tree,
             "worker_tmp": worker_tmp,
         }
+
+
+def _the_prediction_it_started(base: Path, env: dict[str, str], workdir: Path) -> tuple[FlowRun | None, list[str]]:
+    """The git-predict-on-promotion run that the training run's promotion made the server create (nobody asked
+    for it), run by a second ``--run-once`` worker of pool git-process; (None, []) when none was created."""
+    with get_client(sync_client=True) as client:
+        twin = client.read_deployment_by_name(f"linear-regression-predict/{TWIN}")
+        by_twin = DeploymentFilter(id={"any_": [twin.id]})
+        deadline = time.monotonic() + 60
+        while not (runs := client.read_flow_runs(deployment_filter=by_twin)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    if not runs:
+        return None, []
+    worker_log = base / "worker-twin.log"
+    command = [PREFECT, "worker", "start", "--pool", "git-process", "--type", "process", "--run-once", "--limit", "1"]
+    worker = start_process(command, env, worker_log, cwd=workdir)
+    try:
+        worker.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        stop_process(worker)
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(deployment_filter=by_twin)
+        logs = client.read_logs(LogFilter(flow_run_id={"any_": [run.id]}), limit=200)
+    assert run.state and run.state.is_final(), f"{TWIN}: {run.state_name}; worker log:\n{_tail(worker_log)}"
+    return run, [log.message for log in logs]
 
 
 def test_git_deployment_stores_the_repository_and_branch_not_the_deploying_folder(team):
@@ -254,6 +297,28 @@ def test_artifacts_manifests_run_record_champion_and_history_are_on_the_s3_serve
         s3fs.S3FileSystem.clear_instance_cache()
     assert current is not None and current["flow_run_id"] == run_id  # the first run on the store: promoted
     assert (row["flow_run_id"], row["promoted"], row["model"]) == (run_id, True, model)
+
+
+def test_the_promotion_started_one_prediction_on_the_git_twin_with_that_model(team):
+    """The training run ran on pool git-process, so its promotion event carries that pool and only prefect-git.yaml's
+    twin answers it: a prediction run on a git worker, from a clone, with the promoted model, on the same store."""
+    [record_url] = [path for path in team["stored"] if path.startswith(f"{PREFIX}/{storage.RUNS_DIR}/")]
+    model = json.loads(team["stored"][record_url])["stages"]["train"]["artifacts"]["model"]["path"]
+    sha = json.loads(team["stored"][f"{PREFIX}/{model}.manifest.json"])["sha256"]
+    [promoted] = events_of("linreg.model." + sha[:16], "linreg.model.promoted")
+    assert promoted.resource["linreg.work-pool"] == "git-process" and promoted.resource["linreg.store"] == PREFIX
+
+    run = team["predicted"]
+    assert run is not None, f"no {TWIN} run was created for the promotion"
+    assert run.state.type == StateType.COMPLETED, f"{run.state_name}:\n" + "\n".join(team["predicted_logs"][-20:])
+    assert run.parameters == {"model": f"{PREFIX}/{model}", "artifacts_dir": PREFIX}
+    assert "Executing deployment step: git_clone" in "\n".join(team["predicted_logs"])
+    [written] = events_of("linreg.model." + sha[:16], "linreg.predictions.written")
+    assert written.payload["model_sha256"] == sha and written.payload["flow_run_id"] == str(run.id)
+    assert written.resource["linreg.work-pool"] == "git-process" and written.payload["rows"] == 200
+    [predictions] = written.payload["predictions"]
+    manifest = json.loads(team["predictions"][f"{PREFIX}/{predictions}.manifest.json"])
+    assert sha in {entry["sha256"] for entry in manifest["inputs"]}  # made by that model, kept on the store
 
 
 def test_nothing_was_written_into_the_deploying_folder(team):
