@@ -138,18 +138,7 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
             **aws,
         )
         started = time.monotonic()
-        worker = start_process(
-            [PREFECT, "worker", "start", "--pool", "git-process", "--type", "process", "--run-once", "--limit", "1"],
-            env,
-            worker_log,
-            cwd=workdir,
-        )
-        try:
-            worker.wait(timeout=240)  # --run-once: picks up the run, waits for it to finish, exits
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            stop_process(worker)
+        _run_once(env, worker_log, workdir)
         seconds = time.monotonic() - started
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run.id)
@@ -196,6 +185,18 @@ def team(prefect_api_url: str, tmp_path_factory) -> dict:
         }
 
 
+def _run_once(env: dict[str, str], log: Path, workdir: Path) -> None:
+    """A process worker of pool git-process with ``--run-once``: picks up one run, waits for it to end, exits."""
+    command = [PREFECT, "worker", "start", "--pool", "git-process", "--type", "process", "--run-once", "--limit", "1"]
+    worker = start_process(command, env, log, cwd=workdir)
+    try:
+        worker.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        stop_process(worker)
+
+
 def _the_prediction_it_started(base: Path, env: dict[str, str], workdir: Path) -> tuple[FlowRun | None, list[str]]:
     """The git-predict-on-promotion run that the training run's promotion made the server create (nobody asked
     for it), run by a second ``--run-once`` worker of pool git-process; (None, []) when none was created."""
@@ -208,14 +209,7 @@ def _the_prediction_it_started(base: Path, env: dict[str, str], workdir: Path) -
     if not runs:
         return None, []
     worker_log = base / "worker-twin.log"
-    command = [PREFECT, "worker", "start", "--pool", "git-process", "--type", "process", "--run-once", "--limit", "1"]
-    worker = start_process(command, env, worker_log, cwd=workdir)
-    try:
-        worker.wait(timeout=240)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        stop_process(worker)
+    _run_once(env, worker_log, workdir)
     with get_client(sync_client=True) as client:
         [run] = client.read_flow_runs(deployment_filter=by_twin)
         logs = client.read_logs(LogFilter(flow_run_id={"any_": [run.id]}), limit=200)
